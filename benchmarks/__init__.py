@@ -1,0 +1,1 @@
+"""benchmarks: latency and throughput, per stage and end to end."""

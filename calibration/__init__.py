@@ -1,0 +1,1 @@
+"""calibration: per-station thresholds from score distributions."""

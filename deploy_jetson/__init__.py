@@ -1,0 +1,1 @@
+"""deploy_jetson: signed bundles, flashing, on-device engine builds, device assets."""

@@ -1,0 +1,62 @@
+"""The backend interface: a uint8 NCHW batch in, raw anomaly maps and scores out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LinesideError
+from ..preprocess import InputSpec
+
+
+@dataclass
+class ModelOutputs:
+    anomaly_map: np.ndarray  # float32, N×1×h×w
+    score: np.ndarray  # float32, N
+
+
+class Backend(ABC):
+    """One loaded model on one device. Implementations: OrtBackend, TensorRTBackend."""
+
+    name: str = "backend"
+
+    def __init__(self, spec: InputSpec, max_batch: int):
+        self.spec = spec
+        self.max_batch = max_batch
+
+    def run(self, images: np.ndarray) -> ModelOutputs:
+        """Score a batch; refuses inputs that do not match the bundle's input spec."""
+        self.check_input(images)
+        return self._run(images)
+
+    @abstractmethod
+    def _run(self, images: np.ndarray) -> ModelOutputs:
+        """Run the model on a validated uint8 N×C×H×W batch."""
+
+    def close(self) -> None:
+        """Release device memory; the default holds nothing that needs it."""
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "max_batch": self.max_batch}
+
+    def check_input(self, images: np.ndarray) -> None:
+        want = (self.spec.channels, self.spec.height, self.spec.width)
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
+            raise LinesideError(f"the model takes uint8 N×{want[0]}×{want[1]}×{want[2]} batches, got {got}: "
+                                "pass images through edge_infer.preprocess first")
+        if images.shape[1:] != want:
+            raise LinesideError(
+                f"image batch of shape {images.shape[1:]} does not match the bundle's input {want}: "
+                "preprocess with the bundle's input spec"
+            )
+        if not 1 <= images.shape[0] <= self.max_batch:
+            raise LinesideError(f"batch of {images.shape[0]} is outside 1..{self.max_batch}: split it")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,104 @@
+"""Scoring images with a bundle: preprocess, run the backend, decide. One path for all callers.
+
+`lineside score`, calibration, the demo and the benchmarks use this; the server (serve)
+uses the same three steps on frames from the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, ModelOutputs, open_backend
+from .bundle import Bundle, Thresholds
+from .decide import Verdict, decide
+from .errors import ImageReadError, LinesideError
+from .imageio import IMAGE_SUFFIXES, list_images, read_image
+from .preprocess import preprocess
+
+
+@dataclass
+class Scored:
+    source: str
+    verdict: Verdict
+    anomaly_map: np.ndarray | None = None
+
+
+class Scorer:
+    """A bundle loaded on a backend, with the station's thresholds."""
+
+    def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", precision: str = "fp32",
+                 threads: int | None = None, thresholds: Thresholds | None = None):
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.backend: Backend = open_backend(self.bundle, backend, precision, threads)
+        self.thresholds = thresholds if thresholds is not None else self.bundle.thresholds
+        self.spec = self.bundle.input_spec
+
+    def run(self, images: list[np.ndarray]) -> ModelOutputs:
+        """Raw outputs for decoded images of any count (split into the backend's batches)."""
+        maps, scores = [], []
+        for start in range(0, len(images), self.backend.max_batch):
+            batch = np.stack([preprocess(im, self.spec) for im in images[start : start + self.backend.max_batch]])
+            out = self.backend.run(batch)
+            maps.append(out.anomaly_map)
+            scores.append(out.score)
+        return ModelOutputs(np.concatenate(maps), np.concatenate(scores))
+
+    def score_paths(self, paths: Iterable[Path], batch: int = 1, keep_maps: bool = False) -> Iterator[Scored]:
+        """One Scored per path, in order; unreadable images become ERROR verdicts, never a crash."""
+        pending: list[tuple[Path, np.ndarray, float]] = []
+        for path in paths:
+            t0 = time.perf_counter()
+            try:
+                image = read_image(path)
+            except ImageReadError as exc:
+                yield Scored(str(path), Verdict("ERROR", reason=exc.reason))
+                continue
+            pending.append((path, image, (time.perf_counter() - t0) * 1e3))
+            if len(pending) >= min(batch, self.backend.max_batch):
+                yield from self._score_pending(pending, keep_maps)
+                pending = []
+        if pending:
+            yield from self._score_pending(pending, keep_maps)
+
+    def _score_pending(self, pending, keep_maps: bool) -> Iterator[Scored]:
+        t0 = time.perf_counter()
+        batch = np.stack([preprocess(image, self.spec) for _, image, _ in pending])
+        t1 = time.perf_counter()
+        out = self.backend.run(batch)
+        t2 = time.perf_counter()
+        n = len(pending)
+        for i, (path, _, decode_ms) in enumerate(pending):
+            t3 = time.perf_counter()
+            verdict = decide(float(out.score[i]), out.anomaly_map[i], self.thresholds)
+            verdict.latency_ms = {
+                "decode": round(decode_ms, 3),
+                "preprocess": round((t1 - t0) * 1e3 / n, 3),
+                "compute": round((t2 - t1) * 1e3 / n, 3),
+                "postprocess": round((time.perf_counter() - t3) * 1e3, 3),
+            }
+            yield Scored(str(path), verdict, out.anomaly_map[i] if keep_maps else None)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Image files and folders (their images, sorted) → a list of image paths."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise LinesideError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise LinesideError(f"{p} does not exist: give image files or folders of images")
+    return paths

@@ -1,0 +1,5 @@
+import sys
+
+from lineside.cli import main
+
+sys.exit(main())

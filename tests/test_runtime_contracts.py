@@ -1,0 +1,98 @@
+"""The contracts in edge_infer: preprocessing, bundle, backend, decision, `lineside score`."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import gray, make_tiny_bundle
+from edge_infer.bundle import Bundle, Thresholds
+from edge_infer.decide import decide
+from edge_infer.errors import ImageReadError, LinesideError
+from edge_infer.imageio import decode_image, read_image
+from edge_infer.preprocess import InputSpec, preprocess
+from edge_infer.score import Scorer
+
+
+def test_preprocess_gray_to_rgb_nchw():
+    out = preprocess(gray(7, (50, 60)), InputSpec(32, 40, 3))
+    assert out.shape == (3, 32, 40) and out.dtype == np.uint8 and (out == 7).all()
+
+
+def test_preprocess_bgr_becomes_rgb_and_gray_model_gets_one_channel():
+    bgr = np.zeros((10, 10, 3), np.uint8)
+    bgr[..., 0] = 200  # blue
+    rgb = preprocess(bgr, InputSpec(8, 8, 3))
+    assert rgb[2].min() == 200 and rgb[0].max() == 0
+    assert preprocess(bgr, InputSpec(8, 8, 1)).shape == (1, 8, 8)
+
+
+def test_preprocess_roi_crops_before_resize_and_rejects_roi_outside():
+    image = np.zeros((100, 100), np.uint8)
+    image[10:30, 20:60] = 255
+    out = preprocess(image, InputSpec(8, 8, 1, roi=(20, 10, 40, 20)))
+    assert out.min() == 255
+    with pytest.raises(LinesideError, match="outside"):
+        preprocess(image, InputSpec(8, 8, 1, roi=(90, 90, 40, 20)))
+
+
+def test_decode_rejects_corrupt_payload_and_reads_16_bit(tmp_path):
+    with pytest.raises(ImageReadError, match="not a decodable"):
+        decode_image(b"\x89PNG not really", "x.png")
+    path = tmp_path / "deep.png"
+    cv2.imwrite(str(path), np.full((8, 8), 0x1234, np.uint16))
+    assert read_image(path).dtype == np.uint8 and read_image(path)[0, 0] == 0x12
+    with pytest.raises(ImageReadError, match="missing.png"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_bundle_refuses_tampered_file(tiny_bundle):
+    Bundle.load(tiny_bundle)
+    with open(tiny_bundle / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(LinesideError, match="does not match the sha256"):
+        Bundle.load(tiny_bundle)
+
+
+def test_decide_thresholds_and_regions():
+    amap = np.zeros((1, 20, 20), np.float32)
+    amap[0, 2:5, 3:9] = 0.9
+    v = decide(0.9, amap, Thresholds(image=0.5, pixel=0.5))
+    assert v.status == "NG" and len(v.regions) == 1
+    r = v.regions[0]
+    assert (r.x, r.y, r.width, r.height, r.area) == (3, 2, 6, 3, 18) and r.peak == pytest.approx(0.9)
+    assert decide(0.4, amap, Thresholds(image=0.5)).status == "OK"
+    assert decide(0.4, amap, Thresholds()).status == "ERROR"
+    assert decide(float("nan"), amap, Thresholds(image=0.5)).status == "ERROR"
+
+
+def test_scorer_gives_one_verdict_per_path_and_errors_for_corrupt(tiny_bundle, tmp_path):
+    cv2.imwrite(str(tmp_path / "a_dark.png"), gray(10))
+    cv2.imwrite(str(tmp_path / "b_bright.png"), gray(250))
+    (tmp_path / "c_corrupt.png").write_bytes(b"garbage")
+    paths = sorted(tmp_path.glob("*.png"))
+    results = list(Scorer(tiny_bundle).score_paths(paths, batch=2))
+    assert [r.verdict.status for r in results] == ["OK", "NG", "ERROR"]
+    assert results[1].verdict.score == pytest.approx(250 / 255, rel=1e-5)
+    assert set(results[0].verdict.latency_ms) == {"decode", "preprocess", "compute", "postprocess"}
+
+
+def test_backend_refuses_wrong_shape(tiny_bundle):
+    scorer = Scorer(tiny_bundle)
+    with pytest.raises(LinesideError, match="does not match the bundle's input"):
+        scorer.backend.run(np.zeros((1, 1, 32, 32), np.uint8))
+    with pytest.raises(LinesideError, match="uint8"):
+        scorer.backend.run(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_cli_score_json_and_clear_errors(tiny_bundle, tmp_path):
+    cv2.imwrite(str(tmp_path / "bright.png"), gray(250))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lineside", *a], capture_output=True, text=True)
+    done = run("score", str(tiny_bundle), str(tmp_path / "bright.png"), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "NG"
+    missing = run("score", str(tmp_path / "nope"), str(tmp_path / "bright.png"))
+    assert missing.returncode == 2 and "not a bundle" in missing.stderr and "Traceback" not in missing.stderr
