@@ -72,6 +72,7 @@ class Server:
         self.frames_sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)
         self.pub_sock = self._bind(zmq.PUB, self.cfg.sockets.verdicts)
         self.control_sock = self._bind(zmq.REP, self.cfg.sockets.control)
+        self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port)
         workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished) for s in self.sinks]
@@ -218,7 +219,7 @@ class Server:
 
     # ---- output ---------------------------------------------------------------------
     def _output(self) -> None:
-        journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
+        journal = self.journal
         sinks = tuple(s.name for s in self.sinks)
         done = False
         while not done:

@@ -1,0 +1,222 @@
+"""A real server on ipc sockets, fed by real cameras: one verdict per frame, none vanishes."""
+
+import json
+import threading
+import time
+from collections import Counter
+
+import cv2
+import pytest
+import zmq
+
+from edge_infer.camera import FolderSource, Publisher, open_source, run_camera
+from edge_infer.control import request
+from edge_infer.errors import LinesideError
+from edge_infer.server import Server
+from edge_infer.watch import watch
+from edge_infer.wire import encode_frame
+from runtime_helpers import bright, cleanup, dark, make_tiny_bundle, station, wait_for_rows
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Start servers for configs; stop (draining) and clean up after the test."""
+    started = []
+
+    def start(**settings):
+        cfg, _ = station(tmp_path, **settings)
+        server = Server(cfg).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+        cleanup(server.cfg)
+
+
+def image_folder(folder, n):
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), bright() if i % 3 == 0 else dark())
+    return folder
+
+
+def subscribe(address):
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.linger = 0
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(address)
+    return sock
+
+
+def test_every_frame_id_gets_exactly_one_verdict(serve, tmp_path):
+    server = serve()
+    cfg = server.cfg
+    folder = image_folder(tmp_path / "images", 12)
+    counts = {}
+    watcher = threading.Thread(target=lambda: counts.update(watch(cfg.sockets.verdicts, "st1", count=40,
+                                                                  timeout_s=20, as_json=True, out=open("/dev/null", "w"))))
+    watcher.start()
+    time.sleep(0.3)  # let the subscription reach the PUB socket before the first verdict
+    for name, encoding in (("cam0", "jpeg"), ("cam1", "raw")):
+        stats = run_camera(FolderSource(folder, loop=True), Publisher(cfg.sockets.frames, "st1", name, encoding),
+                           count=20)
+        assert stats["sent"] == 20
+    rows = wait_for_rows(cfg.journal.path, 40)
+    watcher.join(20)
+    assert len(rows) == 40
+    for camera in ("cam0", "cam1"):  # cameras kept apart: each has ids 0..19 once
+        ids = sorted(r["frame_id"] for r in rows if r["camera"] == camera)
+        assert ids == list(range(20))
+    by_key = {(r["camera"], r["frame_id"]): r for r in rows}
+    assert by_key[("cam0", 0)]["status"] == "NG" and by_key[("cam0", 1)]["status"] == "OK"
+    assert by_key[("cam1", 12)]["status"] == "NG"  # the loop started again at image 000
+    ng = by_key[("cam1", 3)]
+    assert ng["detail"]["regions"][0]["area"] == 32 * 32 and ng["detail"]["bundle_sha256"]
+    assert {"queue", "decode", "preprocess", "compute"} <= set(ng["detail"]["latency_ms"])
+    assert counts == {"NG": 14, "OK": 26}  # watch saw every verdict, published after journaling
+
+
+def test_bad_messages_get_error_verdicts_while_good_frames_flow(serve):
+    server = serve(limits={"max_payload_bytes": 4096, "max_side": 64}, cameras=[{"name": "cam0"}])
+    cfg = server.cfg
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(cfg.sockets.frames)
+    good = lambda i: encode_frame(dark((20, 20)), "st1", "cam0", i)  # noqa: E731
+    head, payload = good(1)
+    messages = [
+        good(0),
+        [b"not json", b""],  # malformed
+        [head, payload[:-7]],  # truncated
+        [head.replace(b"[20,20]", b"[60,60]"), bytes(5000)],  # oversized for this station
+        [head.replace(b"[20,20]", b"[10,30]"), payload],  # wrong shape for its bytes
+        encode_frame(dark((20, 20)), "st2", "cam0", 5),  # another station's frame
+        encode_frame(dark((20, 20)), "st1", "camX", 6),  # a camera the station does not have
+        [head],  # one part only
+        good(8),
+        [head.replace(b'"frame_id":1', b'"frame_id":9').replace(b"raw", b"png"), b"\x89PNG\r\n\x1a\n" + bytes(30)],
+        good(10),
+    ]
+    for message in messages:
+        push.send_multipart(message)
+    rows = wait_for_rows(cfg.journal.path, len(messages))
+    push.close()
+    assert len(rows) == len(messages)
+    status = {r["frame_id"]: r for r in rows if r["frame_id"] is not None}
+    assert [status[i]["status"] for i in (0, 8, 10)] == ["OK", "OK", "OK"]
+    reasons = [r["reason"] for r in rows if r["status"] == "ERROR"]
+    assert len(reasons) == 8 and all(reasons), [(r["frame_id"], r["status"], r["reason"]) for r in rows]
+    assert any("not UTF-8 JSON" in r for r in reasons) and any("station's limit" in r for r in reasons)
+    assert any("does not match shape" in r for r in reasons) and any("'st2'" in r for r in reasons)
+    assert any("'camX'" in r for r in reasons) and any("exactly 2" in r for r in reasons)
+    assert status[1]["status"] == "ERROR"  # the truncated frame kept its id
+
+
+@pytest.mark.parametrize("policy", ["drop-oldest", "drop-newest"])
+def test_overload_keeps_the_queue_bounded_and_accounts_every_frame(serve, policy):
+    capacity, n = 4, 60
+    server = serve(queue={"capacity": capacity, "policy": policy})
+    cfg = server.cfg
+    publisher = Publisher(cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000)
+    with server.model_lock:  # the model is busy: frames arrive 15x faster than the queue holds
+        for _ in range(n):
+            publisher.publish(dark(), block=True)
+        deadline = time.monotonic() + 10
+        while server.telemetry.received < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+    rows = wait_for_rows(cfg.journal.path, n)
+    ids = sorted(r["frame_id"] for r in rows)
+    assert ids == list(range(n))  # every frame: exactly one verdict
+    counts = Counter(r["status"] for r in rows)
+    assert counts["OK"] + counts["DROPPED"] == n and counts["DROPPED"] >= n - capacity - 1
+    assert server.queue.high_water <= capacity
+    scored = sorted(r["frame_id"] for r in rows if r["status"] == "OK")
+    expected = list(range(n - capacity, n)) if policy == "drop-oldest" else list(range(capacity))
+    assert set(expected) <= set(scored)
+    dropped = next(r for r in rows if r["status"] == "DROPPED")
+    assert policy in dropped["reason"]
+    stats = request(cfg.sockets.control, {"cmd": "stats"})
+    assert stats["verdicts"]["DROPPED"] == counts["DROPPED"] and stats["queue"]["high_water"] <= capacity
+
+
+def test_hot_reload_switches_bundle_without_losing_a_frame(serve, tmp_path):
+    server = serve(queue={"capacity": 512})
+    cfg = server.cfg
+    old_sha = request(cfg.sockets.control, {"cmd": "health"})["bundle"]["manifest_sha256"]
+    strict = make_tiny_bundle(tmp_path / "strict", image_threshold=0.01)  # dark frames become NG
+    publisher = Publisher(cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000)
+    done = threading.Event()
+
+    def stream():
+        while not done.is_set() and publisher.next_id < 5000:
+            publisher.publish(dark(), block=True)
+            time.sleep(0.002)
+
+    sender = threading.Thread(target=stream)
+    sender.start()
+    wait_for_rows(cfg.journal.path, 20)
+    answer = request(cfg.sockets.control, {"cmd": "reload", "bundle": str(strict)}, timeout_s=20)
+    assert answer["ok"] and answer["thresholds"]["image"] == 0.01
+    new_sha = answer["bundle"]["manifest_sha256"]
+    wait_for_rows(cfg.journal.path, 1, status="NG")
+    time.sleep(0.1)
+    done.set()
+    sender.join()
+    rows = wait_for_rows(cfg.journal.path, publisher.next_id)
+    assert sorted(r["frame_id"] for r in rows) == list(range(publisher.next_id))
+    assert {r["status"] for r in rows} == {"OK", "NG"}
+    for r in rows:  # each verdict came from exactly one of the two bundles, in order
+        assert r["detail"]["bundle_sha256"] == (old_sha if r["status"] == "OK" else new_sha)
+    last_old = max(r["frame_id"] for r in rows if r["status"] == "OK")
+    assert all(r["status"] == "NG" for r in rows if r["frame_id"] > last_old)
+    assert request(cfg.sockets.control, {"cmd": "health"})["bundle"]["path"] == str(strict)
+
+
+def test_control_commands_and_their_errors(serve, tmp_path):
+    server = serve()
+    address = server.cfg.sockets.control
+    health = request(address, {"cmd": "health"})
+    assert health["ok"] and health["status"] == "ready" and health["station"] == "st1"
+    assert {"path", "family", "version", "manifest_sha256"} <= set(health["bundle"])
+    assert request(address, {"cmd": "threshold", "image": 0.99})["thresholds"]["image"] == 0.99
+    Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw").publish(bright(), block=True)
+    assert wait_for_rows(server.cfg.journal.path, 1)[0]["status"] == "OK"  # 0.98: NG at the bundle's 0.5
+    for bad, message in (({"cmd": "fly"}, "unknown cmd"), ({"cmd": "threshold", "image": "x"}, "finite number"),
+                         ({"cmd": "reload", "bundle": str(tmp_path / "none")}, "not a bundle"),
+                         ({"nocmd": 1}, "cmd")):
+        answer = request(address, bad)
+        assert not answer["ok"] and message in answer["error"]
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.connect(address)
+    sock.send(b"\xff not json")
+    assert not json.loads(sock.recv())["ok"]
+    sock.close()
+    assert request(address, {"cmd": "health"})["bundle"]["family"] == "tiny"  # a failed reload changed nothing
+    assert request(address, {"cmd": "shutdown"})["ok"]
+    assert server.wait(10) and server.status == "stopped"
+
+
+def test_camera_sources_say_what_is_wrong(tmp_path):
+    with pytest.raises(LinesideError, match="none of"):
+        open_source(str(tmp_path / "missing"))
+    with pytest.raises(LinesideError, match="without GStreamer|cannot open"):
+        open_source("gst:csi")
+    with pytest.raises(LinesideError, match="needs the stream"):
+        open_source("gst:rtsp")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LinesideError, match="no images"):
+        open_source(str(tmp_path / "empty"))
+
+
+def test_video_file_camera(serve, tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 40))
+    for i in range(8):
+        writer.write(cv2.cvtColor(bright() if i < 4 else dark(), cv2.COLOR_GRAY2BGR))
+    writer.release()
+    server = serve()
+    stats = run_camera(open_source(str(path)), Publisher(server.cfg.sockets.frames, "st1", "vid", "jpeg"))
+    assert stats["captured"] == 8
+    rows = wait_for_rows(server.cfg.journal.path, 8)
+    assert [r["status"] for r in rows] == ["NG"] * 4 + ["OK"] * 4
