@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import ImageReadError, LinesideError
 from .imageio import list_images, read_image
-from .telemetry import log_event
+from .logs import log_event
 from .wire import encode_frame
 
 GST_TEMPLATES = {

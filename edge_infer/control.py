@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .errors import LinesideError
-from .telemetry import log_event
+from .logs import log_event
 
 MAX_REQUEST_BYTES = 16 * 1024
 THRESHOLD_KEYS = ("image", "pixel", "min_area")

@@ -31,7 +31,8 @@ from .decide import Verdict
 from .journal import Journal
 from .pipeline import DropQueue, Item, Model
 from .station import StationConfig
-from .telemetry import Telemetry, log_event
+from .logs import log_event
+from .telemetry import Telemetry
 from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
 
 POLL_MS = 100

@@ -1,10 +1,7 @@
-"""Counters and latency histograms (Prometheus), live stats for `lineside ctl stats`, and
-structured (one JSON object per line) logs."""
+"""Counters and latency histograms (Prometheus) and the live stats of `lineside ctl stats`."""
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from collections import deque
@@ -12,14 +9,9 @@ from collections import deque
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-log = logging.getLogger("lineside.runtime")
 STATUSES = ("OK", "NG", "ERROR", "DROPPED")
 STAGES = ("queue", "decode", "preprocess", "compute", "postprocess", "journal")
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def log_event(event: str, level: int = logging.INFO, **fields) -> None:
-    log.log(level, json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str))
 
 
 class Telemetry:

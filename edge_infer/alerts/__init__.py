@@ -13,7 +13,8 @@ import time
 from collections import OrderedDict
 
 from ..station import StationConfig
-from ..telemetry import Telemetry, log_event
+from ..logs import log_event
+from ..telemetry import Telemetry
 
 
 class Sink:
