@@ -44,7 +44,8 @@ def register_runtime(sub) -> None:
     p = sub.add_parser("serve", help="run a station: frames in (ZeroMQ), one verdict out per frame",
                        description="Bind the station's frames (PULL), verdicts (PUB) and control (REP) sockets and "
                        "score every frame. SIGTERM drains the queue and flushes the journal before exiting.")
-    p.add_argument("station_config", help="the station's YAML/TOML config (docs/station-config.md)")
+    p.add_argument("station_config", nargs="+", help="the station's YAML/TOML config (docs/station-config.md); "
+                   "several configs serve several stations from one process, each with its own sockets")
     p.set_defaults(handler=handler("edge_infer.server:main"))
 
     p = sub.add_parser("camera", help="capture frames from a camera, video, folder or stream and send them",

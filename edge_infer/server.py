@@ -59,6 +59,7 @@ class Server:
         self.last_ids: dict[str, int] = {}
         self.auth = None
         self.threads: list[threading.Thread] = []
+        self.alert_workers: list[AlertWorker] = []
         self.status = "starting"
 
     # ---- lifecycle ----------------------------------------------------------------
@@ -76,11 +77,11 @@ class Server:
         self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port)
-        workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished) for s in self.sinks]
-        self.alert_workers = workers
+        self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
+                              for s in self.sinks]
         for target in (self._receive, self._work, self._output, self._control):
             self.threads.append(threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True))
-        for t in self.threads + workers:
+        for t in self.threads + self.alert_workers:
             t.start()
         self.status = "ready"
         log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
@@ -127,15 +128,6 @@ class Server:
         if self.own_context:
             self.ctx.term()
         log_event("stopped", station=self.station, **self.telemetry.snapshot()["verdicts"])
-
-    def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT or `ctl shutdown`; then drain and return."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.request_stop())
-        self.start()
-        while not self.finished.wait(0.5):
-            pass
-        self.close()
 
     # ---- receiver -------------------------------------------------------------------
     def _receive(self) -> None:
@@ -297,12 +289,36 @@ def _row(item: Item) -> dict:
                        "bundle_sha256": item.bundle_sha, "captured_at": item.captured_at, "tags": item.tags}}
 
 
+def serve_forever(servers: list[Server]) -> None:
+    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all."""
+    def stop(*_):
+        for server in servers:
+            server.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        for server in servers:
+            server.start()
+        while not all(server.finished.wait(0.5) for server in servers):
+            pass
+    finally:
+        for server in servers:
+            if server.status != "starting":
+                server.close()
+
+
 def main(args) -> int:
     import logging
 
+    from .errors import LinesideError
     from .station import load_station
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_station(args.station_config)
-    Server(cfg).serve_forever()
+    configs = [load_station(path) for path in args.station_config]
+    names = [cfg.station for cfg in configs]
+    if len(set(names)) != len(names):
+        raise LinesideError(f"station names must differ between the configs, got {names}")
+    # each station has its own ZeroMQ context, hence its own Curve authenticator and its own keys
+    serve_forever([Server(cfg) for cfg in configs])
     return 0

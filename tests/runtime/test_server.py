@@ -220,3 +220,61 @@ def test_video_file_camera(serve, tmp_path):
     assert stats["captured"] == 8
     rows = wait_for_rows(server.cfg.journal.path, 8)
     assert [r["status"] for r in rows] == ["NG"] * 4 + ["OK"] * 4
+
+
+def test_two_stations_with_same_camera_names_are_kept_apart(tmp_path):
+    servers = []
+    for name in ("weld-1", "weld-10"):  # one name a prefix of the other: PUB topics must not mix them
+        cfg, _ = station(tmp_path / name, name=name)
+        servers.append(Server(cfg).start())
+    heard = {}
+    try:
+        a, b = servers
+        spy = threading.Thread(target=lambda: heard.update(
+            watch(a.cfg.sockets.verdicts, "weld-1", timeout_s=1.5,
+                  out=open("/dev/null", "w"))))
+        spy.start()
+        time.sleep(0.3)
+        for server, image in ((a, bright()), (b, dark())):
+            camera = Publisher(server.cfg.sockets.frames, server.station, "cam0", "raw")
+            for _ in range(3):
+                camera.publish(image, block=True)
+            camera.close()
+        rows_a = wait_for_rows(a.cfg.journal.path, 3)
+        rows_b = wait_for_rows(b.cfg.journal.path, 3)
+        spy.join(5)
+    finally:
+        for server in servers:
+            server.close()
+            cleanup(server.cfg)
+    assert [(r["station"], r["frame_id"], r["status"]) for r in rows_a] == [("weld-1", i, "NG") for i in range(3)]
+    assert [(r["station"], r["status"]) for r in rows_b] == [("weld-10", "OK")] * 3
+    assert heard == {"NG": 3}
+
+
+class FlakyCamera(FolderSource):
+    """A live camera that drops out after its third frame and needs three tries to come back."""
+
+    live = True
+
+    def __init__(self, folder):
+        super().__init__(folder, loop=True)
+        self.reads, self.failed_reopens = 0, 0
+
+    def read(self):
+        self.reads += 1
+        return None if self.reads == 4 else super().read()
+
+    def reopen(self):
+        self.failed_reopens += 1
+        return self.failed_reopens > 2
+
+
+def test_a_live_camera_is_reopened_with_backoff_and_reports_the_gap(serve, tmp_path):
+    server = serve()
+    source = FlakyCamera(image_folder(tmp_path / "images", 3))
+    stats = run_camera(source, Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw"), count=6)
+    assert stats["reopens"] == 1 and stats["captured"] == 6 and source.failed_reopens == 3
+    rows = wait_for_rows(server.cfg.journal.path, 6)
+    assert [r["frame_id"] for r in rows] == list(range(6))
+    assert float(rows[3]["detail"]["tags"]["gap_s"]) > 0  # the first frame after the gap says how long it was
