@@ -186,7 +186,7 @@ class Publisher:
                              tags=self.tags)
         self.tags = {}
         try:
-            self.sock.send_multipart(parts, flags=0 if block else self.zmq.NOBLOCK, copy=False)
+            self.sock.send_multipart(parts, flags=0 if block else self.zmq.NOBLOCK)
         except self.zmq.Again:  # a live camera does not wait: a fresh frame is worth more than an old one
             self.unsent += 1
             return False

@@ -27,7 +27,7 @@ class Sockets(_Strict):
 
 
 class QueueConfig(_Strict):
-    capacity: int = Field(32, ge=1, le=4096, description="frames waiting for the model, at most")
+    capacity: int = Field(8, ge=1, le=4096, description="frames waiting for the model, at most")
     policy: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
 
 
