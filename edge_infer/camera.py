@@ -194,7 +194,15 @@ class Publisher:
         return True
 
     def close(self) -> None:
+        """Close, giving queued frames up to the linger time to leave (an unclosed socket
+        that is garbage-collected drops them)."""
         self.sock.close()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def run_camera(source: Source, publisher: Publisher, fps: float | None = None, count: int | None = None,

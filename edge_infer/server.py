@@ -246,7 +246,6 @@ class Server:
                 self.pub_sock.send_multipart(verdict_message(event, alert=True))
             if ng and item.image is not None and self.cfg.alerts.disk:
                 self.images.put(verdict_id, item.image, item.anomaly_map)
-            item.image = item.anomaly_map = None
             policy = self.queue.policy if item.verdict.status == "DROPPED" else None
             self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
             for listener in self.listeners:
@@ -254,6 +253,7 @@ class Server:
                     listener(item, event)
                 except Exception as exc:  # a faulty listener must not stop the verdict stream
                     log_event("listener_failed", listener=repr(listener), error=repr(exc))
+            item.image = item.anomaly_map = None
         for worker in self.alert_workers:
             worker.wake.set()
 

@@ -12,6 +12,7 @@ import zmq
 from edge_infer.camera import FolderSource, Publisher, open_source, run_camera
 from edge_infer.control import request
 from edge_infer.errors import LinesideError
+from edge_infer.journal import read_verdicts
 from edge_infer.server import Server
 from edge_infer.watch import watch
 from edge_infer.wire import encode_frame
@@ -51,7 +52,7 @@ def subscribe(address):
 
 
 def test_every_frame_id_gets_exactly_one_verdict(serve, tmp_path):
-    server = serve()
+    server = serve(queue={"capacity": 64})  # room for every frame: this test is about exact verdicts
     cfg = server.cfg
     folder = image_folder(tmp_path / "images", 12)
     counts = {}
@@ -60,8 +61,8 @@ def test_every_frame_id_gets_exactly_one_verdict(serve, tmp_path):
     watcher.start()
     time.sleep(0.3)  # let the subscription reach the PUB socket before the first verdict
     for name, encoding in (("cam0", "jpeg"), ("cam1", "raw")):
-        stats = run_camera(FolderSource(folder, loop=True), Publisher(cfg.sockets.frames, "st1", name, encoding),
-                           count=20)
+        with Publisher(cfg.sockets.frames, "st1", name, encoding) as publisher:
+            stats = run_camera(FolderSource(folder, loop=True), publisher, count=20)
         assert stats["sent"] == 20
     rows = wait_for_rows(cfg.journal.path, 40)
     watcher.join(20)
@@ -180,7 +181,8 @@ def test_control_commands_and_their_errors(serve, tmp_path):
     assert health["ok"] and health["status"] == "ready" and health["station"] == "st1"
     assert {"path", "family", "version", "manifest_sha256"} <= set(health["bundle"])
     assert request(address, {"cmd": "threshold", "image": 0.99})["thresholds"]["image"] == 0.99
-    Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw").publish(bright(), block=True)
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw") as camera:
+        camera.publish(bright(), block=True)
     assert wait_for_rows(server.cfg.journal.path, 1)[0]["status"] == "OK"  # 0.98: NG at the bundle's 0.5
     for bad, message in (({"cmd": "fly"}, "unknown cmd"), ({"cmd": "threshold", "image": "x"}, "finite number"),
                          ({"cmd": "reload", "bundle": str(tmp_path / "none")}, "not a bundle"),
@@ -216,7 +218,8 @@ def test_video_file_camera(serve, tmp_path):
         writer.write(cv2.cvtColor(bright() if i < 4 else dark(), cv2.COLOR_GRAY2BGR))
     writer.release()
     server = serve()
-    stats = run_camera(open_source(str(path)), Publisher(server.cfg.sockets.frames, "st1", "vid", "jpeg"))
+    with Publisher(server.cfg.sockets.frames, "st1", "vid", "jpeg") as publisher:
+        stats = run_camera(open_source(str(path)), publisher)
     assert stats["captured"] == 8
     rows = wait_for_rows(server.cfg.journal.path, 8)
     assert [r["status"] for r in rows] == ["NG"] * 4 + ["OK"] * 4
@@ -273,8 +276,29 @@ class FlakyCamera(FolderSource):
 def test_a_live_camera_is_reopened_with_backoff_and_reports_the_gap(serve, tmp_path):
     server = serve()
     source = FlakyCamera(image_folder(tmp_path / "images", 3))
-    stats = run_camera(source, Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw"), count=6)
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw") as publisher:
+        stats = run_camera(source, publisher, count=6)
     assert stats["reopens"] == 1 and stats["captured"] == 6 and source.failed_reopens == 3
     rows = wait_for_rows(server.cfg.journal.path, 6)
     assert [r["frame_id"] for r in rows] == list(range(6))
     assert float(rows[3]["detail"]["tags"]["gap_s"]) > 0  # the first frame after the gap says how long it was
+
+
+def test_listeners_see_every_verdict_after_it_is_journaled(serve):
+    server = serve()
+    seen = []
+
+    def listener(item, event):
+        journaled = {r["id"] for r in read_verdicts(server.cfg.journal.path)}
+        seen.append((event["frame_id"], event["status"], event["id"] in journaled, item.image is not None))
+
+    server.listeners.append(lambda item, event: 1 / 0)  # a broken listener does not stop the others
+    server.listeners.append(listener)
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw") as camera:
+        for image in (bright(), dark()):
+            camera.publish(image, block=True)
+    wait_for_rows(server.cfg.journal.path, 2)
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert seen == [(0, "NG", True, True), (1, "OK", True, False)]
