@@ -16,9 +16,11 @@ socket, the worker the queue, the output the journal, then the process exits.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,8 @@ from .telemetry import Telemetry
 from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
 
 POLL_MS = 100
+DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
+MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
 
 
 class Server:
@@ -135,10 +139,13 @@ class Server:
         poller.register(sock, zmq.POLLIN)
         while not self.stopping.is_set():
             if poller.poll(POLL_MS):
-                self._accept(sock.recv_multipart(copy=True))
-        while True:  # drain: what already reached the socket still gets its verdict
+                self._accept(_recv_parts(sock, 0))
+        # Drain: what already reached the socket still gets its verdict. Bounded in time,
+        # since a camera that keeps sending would otherwise keep the server alive.
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline:
             try:
-                self._accept(sock.recv_multipart(zmq.NOBLOCK))
+                self._accept(_recv_parts(sock, zmq.NOBLOCK))
             except zmq.Again:
                 break
         sock.close()
@@ -200,9 +207,14 @@ class Server:
                 n = min(self.cfg.batch.max_frames, self.model.max_batch)
             batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
             if batch:
-                with self.model_lock:  # a reload swaps the model between batches, never inside one
-                    self.model.score(batch)
+                try:
+                    with self.model_lock:  # a reload swaps the model between batches, never inside one
+                        self.model.score(batch)
+                except Exception as exc:  # a bug in scoring must not make frames vanish
+                    log_event("scoring_failed", station=self.station, error=repr(exc))
                 for item in batch:
+                    if item.verdict is None:
+                        item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
                     item.frame = None
                     self._emit(item)
                 self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
@@ -231,9 +243,26 @@ class Server:
         self.status = "stopped"
         self.finished.set()
 
+    def _record(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> list[int]:
+        """Journal the verdicts, retrying while the disk refuses: nothing is published unjournaled."""
+        delay = 0.1
+        while True:
+            try:
+                ids = journal.record([_row(it) for it in items], sinks)
+            except sqlite3.Error as exc:
+                self.status = "journal-failing"
+                log_event("journal_failed", level=logging.ERROR, station=self.station, error=str(exc),
+                          retry_in_s=delay, waiting=len(items))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.status == "journal-failing":
+                self.status = "draining" if self.stopping.is_set() else "ready"
+            return ids
+
     def _journal_and_publish(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> None:
         t0 = time.perf_counter()
-        ids = journal.record([_row(it) for it in items], sinks)
+        ids = self._record(journal, items, sinks)
         journal_ms = (time.perf_counter() - t0) * 1e3 / len(items)
         for item, verdict_id in zip(items, ids):
             item.id = verdict_id
@@ -280,6 +309,17 @@ class Server:
                 "thresholds": thresholds}
 
 
+def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:
+    """One message's parts, keeping at most MAX_PARTS: a frame has two, and a peer that sends
+    thousands gets its ERROR without the server holding them all."""
+    parts = [sock.recv(flags)]
+    while sock.rcvmore:
+        part = sock.recv()
+        if len(parts) < MAX_PARTS:
+            parts.append(part)
+    return parts
+
+
 def _row(item: Item) -> dict:
     v = item.verdict
     return {"decided_at": item.decided_at, "station": item.station, "camera": item.camera,
@@ -309,8 +349,6 @@ def serve_forever(servers: list[Server]) -> None:
 
 
 def main(args) -> int:
-    import logging
-
     from .errors import LinesideError
     from .station import load_station
 

@@ -302,3 +302,26 @@ def test_listeners_see_every_verdict_after_it_is_journaled(serve):
     while len(seen) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert seen == [(0, "NG", True, True), (1, "OK", True, False)]
+
+
+def test_journal_failures_are_retried_and_scoring_bugs_become_errors(serve, monkeypatch):
+    import sqlite3
+
+    server = serve()
+    record, failures = server.journal.record, []
+
+    def flaky_record(rows, sinks=()):
+        if len(failures) < 2:  # the disk refuses twice, then recovers
+            failures.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+        return record(rows, sinks)
+
+    monkeypatch.setattr(server.journal, "record", flaky_record)
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw") as camera:
+        camera.publish(bright(), block=True)
+        rows = wait_for_rows(server.cfg.journal.path, 1)
+        assert [r["status"] for r in rows] == ["NG"] and len(failures) == 2 and server.status == "ready"
+        monkeypatch.setattr(server.model, "score", lambda batch: 1 / 0)
+        camera.publish(bright(), block=True)
+        rows = wait_for_rows(server.cfg.journal.path, 2)
+    assert rows[1]["status"] == "ERROR" and "internal error" in rows[1]["reason"]
