@@ -9,9 +9,10 @@ Four threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
     control   REP: health, stats, reload, threshold, shutdown
 
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
-single output step; ``Server.listeners`` (callables taking ``(item, event)``) is where
-other line I/O subscribes. SIGTERM (or `ctl shutdown`) drains: the receiver empties its
+single output step; ``Server.listeners`` (callables taking ``(item, event)``, called after
+the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or `ctl shutdown`) drains: the receiver empties its
 socket, the worker the queue, the output the journal, then the process exits.
+Several stations can run in one process, one ``Server`` (and ZeroMQ context) each.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import zmq
 from .alerts import AlertWorker, ImageCache, build_sinks
 from .control import handle_command
 from .decide import Verdict
+from .errors import LinesideError
 from .journal import Journal
+from .logs import log_event
 from .pipeline import DropQueue, Item, Model
 from .station import StationConfig
-from .logs import log_event
 from .telemetry import Telemetry
 from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
 
@@ -75,9 +77,18 @@ class Server:
         # Bind every socket here, in this thread, so a bad address fails `serve` at once;
         # each socket is then used only by its own thread.
         self.frames_sock = self._bind(zmq.PULL, self.cfg.sockets.frames)
-        self.frames_sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)
-        self.pub_sock = self._bind(zmq.PUB, self.cfg.sockets.verdicts)
-        self.control_sock = self._bind(zmq.REP, self.cfg.sockets.control)
+        try:
+            self.pub_sock = self._bind(zmq.PUB, self.cfg.sockets.verdicts)
+            try:
+                self.control_sock = self._bind(zmq.REP, self.cfg.sockets.control)
+            except LinesideError:
+                self.pub_sock.close()
+                raise
+        except LinesideError:
+            self.frames_sock.close()
+            if self.auth:
+                self.auth.stop()
+            raise
         self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port)
@@ -97,6 +108,7 @@ class Server:
         sock.linger = 0
         if kind == zmq.PULL:
             sock.rcvhwm = max(1, self.cfg.queue.capacity)
+            sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)  # bigger: peer disconnected
         if self.cfg.curve:
             from .security import secure_server
 
@@ -105,8 +117,6 @@ class Server:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
-            from .errors import LinesideError
-
             raise LinesideError(f"cannot bind {address}: {exc}; pick a free address in the station's sockets") from None
         return sock
 
@@ -349,7 +359,6 @@ def serve_forever(servers: list[Server]) -> None:
 
 
 def main(args) -> int:
-    from .errors import LinesideError
     from .station import load_station
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -44,7 +44,11 @@ def station(tmp_path: Path, bundle: Path | None = None, name: str = "st1", **set
 
 
 def cleanup(cfg: StationConfig) -> None:
-    shutil.rmtree(Path(cfg.sockets.frames[len("ipc://"):]).parent, ignore_errors=True)
+    """Remove the socket folder that ``station`` made (and nothing else: tcp configs have none)."""
+    for address in cfg.sockets.model_dump().values():
+        folder = Path(address[len("ipc://"):]).parent if address.startswith("ipc://") else None
+        if folder is not None and folder.parent == Path("/tmp") and folder.name.startswith("ls-"):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_for_rows(journal: Path, n: int, timeout_s: float = 20.0, **filters) -> list[dict]:

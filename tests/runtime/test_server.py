@@ -325,3 +325,21 @@ def test_journal_failures_are_retried_and_scoring_bugs_become_errors(serve, monk
         camera.publish(bright(), block=True)
         rows = wait_for_rows(server.cfg.journal.path, 2)
     assert rows[1]["status"] == "ERROR" and "internal error" in rows[1]["reason"]
+
+
+def free_tcp_addresses(n):
+    with zmq.Context.instance().socket(zmq.REP) as probe:
+        ports = [probe.bind_to_random_port("tcp://127.0.0.1") for _ in range(n)]
+    return [f"tcp://127.0.0.1:{port}" for port in ports]
+
+
+def test_a_taken_address_is_a_clear_error(serve, tmp_path):
+    frames, verdicts, control = free_tcp_addresses(3)
+    first = serve(sockets={"frames": frames, "verdicts": verdicts, "control": control})
+    cfg, _ = station(tmp_path / "second", sockets={"frames": free_tcp_addresses(1)[0], "verdicts": verdicts,
+                                                   "control": control})
+    second = Server(cfg)
+    with pytest.raises(LinesideError, match="cannot bind tcp://127.0.0.1"):
+        second.start()
+    second.ctx.term()  # start closed what it had bound, so the context ends at once
+    assert request(first.cfg.sockets.control, {"cmd": "health"})["status"] == "ready"
