@@ -17,8 +17,12 @@ def curve_pair(out: Path, name: str) -> list[Path]:
 
     if not zmq.has("curve"):
         raise LinesideError("this libzmq has no CurveZMQ support: install pyzmq from its wheels (they bundle it)")
-    public, secret = zmq.auth.create_certificates(out, name)
-    os.chmod(secret, 0o600)
+    old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(out, name)
+    finally:
+        os.umask(old)
+    os.chmod(public, 0o644)  # the public half is meant to be copied around
     return [Path(public), Path(secret)]
 
 
