@@ -35,7 +35,8 @@ def _load(path: str | Path):
     try:
         return zmq.auth.load_certificate(path)
     except Exception as exc:  # pyzmq raises ValueError / OSError for a bad certificate
-        raise LinesideError(f"{path} is not a ZeroMQ Curve certificate ({exc}): make one with `lineside keys`") from None
+        raise LinesideError(f"{path} is not a ZeroMQ Curve certificate ({exc}): "
+                            "make one with `lineside keys`") from None
 
 
 def start_authenticator(ctx: zmq.Context, authorized_clients: str | Path):

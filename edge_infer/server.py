@@ -10,8 +10,9 @@ Four threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
 
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
 single output step; ``Server.listeners`` (callables taking ``(item, event)``, called after
-the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or `ctl shutdown`) drains: the receiver empties its
-socket, the worker the queue, the output the journal, then the process exits.
+the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or
+`ctl shutdown`) drains: the receiver empties its socket, the worker the queue, the output
+the journal, then the process exits.
 Several stations can run in one process, one ``Server`` (and ZeroMQ context) each.
 """
 

@@ -6,7 +6,6 @@ of a pending alert is no longer in memory; then only the verdict JSON is written
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2

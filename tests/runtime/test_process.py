@@ -18,7 +18,7 @@ from edge_infer.control import request
 from edge_infer.errors import LinesideError
 from edge_infer.journal import read_verdicts
 from edge_infer.wire import parse_verdict_message
-from runtime_helpers import bright, cleanup, dark, station, wait_for_rows
+from runtime_helpers import bright, cleanup, dark, station
 
 ROOT = Path(__file__).resolve().parents[2]
 

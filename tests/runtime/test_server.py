@@ -1,6 +1,7 @@
 """A real server on ipc sockets, fed by real cameras: one verdict per frame, none vanishes."""
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -56,8 +57,9 @@ def test_every_frame_id_gets_exactly_one_verdict(serve, tmp_path):
     cfg = server.cfg
     folder = image_folder(tmp_path / "images", 12)
     counts = {}
-    watcher = threading.Thread(target=lambda: counts.update(watch(cfg.sockets.verdicts, "st1", count=40,
-                                                                  timeout_s=20, as_json=True, out=open("/dev/null", "w"))))
+    sink = open(os.devnull, "w")
+    watcher = threading.Thread(target=lambda: counts.update(
+        watch(cfg.sockets.verdicts, "st1", count=40, timeout_s=20, as_json=True, out=sink)))
     watcher.start()
     time.sleep(0.3)  # let the subscription reach the PUB socket before the first verdict
     for name, encoding in (("cam0", "jpeg"), ("cam1", "raw")):
