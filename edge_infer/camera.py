@@ -12,6 +12,7 @@ the frame cannot be sent, so the server sees (and counts) the gap.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -241,12 +242,18 @@ def _reopen_with_backoff(source: Source, publisher: Publisher, max_backoff_s: fl
     publisher.tags = {"gap_s": str(gap_s)}  # the server journals it with the first frame after the gap
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def main(args) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     gst = {"sensor_id": args.sensor_id, "width": args.width, "height": args.height,
            "fps": int(args.fps) if args.fps else None, "device": args.device, "url": args.url}
+    # SIGTERM (systemd stop) ends the loop like Ctrl-C, so the socket closes and queued frames leave
+    signal.signal(signal.SIGTERM, _interrupt)
     source = open_source(args.source, loop=args.loop, **gst)
     start_id = int(time.time() * 1000) if args.start_id == "now" else int(args.start_id)
     publisher = Publisher(args.connect, args.station, args.name, args.encoding, args.quality, start_id,

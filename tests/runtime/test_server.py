@@ -208,6 +208,10 @@ def test_camera_sources_say_what_is_wrong(tmp_path):
         open_source("gst:csi")
     with pytest.raises(LinesideError, match="needs the stream"):
         open_source("gst:rtsp")
+    with pytest.raises(LinesideError, match="/dev/video9"):
+        open_source("9")
+    with pytest.raises(LinesideError, match="cannot open stream rtsp://127.0.0.1:1/x"):
+        open_source("rtsp://127.0.0.1:1/x")  # nothing listens there: refused at once
     (tmp_path / "empty").mkdir()
     with pytest.raises(LinesideError, match="no images"):
         open_source(str(tmp_path / "empty"))
