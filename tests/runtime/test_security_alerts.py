@@ -179,3 +179,37 @@ def test_prometheus_metrics_are_served(tmp_path):
     assert 'lineside_verdicts_total{station="st1",status="NG"} 3.0' in text
     assert 'lineside_verdict_latency_seconds_count{station="st1"} 3.0' in text
     assert 'lineside_stage_latency_seconds_bucket{le="0.001",stage="compute",station="st1"}' in text
+
+
+class RecordingGPIO:
+    """Stands in for Jetson.GPIO to check what the sink asks of it (the wiring itself needs a Jetson)."""
+
+    BOARD, BCM, OUT, HIGH, LOW = "BOARD", "BCM", "OUT", 1, 0
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: self.calls.append((name, args, kw))
+
+
+def test_gpio_sink_pulses_active_low_and_skips_stale_verdicts(monkeypatch):
+    import sys
+    import types
+
+    from edge_infer.alerts.gpio import GpioSink
+    from edge_infer.station import GpioConfig
+
+    gpio = RecordingGPIO()
+    package = types.ModuleType("Jetson")
+    package.GPIO = gpio
+    monkeypatch.setitem(sys.modules, "Jetson", package)
+    monkeypatch.setitem(sys.modules, "Jetson.GPIO", gpio)
+    sink = GpioSink(GpioConfig(pin=12, numbering="BCM", pulse_ms=5, active_high=False, max_age_ms=500))
+    assert gpio.calls == [("setmode", ("BCM",), {}), ("setup", (12, "OUT"), {"initial": 1})]
+    note = sink.deliver({"decided_at": time.time()}, None)
+    assert gpio.calls[-2:] == [("output", (12, 0), {}), ("output", (12, 1), {})] and "pulsed" in note
+    before = len(gpio.calls)
+    assert "skipped" in sink.deliver({"decided_at": time.time() - 2}, None) and len(gpio.calls) == before
+    sink.close()
+    assert gpio.calls[-1] == ("cleanup", (12,), {})
