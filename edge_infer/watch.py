@@ -34,6 +34,7 @@ def watch(address: str, station: str | None = None, alerts_only: bool = False, a
     prefix = ("alert." if alerts_only else "verdict.") + (station or "")
     sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
     sock.connect(address)
+    print(f"watching {address} ({prefix}*)", file=sys.stderr, flush=True)
     counts: dict[str, int] = {}
     seen = 0
     try:

@@ -118,7 +118,8 @@ def test_cli_camera_watch_ctl_and_config_errors(config, tmp_path):
     proc = start_server(path, cfg)
     try:
         watcher = lineside("watch", cfg.sockets.verdicts, "--count", "6", "--timeout", "20")
-        time.sleep(0.5)  # the subscription must reach the server before the first verdict
+        assert watcher.stderr.readline().startswith("watching")  # it has connected and subscribed
+        time.sleep(0.3)  # for the subscription to travel to the PUB socket
         code, _, err = run("camera", str(folder), "--connect", cfg.sockets.frames, "--station", "st1",
                            "--name", "top", "--fps", "50")
         assert code == 0, err
