@@ -150,17 +150,26 @@ class Server:
         poller.register(sock, zmq.POLLIN)
         while not self.stopping.is_set():
             if poller.poll(POLL_MS):
-                self._accept(_recv_parts(sock, 0))
+                self._accept_safely(_recv_parts(sock, 0))
         # Drain: what already reached the socket still gets its verdict. Bounded in time,
         # since a camera that keeps sending would otherwise keep the server alive.
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline:
             try:
-                self._accept(_recv_parts(sock, zmq.NOBLOCK))
+                self._accept_safely(_recv_parts(sock, zmq.NOBLOCK))
             except zmq.Again:
                 break
         sock.close()
         self.received_all.set()
+
+    def _accept_safely(self, parts: list[bytes]) -> None:
+        try:
+            self._accept(parts)
+        except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
+            log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
+            item = Item(self.station, None, None, None, time.time(), time.perf_counter())
+            item.verdict = Verdict("ERROR", reason="internal error while receiving: see the server log")
+            self._emit(item)
 
     def _accept(self, parts: list[bytes]) -> None:
         now, t = time.time(), time.perf_counter()
@@ -248,7 +257,10 @@ class Server:
             done = None in items
             items = [it for it in items if it is not None]
             if items:
-                self._journal_and_publish(journal, items, sinks)
+                try:
+                    self._journal_and_publish(journal, items, sinks)
+                except Exception as exc:  # journaled already (it retries); keep the stream going
+                    log_event("publish_failed", level=logging.ERROR, station=self.station, error=repr(exc))
         journal.close()
         self.pub_sock.close()
         self.status = "stopped"
