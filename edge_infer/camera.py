@@ -165,14 +165,17 @@ class Publisher:
     """Numbers, stamps, encodes and PUSHes frames; paces them to ``fps`` when given."""
 
     def __init__(self, address: str, station: str, camera: str, encoding: str = "jpeg", quality: int = 90,
-                 start_id: int = 0, hwm: int = 16, server_key=None, client_key=None, context=None):
+                 start_id: int = 0, hwm: int = 16, server_key=None, client_key=None, linger_ms: int = 2000):
         import zmq
 
         from .security import secure_client
 
         self.zmq = zmq
-        self.sock = (context or zmq.Context.instance()).socket(zmq.PUSH)
-        self.sock.sndhwm, self.sock.linger = hwm, 2000
+        # Its own context: terminating it is the one way ZeroMQ offers to wait (up to the
+        # linger time) until the frames still queued have left.
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.sndhwm, self.sock.linger = hwm, linger_ms
         secure_client(self.sock, server_key, client_key)
         self.sock.connect(address)
         self.station, self.camera, self.encoding, self.quality = station, camera, encoding, quality
@@ -195,9 +198,10 @@ class Publisher:
         return True
 
     def close(self) -> None:
-        """Close, giving queued frames up to the linger time to leave (an unclosed socket
-        that is garbage-collected drops them)."""
+        """Close, waiting up to the linger time for queued frames to leave (a socket that is
+        garbage-collected unclosed drops them)."""
         self.sock.close()
+        self.ctx.term()
 
     def __enter__(self) -> "Publisher":
         return self

@@ -108,7 +108,7 @@ class Server:
         sock = self.ctx.socket(kind)
         sock.linger = 0
         if kind == zmq.PULL:
-            sock.rcvhwm = max(1, self.cfg.queue.capacity)
+            sock.rcvhwm = self.cfg.queue.socket_hwm
             sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)  # bigger: peer disconnected
         if self.cfg.curve:
             from .security import secure_server

@@ -29,6 +29,10 @@ class Sockets(_Strict):
 class QueueConfig(_Strict):
     capacity: int = Field(8, ge=1, le=4096, description="frames waiting for the model, at most")
     policy: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
+    socket_hwm: int = Field(64, ge=1, le=100_000, description=(
+        "frames ZeroMQ holds on the frames socket until the receiver reads them (memory: up to "
+        "socket_hwm x limits.max_payload_bytes); too small, and libzmq discards what a camera had in "
+        "flight when it disconnects while this buffer is full"))
 
 
 class BatchConfig(_Strict):

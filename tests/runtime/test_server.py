@@ -349,3 +349,21 @@ def test_a_taken_address_is_a_clear_error(serve, tmp_path):
         second.start()
     second.ctx.term()  # start closed what it had bound, so the context ends at once
     assert request(first.cfg.sockets.control, {"cmd": "health"})["status"] == "ready"
+
+
+def test_a_camera_at_full_speed_against_a_slow_model_is_shed_and_accounted(serve, tmp_path):
+    # A 512x512 model on 48x40 frames: each frame costs the worker milliseconds, the
+    # receiver microseconds, so a camera sending as fast as it can overloads it many times.
+    slow = make_tiny_bundle(tmp_path / "slow", height=512, width=512)
+    server = serve(bundle=slow, queue={"capacity": 2, "policy": "drop-oldest"})
+    n = 300
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000) as camera:
+        for i in range(n):
+            camera.publish(bright() if i % 2 else dark(), block=True)
+        rows = wait_for_rows(server.cfg.journal.path, n)  # the camera stays connected meanwhile
+    assert sorted(r["frame_id"] for r in rows) == list(range(n))  # every frame, once
+    counts = Counter(r["status"] for r in rows)
+    assert counts["DROPPED"] > 0 and counts["OK"] + counts["NG"] + counts["DROPPED"] == n
+    assert server.queue.high_water <= 2
+    scored = [r for r in rows if r["status"] in ("OK", "NG")]
+    assert all(r["status"] == ("NG" if r["frame_id"] % 2 else "OK") for r in scored)  # shed, never mixed up
