@@ -367,3 +367,14 @@ def test_a_camera_at_full_speed_against_a_slow_model_is_shed_and_accounted(serve
     assert server.queue.high_water <= 2
     scored = [r for r in rows if r["status"] in ("OK", "NG")]
     assert all(r["status"] == ("NG" if r["frame_id"] % 2 else "OK") for r in scored)  # shed, never mixed up
+
+
+def test_a_camera_that_exits_right_after_a_burst_loses_nothing_over_tcp(serve, tmp_path):
+    frames, verdicts, control = free_tcp_addresses(3)
+    server = serve(queue={"capacity": 2}, sockets={"frames": frames, "verdicts": verdicts, "control": control})
+    with Publisher(frames, "st1", "cam0", "raw", hwm=1000) as camera:
+        for _ in range(300):
+            camera.publish(dark(), block=True)
+    # closed at once: everything it had queued must still reach the server (see docs: ipc differs)
+    rows = wait_for_rows(server.cfg.journal.path, 300)
+    assert sorted(r["frame_id"] for r in rows) == list(range(300))
