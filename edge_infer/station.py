@@ -146,10 +146,14 @@ def load_station(path: str | Path) -> StationConfig:
     if not path.is_file():
         raise LinesideError(f"station config {path} does not exist: write one (see docs/station-config.md)")
     text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10 (JetPack 6) has no tomllib
+            raise LinesideError(f"{path}: TOML station configs need Python 3.11 or newer; "
+                                "write the same settings as YAML (station.yaml)") from None
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
             data = tomllib.loads(text)
         else:
             import yaml
