@@ -76,7 +76,12 @@ def profile_upper_excess(excess: np.ndarray, shape: float, scale: float, p: floa
     top = gpd_loglik(excess, shape, scale)
     drop = stats.chi2.ppf(1.0 - 2.0 * (1.0 - confidence), 1) / 2.0
     z_hat = float(stats.genpareto.isf(p, shape, 0, scale))
-    gap = lambda z: top - profile(z) - drop  # noqa: E731 -- negative inside the interval
+
+    def gap(z: float) -> float:  # negative inside the confidence interval
+        return top - profile(z) - drop
+
+    if gap(z_hat) >= 0:  # the fit sits at the edge of the shapes searched: no interval to read off
+        return np.inf
     hi = z_hat * 1.5
     while gap(hi) < 0:
         if hi > 1e6 * z_hat:
@@ -92,7 +97,7 @@ def evt_threshold(good_scores, target_frr: float = 0.005, confidence: float = 0.
     check_rate(target_frr, confidence)
     x = clean_scores(good_scores)
     n = x.size
-    n_tail = max(min_exceedances, int(round(tail_fraction * n)))
+    n_tail = max(min_exceedances, round(tail_fraction * n))
 
     def fallback(reason: str) -> ThresholdResult:
         result = quantile_threshold(x, target_frr, confidence)
@@ -121,7 +126,7 @@ def evt_threshold(good_scores, target_frr: float = 0.005, confidence: float = 0.
     p = target_frr * n / n_tail  # the target as a probability within the tail
     upper = profile_upper_excess(excess, shape, scale, p, confidence)
     if not np.isfinite(upper):
-        return fallback("the tail is so heavy that the upper confidence limit is unbounded")
+        return fallback("the tail's profile likelihood gives no finite upper confidence limit (too heavy a tail)")
     threshold = u + upper
     expected = tail_rate(threshold, n, n_tail, u, shape, scale)
     return ThresholdResult(

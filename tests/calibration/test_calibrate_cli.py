@@ -7,8 +7,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-
 from conftest import make_tiny_bundle
+
 from edge_infer.bundle import Bundle
 from edge_infer.drift import reference_sample
 from lineside.cli import main
@@ -81,7 +81,7 @@ def test_f1_reports_the_escape_rate(station, capsys):
 
 def test_errors_name_the_problem_and_the_fix(station, tmp_path, capsys):
     """Empty folder, too few images for the rate, a bundle of another station, f1 without defects."""
-    root, bundle, good = station
+    _, bundle, good = station
     (tmp_path / "empty").mkdir()
     assert calibrate(bundle, "--station", "s", "--good", tmp_path / "empty") == 2
     assert "holds no images" in capsys.readouterr().err
@@ -131,7 +131,7 @@ def make_journal(path, station, rows):
 
 
 def test_from_journal_recalibrates_and_checks_drift(station, tmp_path, capsys):
-    root, bundle, good = station
+    _, bundle, good = station
     assert calibrate(bundle, "--station", "s", "--good", good, "--out", tmp_path / "first") == 0
     rng, now = np.random.default_rng(5), time.time()
     shifted = rng.normal(0.45, 0.05, 900)  # the line got brighter: good scores moved up from ~0.31
