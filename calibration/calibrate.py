@@ -8,6 +8,7 @@ Three flows share the choosing and writing:
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from .labelled import cost_threshold, f1_threshold
 from .pixel import pixel_threshold
 from .quantile import ThresholdResult, add_escapes, quantile_threshold
 from .report import curves, write_report
-from .scores import ScoreSet, defect_images, good_images, score_images
+from .scores import ScoreSet, defect_images, good_images, read_scores, score_images, write_scores
 
 
 def main(args) -> int:
@@ -36,6 +37,8 @@ def main(args) -> int:
         return from_journal(args, out)
     if not args.bundles:
         raise LinesideError("give the bundle to calibrate: `lineside calibrate BUNDLE --station NAME --good DIR`")
+    if args.scores:
+        return from_scores(args, out)
     if not args.good:
         raise LinesideError("give the station's good images with --good DIR (or recalibrate with --from-journal)")
     if args.method in ("f1", "cost") and not args.defects:
@@ -54,15 +57,51 @@ def main(args) -> int:
         backend = scorer.backend.describe()
     finally:
         scorer.close()
+    write_scores(out / "scores.csv", {"good": good, "defect": defects})
     result = choose(args, good.scores, None if defects is None else defects.scores)
     pixel = pixel_threshold(good.maps, args.pixel_rate, image_threshold=result.threshold)
-    provenance = base_provenance(args, result, good.scores, defects, classes)
+    provenance = base_provenance(args, result, good.scores, classes)
     provenance.update(bundle_identity(bundle, args.precision), backend=backend,
                       unreadable_images=len(good.errors) + (len(defects.errors) if defects else 0),
                       pixel=pixel["details"])
     thresholds = Thresholds(image=result.threshold, pixel=pixel["pixel"], min_area=pixel["min_area"],
                             provenance=provenance)
     finish(args, out, bundle, thresholds, result, good.scores, None if defects is None else defects.scores)
+    return 0
+
+
+def from_scores(args, out: Path) -> int:
+    """Choose again from an earlier run's scores.csv: the same bundle's scores, no scoring."""
+    if len(args.bundles) != 1:
+        raise LinesideError("--scores re-uses one bundle's scores: give exactly one bundle")
+    bundle = load_for_station(args.bundles[0], args.station)
+    earlier = Path(args.scores)
+    try:
+        report = json.loads((earlier / "report.json").read_text())
+        before = Thresholds.model_validate(report["thresholds"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise LinesideError(f"{earlier} holds no calibration report ({exc}): give the --out folder of an earlier "
+                            "`lineside calibrate` run") from None
+    identity = bundle_identity(bundle, args.precision)
+    if before.provenance.get("model_sha256") != identity["model_sha256"]:
+        raise LinesideError(f"the scores in {earlier} came from another model (sha256 "
+                            f"{before.provenance.get('model_sha256')}), not this bundle's {args.precision} model: "
+                            "score the images again with --good/--defects")
+    scores = read_scores(earlier / "scores.csv")
+    defects = scores["defect"] if scores["defect"].size else None
+    if args.method in ("f1", "cost") and defects is None:
+        raise LinesideError(f"--method {args.method} needs labelled defects, and {earlier} scored none")
+    result = choose(args, scores["good"], defects)
+    pixel = before.pixel if before.pixel is None else min(before.pixel, result.threshold)
+    provenance = base_provenance(args, result, scores["good"], before.provenance.get("defect_classes", {}))
+    pixel_details = dict(before.provenance.get("pixel") or {})
+    if pixel != before.pixel:
+        pixel_details["note"] = ("pixel threshold lowered to the new image threshold; min_area kept from the earlier "
+                                 "run: calibrate from the images to refit it")
+    provenance.update(identity, scores_from=str(earlier / "scores.csv"), backend=before.provenance.get("backend"),
+                      pixel=pixel_details)
+    thresholds = Thresholds(image=result.threshold, pixel=pixel, min_area=before.min_area, provenance=provenance)
+    finish(args, out, bundle, thresholds, result, scores["good"], defects)
     return 0
 
 
@@ -90,8 +129,7 @@ def choose(args, good: np.ndarray, defects: np.ndarray | None) -> ThresholdResul
     return result if defects is None or defects.size == 0 else add_escapes(result, defects)
 
 
-def base_provenance(args, result: ThresholdResult, good: np.ndarray, defects: ScoreSet | None,
-                    classes: dict) -> dict:
+def base_provenance(args, result: ThresholdResult, good: np.ndarray, classes: dict) -> dict:
     """What a reviewer needs to trust (or question) the threshold, and the drift reference."""
     quantiles = {f"p{q:g}": float(np.quantile(good, q / 100)) for q in (50, 90, 99, 99.9)}
     return {
@@ -160,8 +198,8 @@ def fused(args, out: Path, bundles: list[Bundle], good_paths, defect_paths, clas
     result = choose(args, good, defect)
     models = [{**bundle_identity(b, args.precision), "normaliser": n, "backend": be}
               for b, n, be in zip(bundles, normalisers, backends)]
-    provenance = base_provenance(args, result, good, None, classes)
-    provenance.update(defect_count=result.defect_count, fusion={"how": args.fuse, "models": models})
+    provenance = base_provenance(args, result, good, classes)
+    provenance["fusion"] = {"how": args.fuse, "models": models}
     thresholds = Thresholds(image=result.threshold, provenance=provenance)
     # the fused threshold is on the normalised scale, so it goes into fusion.json, not into any one bundle
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +227,7 @@ def from_journal(args, out: Path) -> int:
     result = choose(args, js.good, js.defects if js.defects.size else None)
     drift = drift_from_provenance(previous.provenance, js.good) if bundle else {
         "status": "no-reference", "message": "give the bundle to compare the live scores with its calibration"}
-    provenance = base_provenance(args, result, js.good, None, {})
+    provenance = base_provenance(args, result, js.good, {})
     provenance.update(source="journal", journal=str(args.from_journal), since=args.since,
                       confirmed_only=args.confirmed_only, journal_rows=js.rows, unreviewed_ng=js.unreviewed_ng,
                       thresholds_seen=js.thresholds_seen, drift=drift)

@@ -45,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="the bundle's model variant to calibrate; calibrate the one the line runs (default: fp32)")
     p.add_argument("--out", help="report folder (default: ./calibration-STATION)")
+    p.add_argument("--scores", metavar="DIR",
+                   help="choose again from an earlier run's --out folder (its scores.csv) instead of scoring; "
+                   "the bundle's model must be the one that made them")
     p.add_argument("--dry-run", action="store_true", help="write the report but leave the bundle unchanged")
     p.add_argument("--from-journal", metavar="JOURNAL",
                    help="recalibrate from the line's verdict journal (SQLite) instead of image folders")

@@ -121,7 +121,8 @@ def evt_threshold(good_scores, target_frr: float = 0.005, confidence: float = 0.
                                     n_mc_samples=gof_samples, random_state=seed)
     if gof.pvalue < gof_alpha:
         return fallback(f"the generalised Pareto tail does not fit the top {n_tail} scores "
-                        f"(Anderson-Darling p = {gof.pvalue:.3f} < {gof_alpha})")
+                        f"(Anderson-Darling p = {gof.pvalue:.3f} < {gof_alpha}); a tail of another length "
+                        "(--tail-fraction 0.05 or 0.2) may fit")
 
     p = target_frr * n / n_tail  # the target as a probability within the tail
     upper = profile_upper_excess(excess, shape, scale, p, confidence)

@@ -122,7 +122,8 @@ def roc_pr(path: Path, result: ThresholdResult, good: np.ndarray, defects: np.nd
     op_prec = op_tpr * defects.size / max(op_tpr * defects.size + op_fpr * good.size, 1e-12)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=110)
     left.plot(c["fpr"], c["tpr"], color=DEFECT, lw=2, label=f"ROC (AUROC {c['auroc']:.3f})")
-    left.plot([0, 1], [0, 1], color="#bbbbbb", ls=":")
+    chance = np.concatenate([[0.0], np.logspace(np.log10(0.5 / good.size), 0, 100)])
+    left.plot(chance, chance, color="#bbbbbb", ls=":", label="chance")
     # the rates a line can live with are small: a log-like axis (linear below one image in n) shows them
     left.set_xscale("symlog", linthresh=1.0 / good.size, linscale=0.5)
     left.plot(op_fpr, op_tpr, "o", color=THRESH, ms=8, label=f"threshold: FRR {op_fpr:.2%}, catch {op_tpr:.1%}")

@@ -6,6 +6,7 @@ MVTec-layout ``test/`` folder, whose non-``good`` class folders hold the defects
 
 from __future__ import annotations
 
+import csv
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,3 +93,26 @@ def score_images(scorer: Scorer, paths: list[Path], label: str, keep_maps: bool 
         raise LinesideError(f"none of the {len(paths)} {label} images could be scored (first: {errors[0][0]}: "
                             f"{errors[0][1]}): check the files with `lineside score`")
     return ScoreSet(np.asarray(scores, dtype=np.float64), sources, maps, errors)
+
+
+def write_scores(path: Path, sets: dict[str, ScoreSet | None]) -> None:
+    """Every image's score as CSV (set, source, score): which good image scored highest, and why."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["set", "source", "score"])
+        for name, scored in sets.items():
+            for source, score in zip(scored.sources, scored.scores) if scored else ():
+                writer.writerow([name, source, repr(float(score))])
+
+
+def read_scores(path: Path) -> dict[str, np.ndarray]:
+    """scores.csv (from write_scores) → {'good': scores, 'defect': scores}."""
+    if not path.is_file():
+        raise LinesideError(f"{path} does not exist: give the --out folder of an earlier `lineside calibrate` run")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        return {name: np.array([float(r["score"]) for r in rows if r["set"] == name]) for name in ("good", "defect")}
+    except (KeyError, ValueError) as exc:
+        raise LinesideError(f"{path} is not a calibration scores file ({exc}): score the images again") from None

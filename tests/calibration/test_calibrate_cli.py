@@ -159,3 +159,19 @@ def test_reference_sample_is_bounded_and_keeps_the_distribution():
     x = np.random.default_rng(0).exponential(size=10000)
     ref = reference_sample(x)
     assert len(ref) == 512 and np.median(ref) == pytest.approx(np.median(x), rel=0.02)
+
+
+def test_scores_of_an_earlier_run_choose_again_without_scoring(station, tmp_path, capsys):
+    root, bundle, good = station
+    first = tmp_path / "first"
+    assert calibrate(bundle, "--station", "s", "--good", good, "--defects", root / "test", "--out", first) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"
+    assert calibrate(bundle, "--station", "s", "--scores", first, "--method", "f1", "--out", again) == 0
+    assert "scoring" not in capsys.readouterr().err  # no progress bar: nothing was scored
+    th = Bundle.load(bundle).thresholds
+    assert th.provenance["method"] == "f1" and th.provenance["scores_from"] == str(first / "scores.csv")
+    assert th.provenance["good_count"] == 700 and th.provenance["defect_count"] == 60
+    other = make_tiny_bundle(tmp_path / "gray-model", channels=1, image_threshold=None)
+    assert calibrate(other, "--station", "s", "--scores", first) == 2
+    assert "came from another model" in capsys.readouterr().err
