@@ -9,7 +9,6 @@ Three flows share the choosing and writing:
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,7 +134,8 @@ def base_provenance(args, result: ThresholdResult, good: np.ndarray, classes: di
     return {
         "method": result.method, "station": args.station,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "lineside calibrate " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "options": {k: v for k, v in sorted(vars(args).items())
+                    if k not in ("handler", "command") and v not in (None, False, [])},
         "good_count": result.good_count, "defect_count": result.defect_count, "defect_classes": classes,
         "target_frr": result.target_frr, "confidence": result.confidence,
         "expected_frr": result.expected_frr, "frr_bound": result.frr_bound, "observed_frr": result.observed_frr,
@@ -168,7 +168,7 @@ def finish(args, out: Path, bundle: Bundle | None, thresholds: Thresholds, resul
     wrote = f"{out / 'station-thresholds.json'}"
     if bundle is not None and not args.dry_run:
         bundle.manifest.station = args.station
-        bundle.write_thresholds(thresholds, produced_by=thresholds.provenance["command"])
+        bundle.write_thresholds(thresholds, produced_by=f"lineside calibrate --method {args.method}")
         wrote = f"{bundle.root / 'thresholds.json'} and {wrote}"
     print(f"station {args.station}: image threshold {thresholds.image:.6g}"
           + (f", pixel {thresholds.pixel:.6g}, min area {thresholds.min_area} px" if thresholds.pixel is not None else ""))
