@@ -28,10 +28,16 @@ from .pixel import pixel_threshold
 from .quantile import ThresholdResult, add_escapes, quantile_threshold
 from .report import curves, write_report
 from .scores import ScoreSet, defect_images, good_images, read_scores, score_images, write_scores
+from .station import station_config, update_overrides
 
 
 def main(args) -> int:
     out = Path(args.out or f"calibration-{args.station}")
+    if args.station_config:
+        if len(args.bundles) > 1:
+            raise LinesideError("a station config names one bundle; fuse several bundles without --station-config")
+        cfg = station_config(args.station_config, args.station, args.bundles[0] if args.bundles else None)
+        args.bundles = args.bundles or [str(cfg.bundle)]
     if args.from_journal:
         return from_journal(args, out)
     if not args.bundles:
@@ -170,6 +176,9 @@ def finish(args, out: Path, bundle: Bundle | None, thresholds: Thresholds, resul
         bundle.manifest.station = args.station
         bundle.write_thresholds(thresholds, produced_by=f"lineside calibrate --method {args.method}")
         wrote = f"{bundle.root / 'thresholds.json'} and {wrote}"
+        if args.station_config:
+            cfg = station_config(args.station_config, args.station, bundle.root)
+            print(f"  {update_overrides(args.station_config, cfg, thresholds)}")
     print(f"station {args.station}: image threshold {thresholds.image:.6g}"
           + (f", pixel {thresholds.pixel:.6g}, min area {thresholds.min_area} px" if thresholds.pixel is not None else ""))
     print(f"  {result.message}")

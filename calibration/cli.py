@@ -48,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--scores", metavar="DIR",
                    help="choose again from an earlier run's --out folder (its scores.csv) instead of scoring; "
                    "the bundle's model must be the one that made them")
+    p.add_argument("--station-config", metavar="FILE",
+                   help="the station's config (serve's YAML): checked against --station and the bundle (its bundle "
+                   "when none is given); threshold keys it pins over the bundle's are rewritten to the new values")
     p.add_argument("--dry-run", action="store_true", help="write the report but leave the bundle unchanged")
     p.add_argument("--from-journal", metavar="JOURNAL",
                    help="recalibrate from the line's verdict journal (SQLite) instead of image folders")

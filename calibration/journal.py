@@ -6,14 +6,12 @@ review: 1 = the verdict was right, 0 = it was wrong, NULL = not reviewed. So the
 parts are the OK verdicts not overturned plus the NG verdicts overturned (false rejects),
 and the defects are the NG verdicts confirmed plus the OK verdicts overturned (escapes).
 
-Read-only (SQLite URI ``mode=ro``): recalibration never writes the line's journal.
-Until ``edge_infer.journal.read_verdicts`` exists on main, this reads the table directly.
+Read through ``edge_infer.journal.read_verdicts`` (read-only, safe while serve writes).
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_infer.errors import LinesideError
+from edge_infer.journal import read_verdicts
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -50,31 +49,24 @@ def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_on
     if not path.is_file():
         raise LinesideError(f"journal {path} does not exist: give the station's journal file (serve writes it)")
     start = (time.time() if now is None else now) - parse_duration(since)
-    try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise LinesideError(f"cannot open journal {path}: {exc}") from None
-    try:
-        rows = con.execute("SELECT status, score, threshold, confirmed FROM verdicts "
-                           "WHERE station = ? AND decided_at >= ? AND score IS NOT NULL", (station, start)).fetchall()
-        stations = [r[0] for r in con.execute("SELECT DISTINCT station FROM verdicts")] if not rows else []
-    except sqlite3.DatabaseError as exc:
-        raise LinesideError(f"{path} is not a lineside journal ({exc}): give the journal file serve writes") from None
-    finally:
-        con.close()
+    rows = [r for r in read_verdicts(path, station=station, since=start) if r["score"] is not None]
     if not rows:
-        hint = f"it has stations: {', '.join(map(str, stations))}" if stations else "it holds no verdicts"
+        stations = sorted({str(r["station"]) for r in read_verdicts(path, since=start)})
+        hint = f"it has stations: {', '.join(stations)}" if stations else "it holds no verdicts in that time"
         raise LinesideError(f"journal {path} has no scored verdicts for station {station!r} in the last "
                             f"{since} ({hint}): check --station or widen --since")
     good, defects, unreviewed = [], [], 0
-    for status, score, _, confirmed in rows:
+    for row in rows:
+        status, score, confirmed = row["status"], row["score"], row["confirmed"]
         if confirmed_only and confirmed is None:
             continue
         if status == "OK":
             (defects if confirmed == 0 else good).append(score)
+        elif status == "NG" and confirmed == 0:  # a false reject: the part was good
+            good.append(score)
+        elif status == "NG" and confirmed == 1:
+            defects.append(score)
         elif status == "NG":
-            if confirmed is None:
-                unreviewed += 1
-            (good if confirmed == 0 else defects if confirmed == 1 else []).append(score)
+            unreviewed += 1
     return JournalScores(np.asarray(good, dtype=np.float64), np.asarray(defects, dtype=np.float64), unreviewed,
-                         start, len(rows), sorted({float(r[2]) for r in rows if r[2] is not None}))
+                         start, len(rows), sorted({float(r["threshold"]) for r in rows if r["threshold"] is not None}))

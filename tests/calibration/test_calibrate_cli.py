@@ -1,7 +1,6 @@
 """`lineside calibrate` end to end on the tiny bundle (score = brightest pixel / 255)."""
 
 import json
-import sqlite3
 import time
 
 import cv2
@@ -11,6 +10,7 @@ from conftest import make_tiny_bundle
 
 from edge_infer.bundle import Bundle
 from edge_infer.drift import reference_sample
+from edge_infer.journal import Journal, set_confirmed
 from lineside.cli import main
 
 
@@ -119,15 +119,14 @@ def max_good_score(folder):
 
 
 def make_journal(path, station, rows):
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE verdicts (id INTEGER PRIMARY KEY, decided_at REAL, station TEXT, camera TEXT, "
-                "frame_id INTEGER, status TEXT, score REAL, threshold REAL, reason TEXT, detail TEXT, "
-                "confirmed INTEGER NULL)")
-    con.executemany("INSERT INTO verdicts (decided_at, station, camera, frame_id, status, score, threshold, reason, "
-                    "detail, confirmed) VALUES (?, ?, 'cam0', ?, ?, ?, 0.5, '', '{}', ?)",
-                    [(t, station, i, s, v, c) for i, (t, s, v, c) in enumerate(rows)])
-    con.commit()
-    con.close()
+    """A journal as serve writes it; rows are (decided_at, status, score, operator's review or None)."""
+    journal = Journal(path)
+    ids = journal.record([{"decided_at": t, "station": station, "camera": "cam0", "frame_id": i, "status": status,
+                           "score": score, "threshold": 0.5} for i, (t, status, score, _) in enumerate(rows)])
+    journal.close()
+    for verdict_id, (*_, review) in zip(ids, rows):
+        if review is not None:
+            set_confirmed(path, verdict_id, bool(review))
 
 
 def test_from_journal_recalibrates_and_checks_drift(station, tmp_path, capsys):
@@ -175,3 +174,21 @@ def test_scores_of_an_earlier_run_choose_again_without_scoring(station, tmp_path
     other = make_tiny_bundle(tmp_path / "gray-model", channels=1, image_threshold=None)
     assert calibrate(other, "--station", "s", "--scores", first) == 2
     assert "came from another model" in capsys.readouterr().err
+
+
+def test_station_config_is_checked_and_its_pinned_threshold_follows(station, tmp_path, capsys):
+    from edge_infer.station import load_station
+
+    _, bundle, good = station
+    config = tmp_path / "station.yaml"
+    config.write_text(f"station: s\nbundle: {bundle}\nthresholds:\n  image: 0.9\n")
+    # no BUNDLE argument: the config's bundle is calibrated
+    assert calibrate("--station", "s", "--station-config", config, "--good", good, "--out", tmp_path / "r") == 0
+    new = Bundle.load(bundle).thresholds.image
+    assert load_station(config).thresholds.image == pytest.approx(new) != 0.9
+    assert "rewrote its pinned image" in capsys.readouterr().out
+    assert calibrate(bundle, "--station", "t", "--station-config", config, "--good", good) == 2
+    assert "is for station 's', not 't'" in capsys.readouterr().err
+    other = make_tiny_bundle(tmp_path / "other", image_threshold=None)
+    assert calibrate(other, "--station", "s", "--station-config", config, "--good", good) == 2
+    assert "calibrate the bundle the station runs" in capsys.readouterr().err
