@@ -16,6 +16,8 @@ sample of the good scores (``reference_scores``) and how many scores it summaris
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 PSI_MODERATE = 0.1
@@ -98,3 +100,28 @@ def drift_from_provenance(provenance: dict, live) -> dict:
         return {"status": "no-reference",
                 "message": "these thresholds carry no reference scores: recalibrate with `lineside calibrate`"}
     return drift_check(ref, live, reference_count=provenance.get("good_count"))
+
+
+class DriftMonitor:
+    """The last ``window`` OK scores of a running station against its calibration reference.
+
+    Feed it the score of every OK verdict; ``report()`` is the drift check for the stats.
+    OK scores never exceed the image threshold, so the reference is cut there too, or the
+    few calibration scores above it would read as drift.
+    """
+
+    def __init__(self, provenance: dict, threshold: float | None, window: int = 1000):
+        ref = np.asarray(provenance.get("reference_scores") or [], dtype=np.float64)
+        self.reference = ref[ref <= threshold] if threshold is not None else ref
+        self.reference_count = provenance.get("good_count")
+        self.live: deque[float] = deque(maxlen=window)
+
+    def add(self, score: float | None) -> None:
+        if score is not None and np.isfinite(score):
+            self.live.append(float(score))
+
+    def report(self) -> dict:
+        if self.reference.size == 0:
+            return drift_from_provenance({}, [])
+        return drift_check(self.reference, np.fromiter(self.live, np.float64, len(self.live)),
+                           reference_count=self.reference_count)

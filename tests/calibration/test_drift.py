@@ -43,3 +43,22 @@ def test_drift_runs_on_the_device_without_scipy():
 
     code = "import sys, edge_infer.drift; assert 'scipy' not in sys.modules, 'edge_infer.drift imported scipy'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_monitor_compares_the_recent_ok_scores_with_the_reference_below_the_threshold():
+    from edge_infer.drift import DriftMonitor
+
+    rng = np.random.default_rng(2)
+    calibration = rng.exponential(size=2000)
+    threshold = float(np.quantile(calibration, 0.99))
+    monitor = DriftMonitor({"reference_scores": reference_sample(calibration), "good_count": 2000}, threshold,
+                           window=300)
+    assert monitor.report()["status"] == "too-few"
+    for s in rng.exponential(size=1000):
+        if s <= threshold:  # the line sees OK verdicts only below the threshold
+            monitor.add(s)
+    assert len(monitor.live) == 300 and monitor.report()["status"] in ("stable", "watch")
+    for s in rng.exponential(size=400) * 0.5:  # the line got darker: scores halved
+        monitor.add(s)
+    assert monitor.report()["status"] == "drift"
+    assert DriftMonitor({}, 1.0).report()["status"] == "no-reference"
