@@ -130,6 +130,8 @@ def roc_pr(path: Path, result: ThresholdResult, good: np.ndarray, defects: np.nd
     left.set_xlabel("false-reject rate (good parts rejected; log scale above 1/n)")
     left.set_ylabel("share of defects caught")
     right.plot(c["tpr"], c["precision"], color=GOOD, lw=2, label=f"PR (AP {c['average_precision']:.3f})")
+    prior = defects.size / (defects.size + good.size)
+    right.axhline(prior, color="#bbbbbb", ls=":", label=f"chance (share of defects {prior:.0%})")
     right.plot(op_tpr, op_prec, "o", color=THRESH, ms=8, label=f"threshold: precision {op_prec:.1%}")
     right.set_xlabel("recall (share of defects caught)")
     right.set_ylabel("precision (share of NG that are defects)")
