@@ -32,3 +32,12 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per backend call (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     p.set_defaults(handler=handler("edge_infer.score_cmd:main"))
+
+    p = sub.add_parser("keys", help="make key pairs: Ed25519 signing keys for bundles",
+                       description="Generate a key pair. --type signing: an Ed25519 pair for signing bundles; "
+                       "NAME.sign.key stays on the host that packs bundles, NAME.sign.pub goes to every device "
+                       "(`lineside provision TARGET --trust NAME.sign.pub`).")
+    p.add_argument("--type", required=True, choices=["signing"], help="which kind of key pair")
+    p.add_argument("--name", default="lineside", help="file name stem (default: lineside)")
+    p.add_argument("--out", default=".", help="folder to write the keys into (default: .)")
+    p.set_defaults(handler=handler("edge_infer.signing:keys_main"))
