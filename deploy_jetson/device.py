@@ -18,6 +18,7 @@ stderr and exits 2.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -25,8 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from edge_infer.bundle import MANIFEST, Manifest, sha256_file
 from edge_infer.errors import LinesideError
+
+# Only `install` needs the bundle and signing code (pydantic, OpenCV, ONNX Runtime: seconds to import on
+# a Jetson); every other step imports nothing heavy, so a flash's many small steps stay quick.
+MANIFEST = "manifest.json"
 
 
 def read_station(root: Path) -> str | None:
@@ -41,9 +45,9 @@ def link_info(root: Path, name: str) -> dict | None:
     target = root / os.readlink(link)
     info = {"id": target.name, "version": None, "station": None, "present": target.is_dir()}
     try:
-        m = Manifest.model_validate_json((target / MANIFEST).read_text())
-        info.update(version=m.model.version, station=m.station)
-    except (OSError, ValueError):
+        m = json.loads((target / MANIFEST).read_text())
+        info.update(version=m["model"]["version"], station=m.get("station"))
+    except (OSError, ValueError, KeyError, TypeError):
         pass  # a damaged or missing target is reported as such by "present"/"version"
     return info
 
@@ -82,13 +86,22 @@ def upload_commit(root: Path, name: str, sha256: str) -> dict:
     path = done if done.is_file() else part
     if not path.is_file():
         raise LinesideError(f"{part} is missing: the copy did not arrive; flash again")
-    actual = sha256_file(path)
+    actual = _sha256(path)
     if actual != sha256:
         path.unlink()
         raise LinesideError(f"the copied bundle's sha256 is {actual[:12]}…, not {sha256[:12]}…: the partial copy "
                             "was damaged and has been deleted; flash again to copy it afresh")
     os.replace(path, done)
     return {"path": str(done), "sha256": actual}
+
+
+def _sha256(path: Path) -> str:
+    # edge_infer.bundle.sha256_file does the same, but importing it pulls in OpenCV and pydantic.
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def install(root: Path, tar_name: str, smoke: bool) -> dict:
@@ -110,12 +123,13 @@ def install(root: Path, tar_name: str, smoke: bool) -> dict:
         final = root / "bundles" / verified.id
         if (root / "current").is_symlink() and os.readlink(root / "current") == f"bundles/{verified.id}":
             raise LinesideError(f"bundle {verified.id} is already the current one on this device")
+        described = verified.describe()
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         tar_path.unlink(missing_ok=True)
-    return {**verified.describe(), "path": str(final)}
+    return {**described, "path": str(final)}
 
 
 def smoke_run(bundle) -> None:

@@ -195,7 +195,7 @@ def _flash(device: Device, bundle: BundleInfo, force: bool, out: Outcome) -> Non
 def _check_station(target: Target, st: dict, bundle: BundleInfo) -> str:
     station = st["station"]
     if station is None:
-        raise StepFailed("state", f"{target.root}/station is missing: provision the device first with "
+        raise Refused("state", f"{target.root}/station is missing: provision the device first with "
                                   f"`lineside provision TARGET --station NAME --trust KEY.sign.pub`")
     if target.settings.station and target.settings.station != station:
         raise Refused("state", f"the inventory says station {target.settings.station!r} but the device is "

@@ -1,0 +1,68 @@
+"""Helpers shared by the deploy tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from tests.conftest import make_tiny_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE = Path(__file__).with_name("service_double.py")
+STATION = "press-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, extra_bytes: int = 0) -> Path:
+    """A signed bundle tar whose model reports `version`, packed for `station`."""
+    from deploy_jetson.pack import pack_bundle
+    from edge_infer.bundle import Bundle
+
+    src = make_tiny_bundle(tmp / f"src-{version}-{station}", height=16, width=16)
+    bundle = Bundle.load(src)
+    bundle.manifest.model.version = version
+    if extra_bytes:
+        (src / "extra.bin").write_bytes(os.urandom(extra_bytes))
+        bundle.add_file("extra.bin", "other", "tests: padding so a copy takes a while")
+    bundle.save()
+    config = tmp / f"{station}.yaml"
+    config.write_text(f"station: {station}\ncamera: {{source: folder}}\n")
+    return pack_bundle(src, config, key, tmp / f"{version}-{station}.tar").path
+
+
+def provision(root: Path, public_key: Path, station: str = STATION) -> Path:
+    from deploy_jetson.device import provision as device_provision
+
+    device_provision(root, station, "test", public_key.read_bytes())
+    return root
+
+
+def device_settings(root: Path, control: str, python: str | None = None, **extra) -> dict:
+    """Target settings that run the service double as the device's service manager."""
+    settings = {"root": str(root), "control": control, "health_timeout": 20,
+                "restart": f"{{python}} {SERVICE} restart --root {{root}} --control {{control}}"}
+    if python:
+        settings["python"] = python
+    settings.update(extra)
+    return settings
+
+
+def stop_service(root: Path) -> None:
+    pid_file = root / "service.pid"
+    if pid_file.is_file():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+# The device's Python over SSH: this interpreter, with this checkout first on its path.
+SSH_PYTHON = f"env PYTHONPATH={REPO} {sys.executable}"
