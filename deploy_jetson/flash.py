@@ -88,7 +88,7 @@ class Device:
     def sh(self, step: str, command: str, timeout: float = 600) -> str:
         res = self.shell.run(command, timeout=timeout)
         if res.rc != 0:
-            raise StepFailed(step, f"`{command}` failed (exit {res.rc}): {_last_lines(res.err or res.out)}")
+            raise StepFailed(step, f"`{command}` failed (exit {res.rc}): {_last_lines(res.err or res.out) or 'no output'}")
         return res.out
 
     def state(self) -> dict:

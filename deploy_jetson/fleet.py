@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from edge_infer.errors import LinesideError
@@ -20,9 +21,11 @@ def run_fleet(targets: list[Target], job, parallel: int = 4, stream=None) -> lis
     width = max(len(t.name) for t in targets)
 
     def one(target: Target) -> Outcome:
+        start = time.monotonic()
+
         def progress(text: str) -> None:
             with lock:
-                print(f"[{target.name:<{width}}] {text}", file=stream, flush=True)
+                print(f"[{target.name:<{width}}] {time.monotonic() - start:6.1f}s  {text}", file=stream, flush=True)
 
         try:
             shell = open_shell(target)

@@ -66,3 +66,23 @@ def stop_service(root: Path) -> None:
 
 # The device's Python over SSH: this interpreter, with this checkout first on its path.
 SSH_PYTHON = f"env PYTHONPATH={REPO} {sys.executable}"
+
+
+def write_inventory(path: Path, devices: list[dict], defaults: dict) -> Path:
+    """An inventory TOML (values written as JSON, which TOML reads the same for strings, numbers, lists)."""
+    import json
+
+    lines = ["[defaults]"] + [f"{k} = {json.dumps(v)}" for k, v in defaults.items()]
+    for device in devices:
+        lines += ["", "[[devices]]"] + [f"{k} = {json.dumps(v)}" for k, v in device.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def lineside(*args, timeout: float = 120):
+    """Run the real `lineside` command line from this checkout; return the CompletedProcess."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "lineside", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
