@@ -104,7 +104,7 @@ class SshShell(Shell):
         s = target.settings
         self._options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=5",
                          "-o", "ServerAliveCountMax=3", "-o", "ControlMaster=auto",
-                         "-o", f"ControlPath={self._dir}/%C", "-o", "ControlPersist=60"]
+                         "-o", f"ControlPath={self._dir}/%C", "-o", "ControlPersist=15"]
         if target.port:
             self._options += ["-p", str(target.port)]
         if s.identity:

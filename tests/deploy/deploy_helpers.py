@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -58,10 +57,9 @@ def device_settings(root: Path, control: str, python: str | None = None, **extra
 def stop_service(root: Path) -> None:
     pid_file = root / "service.pid"
     if pid_file.is_file():
-        try:
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        from tests.deploy.service_double import stop
+
+        stop(int(pid_file.read_text()))
 
 
 # The device's Python over SSH: this interpreter, with this checkout first on its path.

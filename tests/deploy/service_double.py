@@ -34,11 +34,14 @@ def serve(root: Path, control: str, refuse_version: str | None) -> int:
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(control)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Exit at once on SIGTERM: nothing to flush, and an open socket would block a normal exit.
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     info = {"id": Path(os.path.realpath(root / "current")).name, "version": version,
             "path": os.path.realpath(root / "current")}
     while True:
+        if not sock.poll(200):  # wake up now and then so a SIGTERM is acted on promptly
+            continue
         msg = sock.recv_json()
         if msg.get("cmd") == "health":
             sock.send_json({"ok": True, "status": "ready", "station": station, "bundle": info,
