@@ -188,8 +188,22 @@ def provision(root: Path, station: str | None, key_name: str | None, key_pem: by
     return state(root)
 
 
-def wait_healthy(address: str, timeout: float, station: str | None = None) -> dict:
-    """Ask the control socket {"cmd": "health"} until it answers ok/ready (for this station) or time runs out."""
+def _mentions(obj, text: str) -> bool:
+    if isinstance(obj, str):
+        return text in obj
+    if isinstance(obj, dict):
+        return any(_mentions(v, text) for v in obj.values())
+    if isinstance(obj, list):
+        return any(_mentions(v, text) for v in obj)
+    return False
+
+
+def wait_healthy(address: str, timeout: float, station: str | None = None, old_bundle: str | None = None) -> dict:
+    """Ask the control socket {"cmd": "health"} until it answers ok/ready (for this station) or time runs out.
+
+    With ``old_bundle``, an answer whose bundle names that id (and is thus still the old service) does
+    not count: a restart that did not happen must not pass for a healthy new version.
+    """
     import zmq
 
     deadline, last = time.monotonic() + timeout, "no answer"
@@ -204,8 +218,11 @@ def wait_healthy(address: str, timeout: float, station: str | None = None) -> di
             answer = sock.recv_json()
             if (isinstance(answer, dict) and answer.get("ok") is True and answer.get("status") == "ready"
                     and (station is None or answer.get("station") == station)):
-                return answer
-            last = json.dumps(answer)[:300]
+                if not (old_bundle and _mentions(answer.get("bundle"), old_bundle)):
+                    return answer
+                last = f"still the old bundle {old_bundle}: {json.dumps(answer)[:250]}"
+            else:
+                last = json.dumps(answer)[:300]
         except (zmq.ZMQError, ValueError) as exc:
             last = f"no answer ({exc})" if not isinstance(exc, zmq.Again) else "no answer"
         finally:
@@ -240,6 +257,7 @@ def main(argv=None) -> int:
     s.add_argument("address")
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--station")
+    s.add_argument("--old-bundle", help="answers that still name this bundle id do not count")
     args = p.parse_args(argv)
     try:
         print(json.dumps(_dispatch(args)))
@@ -252,7 +270,7 @@ def main(argv=None) -> int:
 def _dispatch(args) -> dict:
     cmd = args.cmd
     if cmd == "health":
-        return wait_healthy(args.address, args.timeout, args.station)
+        return wait_healthy(args.address, args.timeout, args.station, args.old_bundle)
     root = args.root
     if cmd == "state":
         return state(root)

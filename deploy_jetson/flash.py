@@ -94,11 +94,12 @@ class Device:
     def state(self) -> dict:
         return self.call("state", "state", self.target.root)
 
-    def health(self, station: str | None, timeout: float | None = None) -> dict:
+    def health(self, station: str | None, timeout: float | None = None, old_bundle: str | None = None) -> dict:
         s = self.target.settings
         args = ["health", s.control, "--timeout", timeout or s.health_timeout]
-        return self.call("health", *args, *(["--station", station] if station else []),
-                         timeout=(timeout or s.health_timeout) + 60)
+        args += ["--station", station] if station else []
+        args += ["--old-bundle", old_bundle] if old_bundle else []
+        return self.call("health", *args, timeout=(timeout or s.health_timeout) + 60)
 
     def restart(self, station: str) -> None:
         self.sh("restart", self.target.command(self.target.settings.restart, station=station))
@@ -184,11 +185,14 @@ def _flash(device: Device, bundle: BundleInfo, force: bool, out: Outcome) -> Non
         say("restarting the service")
         device.restart(station)
         say("waiting for the health answer")
-        answer = device.health(station)
+        answer = device.health(station, old_bundle=st["current"] and st["current"]["id"])
     except StepFailed as exc:
         _roll_back(device, st, station, bundle, exc, out)
         return
     out.result, out.message = "ok", f"healthy: {answer.get('status')}"
+    if not _mentions_id(answer.get("bundle"), bundle.id):
+        out.warnings.append("the health answer does not name the bundle it runs, so the switch could not be "
+                            "confirmed from it")
     device.call("prune", "prune", target.root, "--keep", target.settings.keep)
 
 
@@ -217,7 +221,8 @@ def _build_engine(device: Device, bundle_dir: str, out: Outcome) -> None:
     device.sh("build", target.command(s.build, bundle=bundle_dir), timeout=s.build_timeout)
 
 
-def _roll_back(device: Device, st: dict, station: str, bundle: BundleInfo | None, exc: StepFailed, out: Outcome) -> None:
+def _roll_back(device: Device, st: dict, station: str, bundle: BundleInfo | None, exc: StepFailed, out: Outcome,
+               leaving: str | None = None) -> None:
     target = device.target
     cur, prev = st["current"], st["previous"]
     device.progress(f"{exc.step} failed; rolling back to {label(cur)}")
@@ -230,11 +235,15 @@ def _roll_back(device: Device, st: dict, station: str, bundle: BundleInfo | None
         return
     try:
         device.restart(station)
-        device.health(station)
+        device.health(station, old_bundle=leaving or (bundle and bundle.id))
         out.result, out.message = "rolled back", f"{why}; previous {label(cur)} restored and healthy"
     except StepFailed as again:
         out.result = "failed"
         out.message = f"{why}; restored {label(cur)} but it is not healthy either: {again.message}"
+
+
+def _mentions_id(obj, ident: str) -> bool:
+    return ident in json.dumps(obj) if obj is not None else False
 
 
 def _still_running(st: dict) -> str:
@@ -257,11 +266,11 @@ def rollback(target: Target, shell: Shell, progress=None) -> Outcome:
         device.call("rollback", "rollback", target.root)
         try:
             device.restart(st["station"])
-            device.health(st["station"])
+            device.health(st["station"], old_bundle=st["current"] and st["current"]["id"])
             out.result, out.message = "ok", "rolled back and healthy"
         except StepFailed as exc:
             device.progress(f"{exc.step} failed after the rollback; returning to {out.old}")
-            _roll_back(device, st, st["station"], None, exc, out)
+            _roll_back(device, st, st["station"], None, exc, out, leaving=st["previous"]["id"])
             out.result = "failed"
     except StepFailed as exc:
         out.message = f"{exc.step} failed: {exc.message}"

@@ -109,6 +109,13 @@ def test_service_that_does_not_come_up_is_rolled_back(live_v1, tars):
     assert running(control) == "v1"
 
 
+def test_restart_that_does_not_happen_is_not_taken_for_success(live_v1, tars):
+    root, control = live_v1
+    out = run_flash(root, tars["v2"], control, restart="true", health_timeout=2)  # the old service keeps answering
+    assert out.result == "rolled back" and "still the old bundle" in out.message, out.message
+    assert running(control) == "v1" and state(root)["current"]["version"] == "v1"
+
+
 def test_wrong_station_bundle_is_refused_before_copying(live_v1, keys, tmp_path):
     root, control = live_v1
     other = make_signed_tar(tmp_path, keys[0], "v9", station="press-2")
