@@ -1,0 +1,76 @@
+"""train_host's commands: train, evaluate, export. argparse only: handlers import torch when run."""
+
+from __future__ import annotations
+
+from edge_infer.cli import handler
+
+
+def register(sub) -> None:
+    train = sub.add_parser("train", help="train a detector on a station's good images",
+                           description="Fit a detector family on the defect-free training images of a dataset "
+                           "and save the run (run.json + weights.safetensors).")
+    families = train.add_subparsers(dest="family", metavar="FAMILY", required=True)
+    rx = families.add_parser("rx", help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
+                             description="Closed-form fit, streamed over the training set.")
+    common_train_options(rx)
+    rx_options(rx)
+    rx.set_defaults(handler=handler("train_host.train:main"))
+
+    ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
+                        description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
+                        "AUROC, AU-PRO (FPR 0.3 and 0.05) and SegF1 when masks exist.")
+    ev.add_argument("run", help="run directory from `lineside train`")
+    ev.add_argument("--data", help="dataset: 'elpv' or an MVTec-layout folder (default: the run's own data)")
+    ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE as JSON")
+    ev.add_argument("--limit", type=int, help="evaluate at most this many images per split part (quick checks)")
+    ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    ev.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    ev.set_defaults(handler=handler("train_host.evaluate:main"))
+
+    ex = sub.add_parser("export", help="export a run to an ONNX bundle, checked against PyTorch",
+                        description="Write BUNDLE/model.onnx (uint8 `image` in; `anomaly_map`, `score` out), "
+                        "manifest.json and a provisional thresholds.json, after a parity check of "
+                        "onnxruntime against PyTorch on real images.")
+    ex.add_argument("run", help="run directory from `lineside train`")
+    ex.add_argument("--out", required=True, help="bundle directory to create")
+    ex.add_argument("--data", help="images for the parity check (default: the run's own data)")
+    ex.add_argument("--max-batch", type=int, default=8, help="largest batch the graph accepts (default: 8)")
+    ex.add_argument("--parity-images", type=int, default=16, help="real images in the parity check (default: 16)")
+    ex.add_argument("--tolerance", type=float, default=1e-3,
+                    help="largest relative error against PyTorch that passes (default: 1e-3)")
+    ex.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ex.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    ex.set_defaults(handler=handler("train_host.export:main"))
+
+
+def common_train_options(p) -> None:
+    p.add_argument("--data", required=True, help="'elpv' (pip install elpv-dataset; CC BY-NC-SA, non-commercial) "
+                   "or a folder in MVTec AD / MVTec AD 2 layout")
+    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
+    p.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="model input channels (default: 3)")
+    p.add_argument("--weights", help="local backbone checkpoint (.safetensors or .pth); default: random init")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init (default: 0)")
+    p.add_argument("--val-share", type=float, default=0.1,
+                   help="share of train/good held out for validation where the data has no validation set "
+                   "(default: 0.1)")
+    p.add_argument("--limit", type=int, help="use at most this many images per split part (quick runs)")
+    p.add_argument("--contamination", type=float, default=0.0,
+                   help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def rx_options(p) -> None:
+    p.add_argument("--backbone", help="timm CNN with features_only support (default: resnet18)")
+    p.add_argument("--layers", type=int_tuple, help="feature stages, comma-separated (default: 1,2,3)")
+    p.add_argument("--grid-layer", type=int, help="stage whose grid the features share (default: 2, stride 8)")
+    p.add_argument("--feature-dim", type=int, help="channels kept, a seeded random subset (default: 100)")
+    p.add_argument("--shrinkage", help="covariance shrinkage: 'oas' or a weight in [0,1] (default: oas)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")

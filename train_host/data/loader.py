@@ -1,0 +1,164 @@
+"""Samples → model-input tensors, through edge_infer's one preprocessing function.
+
+An unreadable image (or mask) never stops a run: the dataset yields None for it, the
+collate drops it, and the loader keeps `(path, reason)` in `.skipped` so the caller can
+say "skipped N unreadable images: ..." by path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from edge_infer.errors import LinesideError
+from edge_infer.imageio import read_image
+from edge_infer.preprocess import InputSpec, preprocess
+
+from .records import Sample
+
+
+def read_mask(path: str | Path, spec: InputSpec) -> np.ndarray:
+    """H×W bool in the model's input geometry: the same ROI crop and resize as the image."""
+    return _mask_in_geometry(_read_mask_pixels(path), spec)
+
+
+class ImageDataset(Dataset):
+    """Items: dict(image=uint8 C×H×W, label=int, mask=float32 1×H×W, index=int), or None."""
+
+    def __init__(self, samples: list[Sample], spec: InputSpec):
+        self.samples = list(samples)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        return self.load(index)[0]
+
+    def load(self, index: int) -> tuple[dict | None, str, str]:
+        """(item, path, "") or (None, path, reason): the reason travels back from workers."""
+        sample = self.samples[index]
+        try:
+            image = read_image(sample.path)
+            pixels = preprocess(image, self.spec)
+            mask = np.zeros(pixels.shape[1:], dtype=bool)
+            if sample.mask_path is not None:
+                raw = _read_mask_pixels(sample.mask_path)
+                if raw.shape != image.shape[:2]:
+                    raise LinesideError(
+                        f"mask {sample.mask_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]}: masks must match their image's size"
+                    )
+                mask = _mask_in_geometry(raw, self.spec)
+        except LinesideError as exc:  # ImageReadError included: names the file and the problem
+            return None, str(sample.path), str(exc)
+        item = {
+            "image": torch.from_numpy(pixels),
+            "label": int(sample.label),
+            "mask": torch.from_numpy(mask.astype(np.float32))[None],
+            "index": index,
+        }
+        return item, str(sample.path), ""
+
+
+class SkippingLoader:
+    """A DataLoader whose batches leave out unreadable images; `.skipped` lists them.
+
+    `.skipped` is rebuilt on every pass over the loader. A pass where every image failed
+    raises LinesideError, since there is nothing to train or evaluate on.
+    """
+
+    def __init__(self, loader: DataLoader, dataset: ImageDataset):
+        self.loader = loader
+        self.dataset = dataset
+        self.skipped: list[tuple[str, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.skipped = []
+        loaded = 0
+        for batch in self.loader:
+            self.skipped.extend(batch.pop("skipped"))
+            if batch["image"] is None:
+                continue
+            loaded += len(batch["index"])
+            yield batch
+        if loaded == 0 and self.skipped:
+            path, reason = self.skipped[0]
+            raise LinesideError(
+                f"all {len(self.skipped)} images were unreadable (first: {path}: {reason}); "
+                "check the data folder and the input spec's ROI"
+            )
+
+    def report(self) -> str:
+        """One line for logs: empty when nothing was skipped."""
+        if not self.skipped:
+            return ""
+        listed = "; ".join(f"{p} ({r})" for p, r in self.skipped[:10])
+        more = f"; and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+        return f"skipped {len(self.skipped)} unreadable images: {listed}{more}"
+
+
+def make_loader(samples: list[Sample], spec: InputSpec, batch_size: int = 16, shuffle: bool = False,
+                seed: int = 0, workers: int = 0) -> SkippingLoader:
+    dataset = ImageDataset(samples, spec)
+    loader = DataLoader(
+        _Checked(dataset),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+        num_workers=workers,
+        collate_fn=collate,
+    )
+    return SkippingLoader(loader, dataset)
+
+
+def collate(results: list[tuple[dict | None, str, str]]) -> dict:
+    """Stack the readable items; carry (path, reason) of the rest under "skipped"."""
+    items = [item for item, _, _ in results if item is not None]
+    skipped = [(path, reason) for item, path, reason in results if item is None]
+    if not items:
+        return {"image": None, "label": None, "mask": None, "index": None, "skipped": skipped}
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "index": torch.tensor([it["index"] for it in items], dtype=torch.long),
+        "skipped": skipped,
+    }
+
+
+class _Checked(Dataset):
+    """Yields (item, path, reason) so the collate knows which path failed and why."""
+
+    def __init__(self, dataset: ImageDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset.load(index)
+
+
+def _read_mask_pixels(path: str | Path) -> np.ndarray:
+    """A mask as H×W uint8 with 255 = defect (0/1 masks are scaled up)."""
+    mask = read_image(path)
+    if mask.ndim == 3:
+        mask = mask.max(axis=2)
+    if mask.max() == 1:
+        mask = mask * np.uint8(255)
+    return mask
+
+
+def _mask_in_geometry(mask: np.ndarray, spec: InputSpec) -> np.ndarray:
+    # preprocess with one channel: the identical crop and resize the image gets;
+    # thresholding after resizing keeps a pixel when most of its source area is defect.
+    resized = preprocess(mask, replace(spec, channels=1))[0]
+    return resized > 127

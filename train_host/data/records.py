@@ -1,0 +1,145 @@
+"""What a dataset split is, and the one entry point that builds one: `load_split`.
+
+A split is plain lists of file paths with labels; nothing here reads pixels, so listing a
+dataset is cheap and torch-free. `loader.py` turns samples into tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge_infer.errors import LinesideError
+
+GOOD = "good"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int  # 0 good, 1 defect
+    defect: str  # "good" or the defect class name
+    mask_path: Path | None = None
+
+
+@dataclass
+class Split:
+    name: str
+    train: list[Sample]  # defect-free images to fit on (plus contamination, if asked for)
+    val: list[Sample]  # held-out good images: thresholds and model selection use these
+    test: list[Sample]  # good + defective images for evaluation
+    info: dict = field(default_factory=dict)  # provenance for run records and manifests
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_path is not None for s in self.test)
+
+
+def load_split(data: str | Path, val_share: float = 0.1, seed: int = 0,
+               contamination: float = 0.0, limit: int | None = None) -> Split:
+    """`data == "elpv"` → the ELPV solar cells; otherwise an MVTec AD / AD 2 category folder.
+
+    contamination: move round(contamination × train size) defect images (at least one when
+    contamination > 0) from test into train; they keep label 1 so experiments can count them.
+    limit: cap train (before contamination), val and test each, keeping both classes in test.
+    """
+    _check_options(val_share, contamination, limit)
+    if str(data) == "elpv":
+        from .elpv import load_elpv
+
+        split = load_elpv(seed)
+    else:
+        from .mvtec import load_mvtec
+
+        split = load_mvtec(Path(data), val_share, seed)
+    split.info["data"] = str(data)  # what to pass to load_split again (evaluate, export)
+    return _finish(split, seed, contamination, limit)
+
+
+def _check_options(val_share: float, contamination: float, limit: int | None) -> None:
+    if not 0.0 <= val_share < 1.0:
+        raise LinesideError(f"val_share must be in [0, 1), got {val_share}: e.g. 0.1 holds out 10% of train/good")
+    if not 0.0 <= contamination < 1.0:
+        raise LinesideError(
+            f"contamination must be in [0, 1), got {contamination}: e.g. 0.05 mixes 5% defects into train")
+    if limit is not None and limit < 2:
+        raise LinesideError(f"limit must be at least 2 (test keeps one good and one defect), got {limit}")
+
+
+def _finish(split: Split, seed: int, contamination: float, limit: int | None) -> Split:
+    """Apply limit and contamination, then record counts and a fingerprint of the lists."""
+    train, val, test = split.train, split.val, split.test
+    if limit is not None:
+        train = subsample(train, limit, seed, salt=1)
+        val = subsample(val, limit, seed, salt=2)
+    moved = contaminants(train, test, contamination, seed)
+    if moved:
+        moved_paths = {s.path for s in moved}
+        test = [s for s in test if s.path not in moved_paths]
+        train = sorted(train + moved, key=lambda s: str(s.path))
+    if limit is not None:
+        test = subsample_both_classes(test, limit, seed)
+    info = dict(split.info)
+    info.update(seed=seed, contamination=contamination, limit=limit, counts=count(train, val, test),
+                fingerprint=fingerprint(train, val, test))
+    return Split(split.name, train, val, test, info)
+
+
+def contaminants(train: list[Sample], test: list[Sample], share: float, seed: int) -> list[Sample]:
+    """The defect images (seeded choice) that move from test into train."""
+    if share <= 0:
+        return []
+    n = max(1, round(share * len(train)))
+    defects = [s for s in test if s.label == 1]
+    if n > len(defects):
+        raise LinesideError(
+            f"contamination {share} asks for {n} defect images in train but test has only "
+            f"{len(defects)}: lower the contamination or raise the limit"
+        )
+    return subsample(defects, n, seed, salt=3)
+
+
+def subsample(samples: list[Sample], n: int, seed: int, salt: int) -> list[Sample]:
+    """A seeded choice of n samples, returned in path order (independent of input order)."""
+    ordered = sorted(samples, key=lambda s: str(s.path))
+    if len(ordered) <= n:
+        return ordered
+    pick = np.random.default_rng([seed, salt]).permutation(len(ordered))[:n]
+    return [ordered[i] for i in sorted(pick)]
+
+
+def subsample_both_classes(test: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """Cap test at `limit`, keeping the good/defect proportion and at least one of each class."""
+    if len(test) <= limit:
+        return sorted(test, key=lambda s: str(s.path))
+    good = [s for s in test if s.label == 0]
+    bad = [s for s in test if s.label == 1]
+    n_bad = round(limit * len(bad) / len(test))
+    if good and bad:
+        n_bad = min(max(n_bad, 1), limit - 1)
+    n_good = limit - n_bad
+    picked = subsample(good, n_good, seed, salt=4) + subsample(bad, n_bad, seed, salt=5)
+    return sorted(picked, key=lambda s: str(s.path))
+
+
+def count(train: list[Sample], val: list[Sample], test: list[Sample]) -> dict:
+    return {
+        "train_good": sum(s.label == 0 for s in train),
+        "train_contaminated": sum(s.label == 1 for s in train),
+        "val": len(val),
+        "test_good": sum(s.label == 0 for s in test),
+        "test_defect": sum(s.label == 1 for s in test),
+        "test_with_mask": sum(s.mask_path is not None for s in test),
+    }
+
+
+def fingerprint(*parts: list[Sample]) -> str:
+    """sha256 over each list's (file name, label): two runs on the same split share it."""
+    h = hashlib.sha256()
+    for i, part in enumerate(parts):
+        for s in part:
+            h.update(f"{i}|{Path(s.path).parent.name}/{Path(s.path).name}|{s.label}\n".encode())
+    return h.hexdigest()

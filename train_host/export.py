@@ -1,0 +1,153 @@
+"""`lineside export RUN --out BUNDLE`: the ONNX graph, its manifest, and proof it agrees with PyTorch.
+
+The graph meets the model I/O contract: ``image`` uint8 N×C×H×W in, ``anomaly_map``
+float32 N×1×H×W and ``score`` float32 N out, normalisation inside. The parity check runs
+onnxruntime on the CPU (the runtime's own OrtBackend) against PyTorch on real images and
+refuses the export past a tolerance.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_infer.backends.ort import OrtBackend
+from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
+from edge_infer.errors import LinesideError
+from edge_infer.imageio import read_image
+from edge_infer.preprocess import InputSpec, preprocess
+
+from .data import load_split
+from .run import load_run
+from .train import set_threads
+
+OPSET = 18
+
+
+def main(args) -> int:
+    set_threads(args.threads)
+    bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
+                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force)
+    entry = bundle.manifest.files["model.onnx"]
+    parity = entry.checks["parity"]
+    print(f"exported {bundle.root}/model.onnx: parity on {parity['images']} images, max relative error "
+          f"score {parity['score_rel_err']:.2e}, map {parity['map_rel_err']:.2e} (tolerance {parity['tolerance']:.0e})")
+    print(f"bundle ready: {bundle.root}; next: `lineside calibrate {bundle.root} ...` or `lineside score {bundle.root} IMAGES`")
+    return 0
+
+
+def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch: int = 8,
+                  parity_images: int = 16, tolerance: float = 1e-3, force: bool = False) -> Bundle:
+    model, record = load_run(run)
+    spec = InputSpec.from_dict(record["input"])
+    prepare_out(out, force)
+    export_onnx(model, spec, out / "model.onnx", max_batch)
+    images = parity_batch(data or record["data"].get("data"), record, spec, parity_images)
+    parity = parity_check(model, out / "model.onnx", spec, images, tolerance)
+    bundle = Bundle(out, make_manifest(record, spec, max_batch))
+    bundle.add_file("model.onnx", "model", f"torch.onnx.export (opset {OPSET}, torch {torch.__version__}) "
+                    f"of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
+    bundle.write_thresholds(provisional_thresholds(record), "train_host.export (provisional)")
+    return bundle
+
+
+def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: int = 8) -> None:
+    """Export with a dynamic batch dimension (1..max_batch), as one self-contained file."""
+    example = torch.zeros(2, spec.channels, spec.height, spec.width, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=OPSET,
+                                    input_names=["image"], output_names=["anomaly_map", "score"],
+                                    dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False)
+    program.save(str(path), external_data=False)
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+@torch.no_grad()
+def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, images: np.ndarray,
+                 tolerance: float) -> dict:
+    """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``."""
+    backend = OrtBackend(onnx_path, spec, max_batch=len(images))
+    ort_out = backend.run(images)
+    ref_map, ref_score = (t.numpy() for t in model(torch.from_numpy(images)))
+    result = {
+        "images": int(len(images)),
+        "score_rel_err": relative_error(ort_out.score, ref_score),
+        "map_rel_err": relative_error(ort_out.anomaly_map, ref_map),
+        "tolerance": tolerance,
+        "backend": "onnxruntime CPUExecutionProvider",
+    }
+    worst = max(result["score_rel_err"], result["map_rel_err"])
+    if not worst <= tolerance:
+        raise LinesideError(
+            f"{onnx_path} disagrees with PyTorch: max relative error {worst:.3g} > tolerance {tolerance:g}. "
+            "The export is refused; report this with the run, or raise --tolerance if the difference is understood"
+        )
+    return result
+
+
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    scale = float(np.abs(reference).max()) or 1.0
+    return float(np.abs(value.astype(np.float64) - reference).max() / scale)
+
+
+def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) -> np.ndarray:
+    """Real images for the parity check: validation (good) and test images of the run's data."""
+    if not data:
+        raise LinesideError("the run does not say where its images are: give --data DIR for the parity check")
+    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
+    samples = split.val[: count // 2] + split.test[:: max(1, len(split.test) // max(1, count - count // 2))]
+    arrays = []
+    for sample in samples[:count]:
+        try:
+            arrays.append(preprocess(read_image(sample.path), spec))
+        except LinesideError:
+            continue
+    if not arrays:
+        raise LinesideError(f"no readable image in {data} for the parity check: give --data with real images")
+    return np.stack(arrays)
+
+
+def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:
+    from lineside import __version__
+
+    good = record["training"].get("validation_good_scores", {})
+    normalization = ({"method": "good_quantiles", "q50": good["q50"], "q99": good["q99"], "n": good["n"]}
+                     if good else {"method": "none"})
+    return Manifest(
+        lineside_version=__version__,
+        model=ModelInfo(family=record["family"], name=f"{record['family']}-{spec.height}x{spec.width}",
+                        version=record["weights_sha256"][:12], config=record["config"],
+                        training={"data": record["data"], **{k: v for k, v in record["training"].items()
+                                                              if k != "skipped_images"}}),
+        input=InputInfo(height=spec.height, width=spec.width, channels=spec.channels,
+                        roi=list(spec.roi) if spec.roi else None, max_batch=max_batch),
+        outputs=OutputInfo(map_height=spec.height, map_width=spec.width),
+        score_normalization=normalization,
+    )
+
+
+def provisional_thresholds(record: dict) -> Thresholds:
+    """A first threshold (99th percentile of validation good scores) until `lineside calibrate` sets one."""
+    good = record["training"].get("validation_good_scores")
+    if not good:
+        return Thresholds(provenance={"method": "none", "note": "no validation images: run `lineside calibrate`"})
+    return Thresholds(image=good["q99"], provenance={
+        "method": "provisional: 99th percentile of validation good scores", "images": good["n"],
+        "note": "set the station's threshold with `lineside calibrate`"})
+
+
+def prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise LinesideError(f"{out} exists and is not empty: choose another --out or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+

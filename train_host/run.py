@@ -1,0 +1,60 @@
+"""A training run on disk: ``run.json`` (what was trained on what, and how) + safetensors weights."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge_infer.bundle import sha256_file, write_json_atomic
+from edge_infer.errors import LinesideError
+from edge_infer.preprocess import InputSpec
+
+from .families import load_family
+
+RECORD = "run.json"
+WEIGHTS = "weights.safetensors"
+
+
+def save_run(out: Path, family: str, config: dict, spec: InputSpec, model, data_info: dict,
+             training: dict) -> Path:
+    from safetensors.torch import save_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(out / WEIGHTS))
+    from lineside import __version__
+
+    record = {
+        "family": family,
+        "config": config,
+        "input": spec.to_dict(),
+        "data": data_info,
+        "training": training,
+        "weights": WEIGHTS,
+        "weights_sha256": sha256_file(out / WEIGHTS),
+        "lineside_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(out / RECORD, record)
+    return out
+
+
+def read_record(run: str | Path) -> dict:
+    path = Path(run) / RECORD
+    if not path.is_file():
+        raise LinesideError(f"{run} is not a training run: no {RECORD}. Make one with `lineside train FAMILY --out {run}`")
+    return json.loads(path.read_text())
+
+
+def load_run(run: str | Path):
+    """(model in eval mode, record) from a run directory; weights load with safetensors only."""
+    from safetensors.torch import load_model
+
+    record = read_record(run)
+    spec = InputSpec.from_dict(record["input"])
+    model = load_family(record["family"]).build(record["config"], spec)
+    weights = Path(run) / record["weights"]
+    if sha256_file(weights) != record["weights_sha256"]:
+        raise LinesideError(f"{weights} does not match the hash in {RECORD}: the run was altered; train again")
+    load_model(model, str(weights))
+    return model.eval(), record

@@ -1,0 +1,93 @@
+"""`lineside train FAMILY`: fit a detector on a station's good images and save the run."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_infer.errors import LinesideError
+from edge_infer.preprocess import InputSpec
+
+from .context import TrainContext
+from .data import load_split
+from .families import load_family
+from .infer import predict
+from .run import save_run
+
+COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "seed", "val_share", "limit",
+          "contamination", "threads", "family", "command", "handler"}
+
+
+def main(args) -> int:
+    set_threads(args.threads)
+    spec = input_spec(args)
+    split = load_split(args.data, val_share=args.val_share, seed=args.seed,
+                       contamination=args.contamination, limit=args.limit)
+    out = Path(args.out)
+    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
+    train_run(args.family, family_config(args), spec, split, out, options=vars(args))
+    print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
+    return 0
+
+
+def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, options: dict | None = None,
+              log=print) -> dict:
+    """Build, fit, score the validation images and save; returns the run record's training part."""
+    import torch
+
+    options = {"batch_size": 16, "seed": 0, **(options or {})}
+    torch.manual_seed(options["seed"])
+    module = load_family(family)
+    model = module.build(config, spec)
+    weights_info = {"weights": None, "note": "random initialisation: no --weights given"}
+    if options.get("weights"):
+        from .backbones import load_backbone_weights
+
+        weights_info = load_backbone_weights(model.backbone, options["weights"])
+    context = TrainContext(split, spec, options, log)
+    started = time.perf_counter()
+    training = module.fit(model, context)
+    model.eval()
+    training.update(seconds=round(time.perf_counter() - started, 1), backbone_weights=weights_info)
+    val = predict(model, split.val, spec, options["batch_size"], progress="validation") if split.val else None
+    if val is not None and len(val.scores):
+        training["validation_good_scores"] = summarise(val.scores)
+    skipped = context.skipped + (val.skipped if val else [])
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in skipped[:10]))
+        training["skipped_images"] = [p for p, _ in skipped]
+    config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
+    save_run(out, family, config_used, spec, model, split.info, training)
+    return training
+
+
+def summarise(scores: np.ndarray) -> dict:
+    """Quantiles of good scores: the run's own scale, used for a provisional threshold."""
+    qs = [0.5, 0.9, 0.95, 0.99, 1.0]
+    return {"n": int(len(scores)), **{f"q{int(q * 100)}": float(np.quantile(scores, q)) for q in qs},
+            "mean": float(scores.mean()), "std": float(scores.std())}
+
+
+def input_spec(args) -> InputSpec:
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x")) if "x" in args.size.lower() else (int(args.size),) * 2
+        roi = tuple(int(v) for v in args.roi.split(",")) if args.roi else None
+    except ValueError:
+        raise LinesideError(f"--size {args.size!r} / --roi {args.roi!r}: use --size 224 or 256x320, "
+                            "and --roi x,y,width,height") from None
+    return InputSpec(h, w, args.channels, roi)
+
+
+def family_config(args) -> dict:
+    """The family's own options (everything not common to all families), unset ones left to defaults."""
+    return {k: v for k, v in vars(args).items() if k not in COMMON and v is not None}
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
