@@ -254,7 +254,8 @@ def main(argv=None) -> int:
     s.add_argument("--station")
     s.add_argument("--key-name", help="install the Ed25519 public key read from stdin under this name")
     s = sub.add_parser("health")
-    s.add_argument("address")
+    s.add_argument("--root", type=Path, help="ask the service of ROOT/current (address from its station config)")
+    s.add_argument("--address", help="the control socket address (overrides the station config)")
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--station")
     s.add_argument("--old-bundle", help="answers that still name this bundle id do not count")
@@ -270,7 +271,12 @@ def main(argv=None) -> int:
 def _dispatch(args) -> dict:
     cmd = args.cmd
     if cmd == "health":
-        return wait_healthy(args.address, args.timeout, args.station, args.old_bundle)
+        if not (args.address or args.root):
+            raise LinesideError("health needs --root ROOT or --address ADDR")
+        from .configfile import control_address
+
+        address = args.address or control_address(args.root / "current")
+        return wait_healthy(address, args.timeout, args.station, args.old_bundle)
     root = args.root
     if cmd == "state":
         return state(root)

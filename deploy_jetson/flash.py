@@ -96,7 +96,8 @@ class Device:
 
     def health(self, station: str | None, timeout: float | None = None, old_bundle: str | None = None) -> dict:
         s = self.target.settings
-        args = ["health", s.control, "--timeout", timeout or s.health_timeout]
+        args = ["health", "--root", self.target.root, "--timeout", timeout or s.health_timeout]
+        args += ["--address", s.control] if s.control else []
         args += ["--station", station] if station else []
         args += ["--old-bundle", old_bundle] if old_bundle else []
         return self.call("health", *args, timeout=(timeout or s.health_timeout) + 60)

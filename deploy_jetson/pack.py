@@ -1,7 +1,7 @@
 """`lineside bundle`: pack a bundle with its station config into one signed tar.
 
 The tar holds the bundle files flat (manifest.json, the model variants, thresholds.json,
-station.<yaml|toml>) plus ``signature.ed25519``. It is written deterministically (sorted
+station.yaml, rewritten for the device by `configfile.for_device`) plus ``signature.ed25519``. It is written deterministically (sorted
 names, fixed times and owners), so the same inputs give byte-identical tars and a device
 can resume a copy by size and check it by sha256.
 """
@@ -18,7 +18,7 @@ from edge_infer.bundle import MANIFEST, Bundle, sha256_file
 from edge_infer.errors import LinesideError
 from edge_infer.signing import SIGNATURE, bundle_id, sign_bundle
 
-STATION_SUFFIXES = (".yaml", ".yml", ".toml")
+from .configfile import PACKED_NAME, for_device, read_config, station_name
 
 
 @dataclass
@@ -47,48 +47,10 @@ def find_bundle_dir(source: str | Path) -> Path:
     raise LinesideError(f"{src} holds several bundles ({', '.join(p.name for p in found)}): name the one to pack")
 
 
-def station_name(config_path: str | Path) -> str:
-    """The station's name from its config: a top-level `station` (string, or table with `name`) or `name`."""
-    path = Path(config_path)
-    if path.suffix not in STATION_SUFFIXES or not path.is_file():
-        raise LinesideError(f"station config {path} must be an existing .yaml/.yml/.toml file")
-    data = _read_config(path)
-    station = data.get("station")
-    if isinstance(station, dict):
-        station = station.get("name")
-    name = station or data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise LinesideError(f"{path} names no station: add `station: NAME` (or `name: NAME`) at its top level")
-    return name.strip()
-
-
-def _read_config(path: Path) -> dict:
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            data = _tomllib().loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # the parsers' own error types differ; all mean "fix this file"
-        raise LinesideError(f"cannot parse station config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise LinesideError(f"station config {path} must be a mapping of settings at its top level")
-    return data
-
-
-def _tomllib():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10 (JetPack 6's Ubuntu 22.04)
-        import tomli as tomllib
-    return tomllib
-
-
 def pack_bundle(source: str | Path, station_config: str | Path, key: str | Path, out: str | Path) -> Packed:
     src = find_bundle_dir(source)
-    station = station_name(station_config)
+    config = read_config(station_config)
+    station = station_name(config, str(station_config))
     bundle = Bundle.load(src, verify=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,9 +65,8 @@ def pack_bundle(source: str | Path, station_config: str | Path, key: str | Path,
         for old in [n for n, e in staged.manifest.files.items() if e.role == "config" and n.startswith("station.")]:
             del staged.manifest.files[old]
             (stage / old).unlink()
-        config_name = "station" + Path(station_config).suffix
-        shutil.copyfile(station_config, stage / config_name)
-        staged.add_file(config_name, "config", f"lineside bundle --station {Path(station_config).name}")
+        (stage / PACKED_NAME).write_text(for_device(config))
+        staged.add_file(PACKED_NAME, "config", f"lineside bundle --station {Path(station_config).name}")
         staged.manifest.station = station
         staged.save()
         kid = sign_bundle(stage, key)

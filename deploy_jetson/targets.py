@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_infer.errors import LinesideError
 
-from .pack import _read_config
+from .configfile import read_config
 
 
 class Settings(BaseModel):
@@ -39,7 +39,8 @@ class Settings(BaseModel):
     station: str | None = Field(None, description="the station the device must already be provisioned as")
     python: str | None = Field(None, description="the device's Python with lineside installed")
     restart: str = "sudo systemctl restart lineside@{station}"
-    control: str = "tcp://127.0.0.1:5556"
+    control: str | None = Field(None, description="the control socket as reached on the device (default: "
+                                "sockets.control of the station config in the running bundle)")
     health_timeout: float = 90.0
     build: str = "{python} -m lineside build-engine {bundle}"
     trt_check: str = "{python} -c 'import tensorrt'"
@@ -84,7 +85,7 @@ class Target(BaseModel):
 
     def command(self, template: str, **extra) -> str:
         values = {"python": self.python, "root": self.root, "station": self.settings.station or "",
-                  "control": self.settings.control, **extra}
+                  "control": self.settings.control or "", **extra}
         try:
             return template.format(**values)
         except (KeyError, IndexError, ValueError) as exc:
@@ -126,7 +127,7 @@ def _settings(values: dict, where: str) -> Settings:
 
 def load_inventory(path: str | Path, overrides: dict | None = None) -> list[Target]:
     path = Path(path)
-    data = _read_config(path)
+    data = read_config(path)
     unknown = set(data) - {"defaults", "devices"}
     if unknown:
         raise LinesideError(f"{path}: unknown top-level key(s) {', '.join(sorted(unknown))}; "

@@ -33,7 +33,7 @@ def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, 
         bundle.add_file("extra.bin", "other", "tests: padding so a copy takes a while")
     bundle.save()
     config = tmp / f"{station}.yaml"
-    config.write_text(f"station: {station}\ncamera: {{source: folder}}\n")
+    config.write_text(f"station: {station}\nbundle: ./export\njournal: {{path: journal.sqlite}}\n")
     return pack_bundle(src, config, key, tmp / f"{version}-{station}.tar").path
 
 

@@ -6,11 +6,14 @@ import json
 import tarfile
 
 import pytest
+import yaml
 
+from deploy_jetson.configfile import control_address, read_config, station_name
 from deploy_jetson.device import state, wait_healthy
-from deploy_jetson.pack import pack_bundle, station_name
+from deploy_jetson.pack import pack_bundle
 from deploy_jetson.targets import load_inventory, resolve_targets
 from edge_infer.errors import LinesideError
+from edge_infer.signing import extract_bundle_tar
 from tests.conftest import make_tiny_bundle
 from tests.deploy.deploy_helpers import (STATION, device_settings, free_port, lineside, provision, stop_service,
                                          write_inventory)
@@ -20,16 +23,23 @@ def test_bundle_and_verify_commands(tmp_path, keys):
     src = make_tiny_bundle(tmp_path / "export")
     (src / "notes.txt").write_text("not in the manifest: must not travel")
     config = tmp_path / "press-7.toml"
-    config.write_text('[station]\nname = "press-7"\n')
+    config.write_text('station = "press-7"\nbundle = "../export"\n[journal]\npath = "journal.sqlite"\n'
+                      '[alerts.disk]\ndir = "/var/lib/lineside/ng"\n[sockets]\ncontrol = "tcp://*:6001"\n')
     r = lineside("bundle", tmp_path, "--station", config, "--key", keys[0], "--out", tmp_path / "b.tar")
     assert r.returncode == 0, r.stderr
     assert "for station press-7" in r.stdout
     with tarfile.open(tmp_path / "b.tar") as tar:
-        assert sorted(tar.getnames()) == ["manifest.json", "model.onnx", "signature.ed25519", "station.toml",
+        assert sorted(tar.getnames()) == ["manifest.json", "model.onnx", "signature.ed25519", "station.yaml",
                                           "thresholds.json"]
+        packed = yaml.safe_load(tar.extractfile("station.yaml"))
+    # on the device the config points at its own bundle folder, and the journal outlives a bundle version
+    assert (packed["bundle"], packed["journal"]["path"]) == (".", "../../journal.sqlite")
+    assert packed["alerts"]["disk"]["dir"] == "/var/lib/lineside/ng"
+    unpacked = extract_bundle_tar(tmp_path / "b.tar", tmp_path / "unpacked")
+    assert control_address(unpacked) == "tcp://127.0.0.1:6001"
     r = lineside("verify", tmp_path / "b.tar", "--trust", keys[1], "--station", "press-7")
     assert r.returncode == 0, r.stderr
-    assert "OK" in r.stdout and "a trusted key" in r.stdout and "station.toml" in r.stdout
+    assert "OK" in r.stdout and "a trusted key" in r.stdout and "station.yaml" in r.stdout
     r = lineside("verify", tmp_path / "b.tar", "--station", "press-8")
     assert r.returncode == 2 and "made for press-7" in r.stderr and "Traceback" not in r.stderr
     r = lineside("verify", tmp_path / "b.tar", "--json")
@@ -45,7 +55,7 @@ def test_packing_is_deterministic_and_station_names_are_read(tmp_path, keys):
     assert a.path.read_bytes() == b.path.read_bytes() and a.station == "weld-2"
     config.write_text("camera: {source: 0}\n")
     with pytest.raises(LinesideError, match="names no station"):
-        station_name(config)
+        station_name(read_config(config), str(config))
     (tmp_path / "empty").mkdir()
     with pytest.raises(LinesideError, match="export one first"):
         pack_bundle(tmp_path / "empty", config, keys[0], tmp_path / "c.tar")
