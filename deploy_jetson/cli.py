@@ -16,7 +16,7 @@ def register(sub) -> None:
                        "into one tar whose manifest is signed with an Ed25519 key.")
     p.add_argument("source", metavar="RUN|DIR", help="bundle directory, or a run directory holding one")
     p.add_argument("--station", required=True, metavar="CONFIG", help="the station's config file (.yaml/.toml)")
-    p.add_argument("--key", required=True, help="signing key (NAME.sign.key from `lineside keys --type signing`)")
+    p.add_argument("--key", required=True, help="signing key (NAME.sign.key from `lineside keys NAME --type signing`)")
     p.add_argument("--out", required=True, metavar="BUNDLE.tar", help="the tar to write")
     p.set_defaults(handler=handler(f"{_CMD}:bundle_main"))
 

@@ -95,7 +95,7 @@ def provision_main(args) -> int:
 def _existing(paths: list[str]) -> list[str]:
     for p in paths:
         if not Path(p).is_file():
-            raise LinesideError(f"{p} does not exist: give the NAME.sign.pub file from `lineside keys --type signing`")
+            raise LinesideError(f"{p} does not exist: give the NAME.sign.pub file from `lineside keys NAME --type signing`")
     return paths
 
 

@@ -34,10 +34,10 @@ def register(sub) -> None:
     p.set_defaults(handler=handler("edge_infer.score_cmd:main"))
 
     p = sub.add_parser("keys", help="make key pairs: Ed25519 signing keys for bundles",
-                       description="Generate a key pair. --type signing: an Ed25519 pair for signing bundles; "
-                       "NAME.sign.key stays on the host that packs bundles, NAME.sign.pub goes to every device "
-                       "(`lineside provision TARGET --trust NAME.sign.pub`).")
+                       description="Generate key pairs. --type signing: an Ed25519 pair per NAME for signing "
+                       "bundles; NAME.sign.key stays on the host that packs bundles, NAME.sign.pub goes to every "
+                       "device (`lineside provision TARGET --trust NAME.sign.pub`).")
+    p.add_argument("names", nargs="+", help="key names, e.g. plant-a")
     p.add_argument("--type", required=True, choices=["signing"], help="which kind of key pair")
-    p.add_argument("--name", default="lineside", help="file name stem (default: lineside)")
-    p.add_argument("--out", default=".", help="folder to write the keys into (default: .)")
+    p.add_argument("--out", default="keys", help="folder to write into (default: ./keys)")
     p.set_defaults(handler=handler("edge_infer.signing:keys_main"))

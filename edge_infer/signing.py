@@ -52,7 +52,7 @@ def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     private_path, public_path = out / f"{name}{PRIVATE_SUFFIX}", out / f"{name}{PUBLIC_SUFFIX}"
     for path in (private_path, public_path):
         if path.exists():
-            raise LinesideError(f"{path} already exists: pick another --name or move the old key away first "
+            raise LinesideError(f"{path} already exists: pick another name or move the old key away first "
                                 "(overwriting a signing key would orphan every bundle it signed)")
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -67,11 +67,12 @@ def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def keys_main(args) -> int:
-    """`lineside keys --type signing`."""
-    private_path, public_path = generate_keypair(args.out, args.name)
-    kid = key_id(load_public_key(public_path))
-    print(f"wrote {private_path} (keep it on the packing host, owner-only) and {public_path} (key id {kid})")
-    print(f"trust it on a device: lineside provision TARGET --trust {public_path}")
+    """`lineside keys NAME... --type signing`."""
+    for name in args.names:
+        private_path, public_path = generate_keypair(args.out, name)
+        kid = key_id(load_public_key(public_path))
+        print(f"wrote {private_path} (keep it on the packing host, owner-only) and {public_path} (key id {kid})")
+        print(f"trust it on a device: lineside provision TARGET --trust {public_path}")
     return 0
 
 
@@ -81,9 +82,9 @@ def load_private_key(path: str | Path):
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise LinesideError(f"cannot read signing key {path}: {exc}. Make one with "
-                            "`lineside keys --type signing --name NAME`") from None
+                            "`lineside keys NAME --type signing`") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise LinesideError(f"{path} is not an Ed25519 private key: make one with `lineside keys --type signing`")
+        raise LinesideError(f"{path} is not an Ed25519 private key: make one with `lineside keys NAME --type signing`")
     return key
 
 
@@ -93,7 +94,7 @@ def load_public_key(path: str | Path):
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise LinesideError(f"cannot read public key {path}: {exc}. Use the NAME{PUBLIC_SUFFIX} file that "
-                            "`lineside keys --type signing` wrote") from None
+                            "`lineside keys NAME --type signing` wrote") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise LinesideError(f"{path} is not an Ed25519 public key: use a NAME{PUBLIC_SUFFIX} file")
     return key

@@ -115,7 +115,7 @@ def test_signature_file_garbage_is_refused(signed):
 def test_keys_command_writes_a_pair(tmp_path, capsys):
     from lineside.cli import main
 
-    assert main(["keys", "--type", "signing", "--name", "ci", "--out", str(tmp_path)]) == 0
+    assert main(["keys", "ci", "--type", "signing", "--out", str(tmp_path)]) == 0
     assert "key id" in capsys.readouterr().out
     assert load_trusted_keys([tmp_path])  # the .pub loads as a trusted key
     shutil.rmtree(tmp_path)
