@@ -20,7 +20,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, extra_bytes: int = 0) -> Path:
+def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, extra_bytes: int = 0,
+                    config_extra: str = "") -> Path:
     """A signed bundle tar whose model reports `version`, packed for `station`."""
     from deploy_jetson.pack import pack_bundle
     from edge_infer.bundle import Bundle
@@ -33,7 +34,7 @@ def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, 
         bundle.add_file("extra.bin", "other", "tests: padding so a copy takes a while")
     bundle.save()
     config = tmp / f"{station}.yaml"
-    config.write_text(f"station: {station}\nbundle: ./export\njournal: {{path: journal.sqlite}}\n")
+    config.write_text(f"station: {station}\nbundle: ./export\njournal: {{path: journal.sqlite}}\n{config_extra}")
     return pack_bundle(src, config, key, tmp / f"{version}-{station}.tar").path
 
 

@@ -7,6 +7,7 @@ loading ONNX Runtime here again would only slow the tests), then answers {"cmd":
 target uses as its service manager: it stops the running double (pid file) and starts a new
 one detached, as `systemctl restart` would. `--refuse-version V` makes the service crash at
 start when the bundle's model version is V: the "new version does not come up" case.
+`restart --real` starts the real `lineside serve ROOT/current/station.yaml` instead.
 """
 
 from __future__ import annotations
@@ -50,13 +51,15 @@ def serve(root: Path, control: str, refuse_version: str | None) -> int:
             sock.send_json({"ok": False, "error": f"unknown command {msg.get('cmd')!r}"})
 
 
-def restart(root: Path, control: str, refuse_version: str | None) -> int:
+def restart(root: Path, control: str, refuse_version: str | None, real: bool = False) -> int:
     pid_file = root / "service.pid"
     if pid_file.is_file():
         stop(int(pid_file.read_text()))
     cmd = [sys.executable, __file__, "serve", "--root", str(root), "--control", control]
     if refuse_version:
         cmd += ["--refuse-version", refuse_version]
+    if real:
+        cmd = [sys.executable, "-m", "lineside", "serve", str(root / "current" / "station.yaml")]
     with open(root / "service.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     pid_file.write_text(str(proc.pid))
@@ -83,10 +86,13 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("cmd", choices=["serve", "restart"])
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--control", required=True)
+    p.add_argument("--control", default="")
     p.add_argument("--refuse-version")
+    p.add_argument("--real", action="store_true", help="restart: run the real `lineside serve`")
     a = p.parse_args()
-    return (serve if a.cmd == "serve" else restart)(a.root, a.control, a.refuse_version)
+    if a.cmd == "serve":
+        return serve(a.root, a.control, a.refuse_version)
+    return restart(a.root, a.control, a.refuse_version, a.real)
 
 
 if __name__ == "__main__":

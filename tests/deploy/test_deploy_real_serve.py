@@ -1,0 +1,44 @@
+"""Flashing to the real `lineside serve` (the runtime's server), restarted like systemd would.
+
+Skips until the runtime's server is on this branch; the other deploy tests use
+tests/deploy/service_double.py, which honours the same health contract.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from deploy_jetson.device import state, wait_healthy
+from deploy_jetson.flash import flash, rollback
+from deploy_jetson.targets import parse_target
+from deploy_jetson.transport import open_shell
+from tests.deploy.deploy_helpers import SERVICE, STATION, free_port, make_signed_tar
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("edge_infer.server") is None,
+                                reason="`lineside serve` (edge_infer.server, issue 3) is not on this branch yet")
+
+
+def test_flash_and_rollback_with_the_real_server(tmp_path, keys, device_root):
+    from tests.deploy.test_deploy_flash_local import info
+
+    ports = [free_port() for _ in range(3)]
+    # the server binds all interfaces; flash asks it on loopback, at the address its station config names
+    sockets = (f"sockets: {{frames: 'tcp://127.0.0.1:{ports[0]}', verdicts: 'tcp://127.0.0.1:{ports[1]}', "
+               f"control: 'tcp://*:{ports[2]}'}}\n")
+    tars = {v: make_signed_tar(tmp_path, keys[0], v, config_extra=sockets) for v in ("v1", "v2")}
+    target = parse_target(f"local:{device_root}", {"restart": f"{{python}} {SERVICE} restart --root {{root}} --real",
+                                                   "health_timeout": 60})
+    for version in ("v1", "v2"):
+        out = flash(target, open_shell(target), info(tars[version]))
+        assert out.result == "ok", out.message
+        # the server reports the resolved bundle folder, so the switch is confirmed from its answer
+        assert not any("could not be confirmed" in w for w in out.warnings)
+    answer = wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)
+    assert answer["bundle"]["version"] == "v2" and answer["bundle"]["path"].endswith(state(device_root)["current"]["id"])
+    assert (device_root / "journal.sqlite").is_file()  # outside the bundle folders: it outlives a version
+
+    out = rollback(target, open_shell(target))
+    assert out.result == "ok", out.message
+    assert wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)["bundle"]["version"] == "v1"
