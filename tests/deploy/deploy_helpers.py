@@ -85,3 +85,13 @@ def lineside(*args, timeout: float = 120):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", "lineside", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
+
+
+def info(tar: Path):
+    """What the host knows of a bundle tar before flashing it (as `lineside flash` works it out)."""
+    from deploy_jetson.commands import inspect_bundle
+    from deploy_jetson.flash import BundleInfo
+    from edge_infer.bundle import sha256_file
+
+    d = inspect_bundle(tar)
+    return BundleInfo(tar, sha256_file(tar), d["id"], d["version"], d["station"])

@@ -6,6 +6,7 @@ The device's service is tests/deploy/service_double.py, restarted through the ta
 
 from __future__ import annotations
 
+import io
 import os
 import tarfile
 
@@ -17,14 +18,7 @@ from deploy_jetson.targets import parse_target
 from deploy_jetson.transport import open_shell
 from edge_infer.bundle import sha256_file
 from edge_infer.errors import LinesideError
-from tests.deploy.deploy_helpers import STATION, device_settings, free_port, make_signed_tar
-
-from deploy_jetson.commands import inspect_bundle
-
-
-def info(tar) -> BundleInfo:
-    d = inspect_bundle(tar)
-    return BundleInfo(tar, sha256_file(tar), d["id"], d["version"], d["station"])
+from tests.deploy.deploy_helpers import STATION, device_settings, free_port, info, make_signed_tar
 
 
 def run_flash(root, tar, control, progress=None, **settings):
@@ -75,7 +69,6 @@ def test_tampered_bundle_is_refused_and_v1_keeps_running(live_v1, tars, tmp_path
             if m.name == "thresholds.json":
                 data = data.replace(b"0.5", b"0.9")
                 m.size = len(data)
-            import io
             dst.addfile(m, io.BytesIO(data))
     # the host's own check would stop this tar; flash it anyway to see the DEVICE refuse it
     tampered = BundleInfo(bad, sha256_file(bad), good.id, good.version, good.station)

@@ -14,15 +14,13 @@ from deploy_jetson.device import state, wait_healthy
 from deploy_jetson.flash import flash, rollback
 from deploy_jetson.targets import parse_target
 from deploy_jetson.transport import open_shell
-from tests.deploy.deploy_helpers import SERVICE, STATION, free_port, make_signed_tar
+from tests.deploy.deploy_helpers import SERVICE, STATION, free_port, info, make_signed_tar
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("edge_infer.server") is None,
                                 reason="`lineside serve` (edge_infer.server, issue 3) is not on this branch yet")
 
 
 def test_flash_and_rollback_with_the_real_server(tmp_path, keys, device_root):
-    from tests.deploy.test_deploy_flash_local import info
-
     ports = [free_port() for _ in range(3)]
     # the server binds all interfaces; flash asks it on loopback, at the address its station config names
     sockets = (f"sockets: {{frames: 'tcp://127.0.0.1:{ports[0]}', verdicts: 'tcp://127.0.0.1:{ports[1]}', "

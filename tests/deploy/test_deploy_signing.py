@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import tarfile
 
@@ -116,6 +115,6 @@ def test_keys_command_writes_a_pair(tmp_path, capsys):
     from lineside.cli import main
 
     assert main(["keys", "ci", "--type", "signing", "--out", str(tmp_path)]) == 0
-    assert "key id" in capsys.readouterr().out
-    assert load_trusted_keys([tmp_path])  # the .pub loads as a trusted key
-    shutil.rmtree(tmp_path)
+    assert "ci.sign.pub" in capsys.readouterr().out
+    assert stat.S_IMODE((tmp_path / "ci.sign.key").stat().st_mode) == 0o600
+    assert len(load_trusted_keys([tmp_path])) == 1  # the .pub loads as a trusted key
