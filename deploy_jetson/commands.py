@@ -120,6 +120,11 @@ def status_main(args) -> int:
             out.result = "ok"
         except StepFailed as exc:
             report["health"] = {"ok": False, "error": exc.message}
+        if report["last_verdict"] is None and st["current"]:
+            try:  # the service's own journal knows, even when the service is down
+                report["last_verdict"] = device.call("status", "last-verdict", target.root)["last_verdict_at"]
+            except StepFailed as exc:
+                report["last_verdict"] = f"unknown ({exc.message})"
         out.old, out.new = label(st["current"]), label(st["previous"])
         reports[target.name] = report
         return out

@@ -90,3 +90,11 @@ def control_address(bundle_dir: Path) -> str:
     address = (data.get("sockets") or {}).get("control") or DEFAULT_CONTROL
     # a server bound to all interfaces is reached on loopback
     return address.replace("tcp://*:", "tcp://127.0.0.1:").replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+
+
+def journal_path(bundle_dir: Path) -> Path:
+    """The verdict journal of the service running bundle_dir (relative paths are relative to its config)."""
+    path = Path(bundle_dir) / PACKED_NAME
+    data = read_config(path) if path.is_file() else {}
+    journal = Path((data.get("journal") or {}).get("path") or "journal.sqlite")
+    return journal if journal.is_absolute() else (path.parent.resolve() / journal).resolve()

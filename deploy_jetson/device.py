@@ -233,10 +233,33 @@ def wait_healthy(address: str, timeout: float, station: str | None = None, old_b
         time.sleep(0.2)
 
 
+def last_verdict(root: Path) -> dict:
+    """When the running station's journal last recorded a verdict (read-only; the service keeps writing)."""
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from .configfile import journal_path
+
+    path = journal_path(root / "current")
+    if not path.is_file():
+        return {"journal": str(path), "last_verdict_at": None}
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            (latest,) = db.execute("SELECT MAX(decided_at) FROM verdicts WHERE station = ?",
+                                   (read_station(root),)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise LinesideError(f"cannot read the journal {path}: {exc}") from None
+    when = datetime.fromtimestamp(latest, timezone.utc).isoformat(timespec="seconds") if latest else None
+    return {"journal": str(path), "last_verdict_at": when}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy_jetson.device", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("state", "rollback"):
+    for name in ("state", "rollback", "last-verdict"):
         sub.add_parser(name).add_argument("root", type=Path)
     for name, extra in (("upload-state", ["name"]), ("upload-commit", ["name", "sha256"]),
                         ("install", ["tar"]), ("switch", ["id"]), ("remove", ["id"]),
@@ -280,6 +303,8 @@ def _dispatch(args) -> dict:
     root = args.root
     if cmd == "state":
         return state(root)
+    if cmd == "last-verdict":
+        return last_verdict(root)
     if cmd == "upload-state":
         return upload_state(root, args.name)
     if cmd == "upload-commit":

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -37,7 +36,6 @@ def serve(root: Path, control: str, refuse_version: str | None) -> int:
     sock.bind(control)
     # Exit at once on SIGTERM: nothing to flush, and an open socket would block a normal exit.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     info = {"id": Path(os.path.realpath(root / "current")).name, "version": version,
             "path": os.path.realpath(root / "current")}
     while True:
@@ -45,8 +43,7 @@ def serve(root: Path, control: str, refuse_version: str | None) -> int:
             continue
         msg = sock.recv_json()
         if msg.get("cmd") == "health":
-            sock.send_json({"ok": True, "status": "ready", "station": station, "bundle": info,
-                            "last_verdict_at": started})
+            sock.send_json({"ok": True, "status": "ready", "station": station, "bundle": info})
         else:
             sock.send_json({"ok": False, "error": f"unknown command {msg.get('cmd')!r}"})
 

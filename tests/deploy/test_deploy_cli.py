@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import tarfile
 
 import pytest
@@ -101,10 +102,15 @@ def test_parallel_fleet_flash_prints_progress_and_a_final_table(tmp_path, keys, 
 
         r = lineside("flash", inventory, tars["v2"], "--set", "build=false", "--set", "trt_check=true")
         assert r.returncode == 1 and r.stdout.count("build failed") >= 3
+        # the runtime's journal (edge_infer's `verdicts` table) tells status when the last verdict was
+        with sqlite3.connect(tmp_path / "dev0" / "journal.sqlite") as db:
+            db.execute("CREATE TABLE verdicts (id INTEGER PRIMARY KEY, decided_at REAL NOT NULL, station TEXT)")
+            db.execute("INSERT INTO verdicts (decided_at, station) VALUES (1795456800.0, ?)", (STATION,))
         r = lineside("status", inventory, "--json")
         reports = [json.loads(line) for line in r.stdout.splitlines()]
         assert [rep["current"]["version"] for rep in reports] == ["v1"] * 3
         assert all(rep["health"]["ok"] for rep in reports)
+        assert [rep["last_verdict"] for rep in reports] == ["2026-11-23T18:00:00+00:00", None, None]
 
         first = devices[0]["target"]
         r = lineside("rollback", first, *[f"--set={k}={v}" for k, v in device_settings(
