@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -31,11 +32,22 @@ from edge_infer.errors import LinesideError
 # Only `install` needs the bundle and signing code (pydantic, OpenCV, ONNX Runtime: seconds to import on
 # a Jetson); every other step imports nothing heavy, so a flash's many small steps stay quick.
 MANIFEST = "manifest.json"
+BUNDLE_ID = r"[0-9a-f]{12}"  # edge_infer.signing.bundle_id
+TAR_NAME = r"[0-9a-f]{64}\.tar"
 
 
 def read_station(root: Path) -> str | None:
     path = root / "station"
-    return path.read_text().strip() or None if path.is_file() else None
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def _checked(value: str, pattern: str, what: str) -> str:
+    # Names from the host become paths here: never let one climb out of the device root.
+    if not re.fullmatch(pattern, value):
+        raise LinesideError(f"{value!r} is not a valid {what}")
+    return value
 
 
 def link_info(root: Path, name: str) -> dict | None:
@@ -293,6 +305,16 @@ def main(argv=None) -> int:
 
 def _dispatch(args) -> dict:
     cmd = args.cmd
+    if getattr(args, "id", None) is not None:
+        _checked(args.id, BUNDLE_ID, "bundle id")
+    for name in ("current", "previous"):
+        if getattr(args, name, "-") != "-":
+            _checked(getattr(args, name), BUNDLE_ID, "bundle id")
+    for name in ("name", "tar"):
+        if getattr(args, name, None) is not None:
+            _checked(getattr(args, name), TAR_NAME, "bundle tar name")
+    if getattr(args, "key_name", None) is not None:
+        _checked(args.key_name, r"[A-Za-z0-9_.-]{1,64}", "key name")
     if cmd == "health":
         if not (args.address or args.root):
             raise LinesideError("health needs --root ROOT or --address ADDR")

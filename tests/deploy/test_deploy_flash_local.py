@@ -163,3 +163,13 @@ def test_bad_target_strings_explain_themselves():
         parse_target("local:")
     t = parse_target("ssh://lineside@10.0.0.11:2222/srv/lineside")
     assert (t.user, t.host, t.port, t.root, t.python) == ("lineside", "10.0.0.11", 2222, "/srv/lineside", "python3")
+
+
+def test_device_steps_refuse_names_that_leave_the_root(device_root, capsys):
+    from deploy_jetson.device import main
+
+    assert main(["remove", str(device_root), ".."]) == 2
+    assert main(["switch", str(device_root), "../../etc"]) == 2
+    assert main(["upload-state", str(device_root), "../x.tar"]) == 2
+    assert "not a valid bundle id" in capsys.readouterr().err
+    assert (device_root / "station").is_file() and not (device_root / "current").exists()
