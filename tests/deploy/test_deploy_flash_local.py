@@ -36,6 +36,8 @@ def live_v1(device_root, tars):
     control = f"tcp://127.0.0.1:{free_port()}"
     out = run_flash(device_root, tars["v1"], control)
     assert out.result == "ok", out.message
+    # no TensorRT on this machine: no engine, ONNX Runtime, and the outcome says so
+    assert any("TensorRT is not installed" in w for w in out.warnings)
     return device_root, control
 
 
@@ -47,13 +49,15 @@ def test_good_bundle_goes_live_and_answers_health(live_v1, tars):
     root, control = live_v1
     assert running(control) == "v1"
     lines = []
-    out = run_flash(root, tars["v2"], control, progress=lines.append)
+    # a device with TensorRT: the build command gets the new bundle's folder and writes the engine there
+    build = "sh -c 'echo engine > {bundle}/model.engine'"
+    out = run_flash(root, tars["v2"], control, progress=lines.append, trt_check="true", build=build)
     assert (out.result, out.old.split("@")[0], out.new.split("@")[0]) == ("ok", "v1", "v2"), out.message
+    assert (root / "current" / "model.engine").read_text() == "engine\n" and not out.warnings
     assert running(control) == "v2"
     st = state(root)
     assert (st["current"]["version"], st["previous"]["version"]) == ("v2", "v1")
     assert os.readlink(root / "current") == f"bundles/{st['current']['id']}"
-    assert any("TensorRT is not installed" in w for w in out.warnings)  # no TensorRT here: ORT fallback
     assert any(line.startswith("copy") for line in lines) and not list((root / "incoming").iterdir())
     # the same bundle again changes nothing
     assert run_flash(root, tars["v2"], control).result == "unchanged"
