@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import tempfile
 import time
@@ -117,10 +118,11 @@ class SshShell(Shell):
         return ["ssh", *self._options, self._dest, command]
 
     def close(self) -> None:
-        subprocess.run(["ssh", *self._options, "-O", "exit", self._dest], capture_output=True, timeout=10)
-        for name in os.listdir(self._dir):
-            os.unlink(os.path.join(self._dir, name))
-        os.rmdir(self._dir)
+        try:  # end the shared connection; ControlPersist would otherwise keep it a while
+            subprocess.run(["ssh", *self._options, "-O", "exit", self._dest], capture_output=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def open_shell(target: Target) -> Shell:
