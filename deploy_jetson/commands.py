@@ -53,6 +53,9 @@ def verify_main(args) -> int:
 
 def flash_main(args) -> int:
     targets = resolve_targets(args.targets, parse_overrides(args.set))
+    if not Path(args.bundle).is_file():
+        raise LinesideError(f"{args.bundle} is not a bundle tar: flash takes the signed tar that "
+                            "`lineside bundle DIR --station CONFIG --key KEY --out BUNDLE.tar` writes")
     info = inspect_bundle(args.bundle)
     bundle = BundleInfo(Path(args.bundle), sha256_file(args.bundle), info["id"], info["version"], info["station"])
     print(f"flashing {bundle.label} (station {bundle.station}) to {len(targets)} device(s)")
