@@ -66,16 +66,6 @@ def generate_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     return private_path, public_path
 
 
-def keys_main(args) -> int:
-    """`lineside keys NAME... --type signing`."""
-    for name in args.names:
-        private_path, public_path = generate_keypair(args.out, name)
-        kid = key_id(load_public_key(public_path))
-        print(f"wrote {private_path} (keep it on the packing host, owner-only) and {public_path} (key id {kid})")
-        print(f"trust it on a device: lineside provision TARGET --trust {public_path}")
-    return 0
-
-
 def load_private_key(path: str | Path):
     serialization, ed25519 = _crypto()
     try:
