@@ -49,17 +49,6 @@ def _tomllib():
     return tomllib
 
 
-def station_name(data: dict, where: str) -> str:
-    """The station's name: a top-level `station` (string, or table with `name`) or `name`."""
-    station = data.get("station")
-    if isinstance(station, dict):
-        station = station.get("name")
-    name = station or data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise LinesideError(f"{where} names no station: add `station: NAME` at its top level")
-    return name.strip()
-
-
 def for_device(data: dict) -> str:
     """The station config as the device gets it (YAML text): see the module docstring."""
     import yaml

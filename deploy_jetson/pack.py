@@ -18,7 +18,7 @@ from edge_infer.bundle import MANIFEST, Bundle, sha256_file
 from edge_infer.errors import LinesideError
 from edge_infer.signing import SIGNATURE, bundle_id, sign_bundle
 
-from .configfile import PACKED_NAME, for_device, read_config, station_name
+from .configfile import PACKED_NAME, for_device, read_config
 
 
 @dataclass
@@ -49,8 +49,10 @@ def find_bundle_dir(source: str | Path) -> Path:
 
 def pack_bundle(source: str | Path, station_config: str | Path, key: str | Path, out: str | Path) -> Packed:
     src = find_bundle_dir(source)
+    from edge_infer.station import load_station
+
+    station = load_station(station_config).station  # the runtime's own validation and messages
     config = read_config(station_config)
-    station = station_name(config, str(station_config))
     bundle = Bundle.load(src, verify=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

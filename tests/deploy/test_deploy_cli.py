@@ -9,7 +9,7 @@ import tarfile
 import pytest
 import yaml
 
-from deploy_jetson.configfile import control_address, read_config, station_name
+from deploy_jetson.configfile import control_address
 from deploy_jetson.device import state, wait_healthy
 from deploy_jetson.pack import pack_bundle
 from deploy_jetson.targets import load_inventory, resolve_targets
@@ -47,16 +47,17 @@ def test_bundle_and_verify_commands(tmp_path, keys):
     assert json.loads(r.stdout)["station"] == "press-7"
 
 
-def test_packing_is_deterministic_and_station_names_are_read(tmp_path, keys):
+def test_packing_is_deterministic_and_station_configs_are_validated(tmp_path, keys):
     src = make_tiny_bundle(tmp_path / "export")
     config = tmp_path / "s.yaml"
-    config.write_text("station: {name: weld-2}\n")
+    config.write_text("station: weld-2\nbundle: .\n")
     a = pack_bundle(src, config, keys[0], tmp_path / "a.tar")
     b = pack_bundle(src, config, keys[0], tmp_path / "b.tar")
     assert a.path.read_bytes() == b.path.read_bytes() and a.station == "weld-2"
-    config.write_text("camera: {source: 0}\n")
-    with pytest.raises(LinesideError, match="names no station"):
-        station_name(read_config(config), str(config))
+    # the runtime's schema checks the config before anything is packed
+    config.write_text("bundle: .\ncamera: {source: 0}\n")
+    with pytest.raises(LinesideError, match="(?s)is invalid.*station"):
+        pack_bundle(src, config, keys[0], tmp_path / "c.tar")
     (tmp_path / "empty").mkdir()
     with pytest.raises(LinesideError, match="export one first"):
         pack_bundle(tmp_path / "empty", config, keys[0], tmp_path / "c.tar")

@@ -1,12 +1,15 @@
-"""Flashing to the real `lineside serve` (the runtime's server), restarted like systemd would.
+"""Flashing to the real `lineside serve` (the runtime's server), restarted like systemd would:
+v1 and v2 go live, rollback returns to v1, and a v3 that cannot start (its frames port is
+taken) is rolled back to the running v1.
 
-Skips until the runtime's server is on this branch; the other deploy tests use
-tests/deploy/service_double.py, which honours the same health contract.
+The other deploy tests use tests/deploy/service_double.py, which honours the same health
+contract and starts faster.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 
 import pytest
 
@@ -40,3 +43,14 @@ def test_flash_and_rollback_with_the_real_server(tmp_path, keys, device_root):
     out = rollback(target, open_shell(target))
     assert out.result == "ok", out.message
     assert wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)["bundle"]["version"] == "v1"
+
+    with socket.socket() as squatter:  # something else on the line PC holds the port v3 wants
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        v3 = make_signed_tar(tmp_path, keys[0], "v3", config_extra=sockets.replace(f":{ports[0]}", f":{taken}"))
+        target = parse_target(f"local:{device_root}", {**target.settings.model_dump(), "health_timeout": 15})
+        out = flash(target, open_shell(target), info(v3))
+    assert out.result == "rolled back", out.message
+    assert wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)["bundle"]["version"] == "v1"
+    assert "Address already in use" in (device_root / "service.log").read_text()
