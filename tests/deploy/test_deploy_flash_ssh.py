@@ -7,9 +7,11 @@ would on a Jetson: through `ssh`, with the device's own Python, shell and servic
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from deploy_jetson.device import state, wait_healthy
@@ -59,13 +61,17 @@ def test_provision_and_flash_over_ssh_then_a_failing_build_leaves_it_running(ssh
 
 def test_copy_cut_off_mid_transfer_resumes_over_ssh(sshd, tmp_path, keys):
     root, control = tmp_path / "device", f"tcp://127.0.0.1:{free_port()}"
+    scratch = None
     big = make_signed_tar(tmp_path, keys[0], "v3", extra_bytes=3_000_000)
     slow = ssh_inventory(tmp_path, sshd, root, control, bwlimit="1M")
     try:
         assert lineside_cli("provision", slow, "--trust", keys[1]).returncode == 0
+        # the killed flash cannot remove its ssh control folder: give it one this test removes (short: sockets)
+        scratch = tempfile.mkdtemp(prefix="ls6-")
         flashing = subprocess.Popen([sys.executable, "-m", "lineside", "flash", str(slow), str(big)], cwd=REPO,
-                                    env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                    env=dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=scratch),
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    start_new_session=True)
         part = _wait_for_part(root, flashing)
         os.killpg(flashing.pid, signal.SIGKILL)  # the laptop's lid closes mid-copy
         flashing.wait(timeout=10)
@@ -79,6 +85,8 @@ def test_copy_cut_off_mid_transfer_resumes_over_ssh(sshd, tmp_path, keys):
         assert wait_healthy(control, 10, STATION)["bundle"]["version"] == "v3"
     finally:
         _stop(root)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _wait_for_part(root, proc, at_least=200_000):
