@@ -56,7 +56,7 @@ def train_bilevel(model, context) -> dict:
             net_opt.zero_grad()
             loss.backward()
             net_opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             steps += 1
             if learned and steps % upper_every == 0:
                 val_losses.append(upper_step(model, synth, synth_opt, batch["image"], val_x, val_m, inner_lr))
@@ -102,7 +102,7 @@ def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -
     for p, g in zip(synth.parameters(), hyper):
         p.grad = g
     synth_opt.step()
-    return float(val_loss)
+    return val_loss.item()
 
 
 def validation_set(context, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -49,7 +49,8 @@ class PlacementNet(nn.Module):
         self.enc2 = conv_block(width, 2 * width)
         self.dec1 = conv_block(3 * width, width)
         self.head = nn.Conv2d(width, 1, 1)
-        nn.init.zeros_(self.head.weight)  # start uniform: learning moves it away from random pasting
+        # start (nearly) uniform, i.e. random pasting; not exactly zero, so gradients reach the U-Net
+        nn.init.normal_(self.head.weight, std=1e-3)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -160,6 +161,10 @@ def poisson_clone(content: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
     for i in range(target.shape[0]):
         m = mask[i, 0].numpy().astype(np.uint8) * 255
         if not m.any():
+            continue
+        _, _, bw, bh = cv2.boundingRect(m)
+        if min(bw, bh) < 3:  # OpenCV's solver rejects regions thinner than 3 px: paste the content as is
+            out[i] = content[i]
             continue
         src, dst = to_bgr(content[i]), to_bgr(target[i].detach())
         src, dst = (cv2.copyMakeBorder(a, pad, pad, pad, pad, cv2.BORDER_REFLECT) for a in (src, dst))
