@@ -81,6 +81,7 @@ def test_validation_defects_are_drawn_with_their_masks():
     assert torch.equal(out[outside], images.float()[outside])
 
 
+@pytest.mark.slow  # ~1 CPU-minute: two training epochs with unrolled steps, then an ONNX export
 def test_train_evaluate_export_score_end_to_end(tmp_path):
     data = make_mvtec(tmp_path / "cells", n_train=10, n_good=4, n_defect=4)
     run, synth_dir, bundle_dir = tmp_path / "run", tmp_path / "synth", tmp_path / "bundle"

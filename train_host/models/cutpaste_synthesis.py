@@ -79,7 +79,7 @@ class CutPasteSynthesis(nn.Module):
 
     def probabilities(self) -> dict[str, dict[str, float]]:
         """The learned importance weights, readable: {transform: {option: probability}}."""
-        return {k: {str(o): round(float(p), 3) for o, p in zip(CHOICES[k], self.logits[k].softmax(0))}
+        return {k: {str(o): round(float(p), 3) for o, p in zip(CHOICES[k], self.logits[k].detach().softmax(0))}
                 for k in CHOICES}
 
     def pick(self, name: str, n: int) -> torch.Tensor:
