@@ -36,6 +36,7 @@ BRIGHTNESS = (-60.0, -30.0, 0.0, 30.0, 60.0)  # shift of the pasted content, in 
 BLURS = (0.0, 1.0, 2.0)  # Gaussian σ of the pasted content, pixels
 BLENDS = ("alpha", "poisson")
 STRENGTHS = (0.4, 0.7, 1.0)  # how far pasted pixels move towards the content
+PLACEMENT_LIMIT = 3.0  # bound on placement logits (see PlacementNet.forward)
 CHOICES = {"scale": SCALES, "angle": ANGLES, "brightness": BRIGHTNESS, "blur": BLURS, "blend": BLENDS,
            "strength": STRENGTHS}
 
@@ -58,7 +59,9 @@ class PlacementNet(nn.Module):
         e1 = self.enc1(x)
         e2 = self.enc2(F.max_pool2d(e1, 2))
         up = F.interpolate(e2, size=e1.shape[-2:], mode="nearest")
-        return self.head(self.dec1(torch.cat([e1, up], 1)))
+        # bounded logits: no pixel gets more than e^(2·LIMIT) times another's chance, so the upper
+        # level cannot collapse all pastes onto one corner (it did, unbounded, on ELPV)
+        return PLACEMENT_LIMIT * torch.tanh(self.head(self.dec1(torch.cat([e1, up], 1))) / PLACEMENT_LIMIT)
 
 
 def conv_block(cin: int, cout: int) -> nn.Sequential:
