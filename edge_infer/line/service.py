@@ -212,4 +212,4 @@ class LineService:
     def _cmd_line(self, server, request) -> dict:
         snap = self.signals.snapshot()
         snap["history"] = [r.__dict__ for r in snap["history"]]
-        return {"ok": True, **snap, "recipes": {r.id: r.name for r in self.cfg.recipes}}
+        return {"ok": True, "signals": snap, "recipes": {r.id: r.name for r in self.cfg.recipes}}
