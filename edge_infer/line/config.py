@@ -145,7 +145,7 @@ class LineConfig(_Strict):
             raise ValueError(f"recipe {self.recipe} is not one of the recipes {ids}")
         return self
 
-    def resolve(self, fix) -> "LineConfig":
+    def resolve(self, fix) -> LineConfig:
         """Make relative paths absolute with ``fix`` (the station config's resolver)."""
         for r in self.recipes:
             r.bundle = fix(r.bundle)

@@ -101,7 +101,7 @@ class JetsonGpio(Gpio):
 
     def __init__(self):
         try:
-            import Jetson.GPIO as GPIO
+            from Jetson import GPIO
         except (ImportError, RuntimeError) as exc:
             raise LinesideError(
                 f"line.gpio_backend jetson needs Jetson.GPIO, which is not usable here ({exc}): on a Jetson "

@@ -134,7 +134,7 @@ class ModbusChannel:
 
         try:
             self.server = self.loop.run(start())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any start failure is reported as the address's)
             self.loop.stop()
             raise LinesideError(f"cannot serve Modbus TCP on {cfg.host}:{cfg.port}: {exc}; pick a free port "
                                 "in line.modbus (502 needs root or CAP_NET_BIND_SERVICE)") from None

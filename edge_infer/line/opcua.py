@@ -20,6 +20,12 @@ from .plc_signals import COUNTERS, PlcError
 NAMESPACE = "urn:lineside:machine-vision"
 ROOT = "VisionSystem"
 SYNC_S = 0.02
+
+
+def _counter(name: str):
+    return lambda s: s["counters"][name]
+
+
 # (path under VisionSystem, variant type, value from a signals snapshot)
 VARIABLES = [
     ("SystemState", ua.VariantType.String, lambda s: system_state(s)),
@@ -40,7 +46,7 @@ VARIABLES = [
     ("ResultManagement.RecipeId", ua.VariantType.UInt32, lambda s: s["result_recipe_id"]),
     ("ResultManagement.Buffered", ua.VariantType.UInt16, lambda s: s["buffered"]),
     ("ResultManagement.Overrun", ua.VariantType.Boolean, lambda s: s["overrun"]),
-] + [(f"Counters.{name}", ua.VariantType.UInt32, (lambda n: lambda s: s["counters"][n])(name)) for name in COUNTERS]
+] + [(f"Counters.{name}", ua.VariantType.UInt32, _counter(name)) for name in COUNTERS]
 
 
 def system_state(s: dict) -> str:
@@ -60,7 +66,7 @@ class OpcUaChannel:
         self.nodes: dict[str, tuple] = {}
         try:
             self.loop.run(self._start(cfg.endpoint))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any start failure is reported as the endpoint's)
             self.loop.stop()
             raise LinesideError(f"cannot serve OPC UA at {cfg.endpoint}: {exc}; pick a free port in "
                                 "line.opcua.endpoint") from None

@@ -12,13 +12,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's make_tiny_bundle
 
-from conftest import gray, make_tiny_bundle  # noqa: E402
+from conftest import gray, make_tiny_bundle
 
-from edge_infer.line.service import LineService  # noqa: E402
-from edge_infer.server import Server  # noqa: E402
-from edge_infer.station import load_station  # noqa: E402
+from edge_infer.line.service import LineService
+from edge_infer.server import Server
+from edge_infer.station import load_station
 
-__all__ = ["gray", "make_tiny_bundle", "free_port", "line_station", "start_line", "wait_until"]
+__all__ = ["free_port", "gray", "line_station", "make_tiny_bundle", "start_line", "wait_until"]
 
 
 def free_port() -> int:

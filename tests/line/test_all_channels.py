@@ -10,16 +10,16 @@ import pytest
 pytest.importorskip("pymodbus")
 pytest.importorskip("asyncua")
 pytest.importorskip("paho.mqtt")
-import paho.mqtt.client as mqtt  # noqa: E402
-from asyncua import Client, ua  # noqa: E402
-from pymodbus.client import ModbusTcpClient  # noqa: E402
+import paho.mqtt.client as mqtt
+from asyncua import Client, ua
+from line_helpers import free_port, gray, line_station, start_line, wait_until
+from pymodbus.client import ModbusTcpClient
+from test_mqtt import MOSQUITTO, Broker
 
-from edge_infer.control import request  # noqa: E402
-from edge_infer.journal import read_verdicts  # noqa: E402
-from edge_infer.line import modbus as m  # noqa: E402
-from edge_infer.line.opcua import NAMESPACE  # noqa: E402
-from line_helpers import free_port, gray, line_station, start_line, wait_until  # noqa: E402
-from test_mqtt import MOSQUITTO, Broker  # noqa: E402
+from edge_infer.control import request
+from edge_infer.journal import read_verdicts
+from edge_infer.line import modbus as m
+from edge_infer.line.opcua import NAMESPACE
 
 
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
@@ -30,7 +30,7 @@ def test_one_trigger_one_result_per_channel_with_matching_ids(tmp_path):
     cfg = line_station(tmp_path, {"modbus": {"host": "127.0.0.1", "port": mb_port},
                                   "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{ua_port}/lineside"},
                                   "mqtt": {"host": "127.0.0.1", "port": broker.port}})
-    server, service = start_line(cfg, lambda: gray(250))
+    server, _service = start_line(cfg, lambda: gray(250))
     got, subscribed = [], threading.Event()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="all-channels")
     sub.on_subscribe = lambda *a: subscribed.set()

@@ -2,8 +2,9 @@
 
 import argparse
 
-from benchmarks.trigger import measure, register_trigger
 from line_helpers import make_tiny_bundle
+
+from benchmarks.trigger import measure, register_trigger
 
 
 def test_bench_trigger_reports_latency_and_never_fires_before_the_deadline(tmp_path):

@@ -5,12 +5,12 @@ import struct
 import pytest
 
 pytest.importorskip("pymodbus")
-from pymodbus.client import ModbusTcpClient  # noqa: E402
+from line_helpers import free_port, gray, line_station, start_line, wait_until
+from pymodbus.client import ModbusTcpClient
 
-from edge_infer.journal import read_verdicts  # noqa: E402
-from edge_infer.line import modbus as m  # noqa: E402
-from edge_infer.line.plc_signals import ErrorCode  # noqa: E402
-from line_helpers import free_port, gray, line_station, start_line, wait_until  # noqa: E402
+from edge_infer.journal import read_verdicts
+from edge_infer.line import modbus as m
+from edge_infer.line.plc_signals import ErrorCode
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def pulse(client, bit):
 
 
 def test_a_triggered_part_yields_exactly_one_result_with_its_inspection_id(plc):
-    server, service, client = plc
+    server, _service, client = plc
     assert read(client, m.STATUS)[0] & 1  # Ready
     pulse(client, 0)  # Trigger
     status = wait_until(lambda: read(client, m.STATUS)[0] & 4 and read(client, m.STATUS)[0])  # ResultValid
@@ -65,7 +65,7 @@ def test_a_triggered_part_yields_exactly_one_result_with_its_inspection_id(plc):
 
 
 def test_malformed_writes_set_an_error_code_and_the_service_keeps_running(plc):
-    server, service, client = plc
+    server, _service, client = plc
     assert client.write_register(m.RECIPE_SELECT, 77).isError() is False  # well-formed, unknown recipe
     assert read(client, m.ERROR_CODE)[0] == ErrorCode.UNKNOWN_RECIPE
     assert read(client, m.ACTIVE_RECIPE)[0] == 1

@@ -10,9 +10,8 @@ import time
 import pytest
 
 pytest.importorskip("paho.mqtt")
-import paho.mqtt.client as mqtt  # noqa: E402
-
-from line_helpers import free_port, gray, line_station, start_line, wait_until  # noqa: E402
+import paho.mqtt.client as mqtt
+from line_helpers import free_port, gray, line_station, start_line, wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if shutil.os.path.exists("/usr/sbin/mosquitto")
                                           else None)

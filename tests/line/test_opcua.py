@@ -5,12 +5,12 @@ import asyncio
 import pytest
 
 pytest.importorskip("asyncua")
-from asyncua import Client, ua  # noqa: E402
+from asyncua import Client, ua
+from line_helpers import free_port, gray, line_station, start_line
 
-from edge_infer.journal import read_verdicts  # noqa: E402
-from edge_infer.line.opcua import NAMESPACE  # noqa: E402
-from edge_infer.line.plc_signals import ErrorCode  # noqa: E402
-from line_helpers import free_port, gray, line_station, start_line  # noqa: E402
+from edge_infer.journal import read_verdicts
+from edge_infer.line.opcua import NAMESPACE
+from edge_infer.line.plc_signals import ErrorCode
 
 
 async def poll(read, predicate, timeout_s=15):
@@ -26,12 +26,12 @@ def test_opcua_trigger_result_ack_and_refusals(tmp_path):
     port = free_port()
     frames = iter([gray(250), gray(20)] * 10)
     cfg = line_station(tmp_path, {"opcua": {"endpoint": f"opc.tcp://127.0.0.1:{port}/lineside"}})
-    server, service = start_line(cfg, lambda: next(frames))
+    server, _service = start_line(cfg, lambda: next(frames))
 
     async def plc():
         async with Client(f"opc.tcp://127.0.0.1:{port}/lineside", timeout=5) as client:
             ns = await client.get_namespace_index(NAMESPACE)
-            node = lambda path: client.get_node(ua.NodeId(f"VisionSystem.{path}", ns))  # noqa: E731
+            node = lambda path: client.get_node(ua.NodeId(f"VisionSystem.{path}", ns))
             root = client.get_node(ua.NodeId("VisionSystem", ns))
             assert await poll(node("SystemState").read_value, lambda s: s == "Ready") == "Ready"
             inspection = await root.call_method(ua.NodeId("VisionSystem.StartSingleJob", ns))

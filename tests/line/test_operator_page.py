@@ -11,7 +11,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from line_helpers import free_port, line_station, start_line, wait_until  # noqa: E402
+from line_helpers import free_port, line_station, start_line, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -33,14 +33,19 @@ def page(tmp_path):
     token = tmp_path / "operator.token"
     token.write_text("s3cret\n")
     count = iter(range(10_000))
+
+    def grab():
+        i = next(count)
+        return part(i % 3 == 0, i)
+
     cfg = line_station(tmp_path, {"operator_page": {"host": "127.0.0.1", "port": port, "token_file": str(token)}})
-    server, service = start_line(cfg, lambda: (lambda i: part(i % 3 == 0, i))(next(count)))
+    server, service = start_line(cfg, grab)
     yield f"http://127.0.0.1:{port}", server, service
     server.close()
 
 
 def test_read_only_without_the_token_and_changes_are_journaled(page):
-    url, server, service = page
+    url, _server, service = page
     state = httpx.get(f"{url}/api/state", timeout=5).json()
     assert state["recipe"] == {"id": 1, "name": "part-a"} and state["can_change"] is True
     assert httpx.post(f"{url}/api/trigger", timeout=5).status_code == 401
@@ -60,7 +65,7 @@ def test_read_only_without_the_token_and_changes_are_journaled(page):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
 def test_live_frame_moving_counters_and_an_ng_heatmap_in_headless_chromium(page, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, server, service = page
+    url, _server, service = page
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:

@@ -3,14 +3,14 @@
 import threading
 
 import pytest
+from line_helpers import gray, line_station, make_tiny_bundle, start_line, wait_until
 
 from edge_infer.bundle import Bundle, sha256_file
 from edge_infer.errors import LinesideError
 from edge_infer.journal import read_verdicts
+from edge_infer.line.config import Recipe
 from edge_infer.line.plc_signals import ErrorCode, PlcError
 from edge_infer.line.recipes import verify_recipe_bundle
-from edge_infer.line.config import Recipe
-from line_helpers import gray, line_station, make_tiny_bundle, start_line, wait_until
 
 
 def two_recipes(tmp_path):

@@ -1,12 +1,12 @@
 """Timed reject on a simulated clock and GPIO, and the debounced trigger input."""
 
 import pytest
+from line_helpers import gray, line_station, start_line, wait_until
 
 from edge_infer.line.config import RejectConfig
 from edge_infer.line.hw import DebouncedInput, EdgeCounter, SimClock, SimGpio
 from edge_infer.line.reject import RejectScheduler
 from edge_infer.station import load_station  # noqa: F401  (the config models load with the station)
-from line_helpers import gray, line_station, start_line, wait_until
 
 
 def scheduler(**cfg):
@@ -108,7 +108,7 @@ def test_late_verdict_through_the_service_is_rejected_and_counted(tmp_path):
             assert pulses[0][0] == pytest.approx(100.56, abs=1e-6)
             assert service.signals.counters["LATE"] == 1
         assert wait_until(lambda: service.signals.counters["OK"] == 2)
-        head = [r for r in service.signals.snapshot()["history"] if r.inspection_id == second][0]
+        head = next(r for r in service.signals.snapshot()["history"] if r.inspection_id == second)
         assert head.late and head.status == "OK" and first == 1 and second == 2
         metric = server.telemetry.registry.get_sample_value("lineside_late_rejects_total", {"station": "line1"})
         assert metric == 1
