@@ -1,12 +1,13 @@
 """Timed reject on a simulated clock and GPIO, and the debounced trigger input."""
 
 import pytest
-from line_helpers import gray, line_station, start_line, wait_until
+from line_helpers import gray, line_station, make_tiny_bundle, start_line, wait_until
 
+from edge_infer.journal import read_verdicts
 from edge_infer.line.config import RejectConfig
 from edge_infer.line.hw import DebouncedInput, EdgeCounter, SimClock, SimGpio
+from edge_infer.line.plc_signals import ErrorCode
 from edge_infer.line.reject import RejectScheduler
-from edge_infer.station import load_station  # noqa: F401  (the config models load with the station)
 
 
 def scheduler(**cfg):
@@ -114,3 +115,32 @@ def test_late_verdict_through_the_service_is_rejected_and_counted(tmp_path):
         assert metric == 1
     finally:
         server.close()
+
+
+def test_gpio_trigger_free_run_and_disabled_sources_through_the_service(tmp_path):
+    clock = SimClock(5.0)
+    gpio = SimGpio(clock)
+    bundle = str(make_tiny_bundle(tmp_path / "b"))
+    recipes = [{"id": 1, "name": "gpio-part", "bundle": bundle, "trigger": "gpio"},
+               {"id": 2, "name": "stream", "bundle": bundle, "trigger": "free-run"}]
+    cfg = line_station(tmp_path, {"trigger_input": {"pin": 7, "debounce_ms": 5},
+                                  "camera": {"source": "unused", "free_run_fps": 50}}, recipes=recipes)
+    server, service = start_line(cfg, lambda: gray(20), clock=clock, gpio=gpio)
+    try:
+        assert service.trigger("network", "plc") is None  # a gpio recipe ignores network triggers
+        assert service.signals.error_code == ErrorCode.TRIGGER_DISABLED
+        gpio.set_input(7, True)  # a press held past the debounce time: one part
+        assert wait_until(lambda: service.trigger_input.candidate)  # the I/O loop has seen the level
+        clock.advance(0.006)
+        assert wait_until(lambda: service.signals.counters["OK"] == 1)
+        clock.advance(0.1)
+        assert service.signals.counters["triggers"] == 1  # held, not pressed again
+        service.select_recipe(2, "test", wait=True)  # free-run: parts without any trigger
+        assert wait_until(lambda: service.signals.counters["OK"] >= 5)
+    finally:
+        server.close()
+    rows = read_verdicts(cfg.journal.path)
+    assert rows[0]["detail"]["tags"] == {"inspection": "1", "recipe": "1", "trigger": "gpio"}
+    assert {r["detail"]["tags"]["trigger"] for r in rows[1:]} == {"free-run"}
+    ids = [int(r["detail"]["tags"]["inspection"]) for r in rows]
+    assert ids == sorted(set(ids))  # one verdict per inspection id
