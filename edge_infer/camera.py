@@ -13,6 +13,7 @@ the frame cannot be sent, so the server sees (and counts) the gap.
 from __future__ import annotations
 
 import signal
+from abc import ABC, abstractmethod
 import time
 from pathlib import Path
 
@@ -41,14 +42,15 @@ GST_DEFAULTS = {"sensor_id": 0, "width": 1920, "height": 1080, "fps": 30, "devic
 URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://")
 
 
-class Source:
+class Source(ABC):
     """Something frames come from. ``read`` returns an image, or None when none came."""
 
     live = False  # live sources are reopened on failure; file sources end
     describe = "source"
 
+    @abstractmethod
     def read(self) -> np.ndarray | None:
-        raise NotImplementedError
+        """The next image, or None when none came."""
 
     def reopen(self) -> bool:
         return False

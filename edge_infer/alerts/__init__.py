@@ -9,6 +9,7 @@ and rows left at shutdown or a crash are delivered after the next start: at leas
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 import time
 from collections import OrderedDict
 
@@ -17,14 +18,14 @@ from ..logs import log_event
 from ..telemetry import Telemetry
 
 
-class Sink:
+class Sink(ABC):
     """One alert destination. ``deliver`` raises to ask for a retry."""
 
     name = "sink"
 
+    @abstractmethod
     def deliver(self, verdict: dict, images: "ImageCache") -> str | None:
         """Deliver one NG verdict (a journal row, ``detail`` parsed); return a note or None."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release what the sink holds (a GPIO line); the default holds nothing."""
