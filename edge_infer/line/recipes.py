@@ -34,7 +34,7 @@ def verify_recipe_bundle(recipe: Recipe, trusted_keys, station: str) -> Bundle:
             except ImportError:
                 raise LinesideError("line.trusted_keys is set, but this runtime has no bundle signing "
                                     "(edge_infer.signing): update lineside, or remove trusted_keys") from None
-            keys = load_trusted_keys(sorted(trusted_keys.glob("*.sign.pub")))
+            keys = load_trusted_keys([trusted_keys])  # the folder's *.pub keys
             return verify_bundle(recipe.bundle, keys, station).bundle
         return Bundle.load(recipe.bundle, verify=True)
     except LinesideError as exc:

@@ -77,14 +77,35 @@ def test_unknown_and_altered_recipes_are_refused_and_the_line_keeps_its_recipe(t
         server.close()
 
 
-def test_trusted_keys_without_signing_support_or_signature_refuse(tmp_path):
-    recipe = Recipe(id=1, name="a", bundle=make_tiny_bundle(tmp_path / "b"))
-    assert isinstance(verify_recipe_bundle(recipe, None, "line1"), Bundle)
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    with pytest.raises(PlcError) as info:  # unsigned bundle, or no signing module yet: refused either way
-        verify_recipe_bundle(recipe, keys, "line1")
-    assert info.value.code == ErrorCode.RECIPE_REJECTED
+def signed_bundle(root, station, private_key):
+    from edge_infer.signing import sign_bundle
+
+    make_tiny_bundle(root)
+    bundle = Bundle.load(root)
+    bundle.manifest.station = station
+    bundle.save()
+    sign_bundle(root, private_key)
+    return root
+
+
+def test_with_trusted_keys_only_bundles_signed_for_the_station_are_selected(tmp_path):
+    signing = pytest.importorskip("edge_infer.signing")
+    private, public = signing.generate_keypair(tmp_path / "keys", "line")
+    rogue, _ = signing.generate_keypair(tmp_path / "rogue", "rogue")
+    (tmp_path / "trusted").mkdir()  # a device holds public keys only
+    (tmp_path / "trusted" / public.name).write_bytes(public.read_bytes())
+    good = Recipe(id=1, name="a", bundle=signed_bundle(tmp_path / "good", "line1", private))
+    assert isinstance(verify_recipe_bundle(good, tmp_path / "trusted", "line1"), Bundle)
+    refusals = {
+        "unsigned": Recipe(id=2, name="b", bundle=make_tiny_bundle(tmp_path / "unsigned")),
+        "not trusted": Recipe(id=3, name="c", bundle=signed_bundle(tmp_path / "rogue-b", "line1", rogue)),
+        "made for": Recipe(id=4, name="d", bundle=signed_bundle(tmp_path / "other", "press-9", private)),
+    }
+    for why, recipe in refusals.items():
+        with pytest.raises(PlcError) as info:
+            verify_recipe_bundle(recipe, tmp_path / "trusted", "line1")
+        assert info.value.code == ErrorCode.RECIPE_REJECTED and why in info.value.detail
+    assert isinstance(verify_recipe_bundle(refusals["unsigned"], None, "line1"), Bundle)  # no keys: sha256 only
 
 
 def test_line_config_errors_name_the_key(tmp_path):
