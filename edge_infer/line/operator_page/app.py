@@ -36,7 +36,7 @@ def build_app(service, token: str | None) -> Starlette:
             "latency_ms": snap["latency_ms"], "fps": snap["fps"],
             "recipe": {"id": active.id, "name": active.name} if active else None,
             "recipes": [{"id": r.id, "name": r.name, "trigger": r.trigger} for r in service.cfg.recipes],
-            "drift": service.live.drift(), "live": service.live.summary(),
+            "drift": service.live.drift() + calibration_drift(service), "live": service.live.summary(),
             "error": {"code": plc["error_code"], "detail": plc["error_detail"]}, "busy": plc["busy"],
             "can_change": token is not None,
         })
@@ -87,6 +87,15 @@ def build_app(service, token: str | None) -> Starlette:
         Route("/ng/{inspection:int}.jpg", ng),
         Route("/api/{action}", change, methods=["POST"]),
     ])
+
+
+def calibration_drift(service) -> list[str]:
+    """The server's drift check (live OK scores against the calibration reference), when it warns."""
+    with service.server.model_lock:
+        report = service.server.model.drift.report()
+    if report.get("status") in ("drift", "watch"):
+        return [f"{report['message']} (PSI {report['psi']}, KS p {report['ks_pvalue']:.3g})"]
+    return []
 
 
 class OperatorPage:
