@@ -85,6 +85,7 @@ class LineService:
         def late(p):
             self.metrics.late.labels(self.station).inc()
             self.signals.count("LATE")
+            self.journal.event("reject_late", "reject", inspection=p.inspection_id)  # the journal shows LATE parts
             log_event("reject_late", station=self.station, inspection=p.inspection_id)
 
         return RejectScheduler(rc, self.gpio, self.clock, encoder, on_late=late,

@@ -113,6 +113,7 @@ def test_late_verdict_through_the_service_is_rejected_and_counted(tmp_path):
         assert head.late and head.status == "OK" and first == 1 and second == 2
         metric = server.telemetry.registry.get_sample_value("lineside_late_rejects_total", {"station": "line1"})
         assert metric == 1
+        assert [e["inspection"] for e in service.journal.events("reject_late")] == [second]
     finally:
         server.close()
 
