@@ -154,6 +154,9 @@ class LineConfig(_Strict):
         if self.operator_page and self.operator_page.token_file:
             self.operator_page.token_file = fix(self.operator_page.token_file)
         if self.camera:
+            local = fix(Path(self.camera.source))  # a folder or video beside the config; "0", URLs and
+            if local.exists():                      # pipelines are no paths there and stay as they are
+                self.camera.source = str(local)
             for key in ("client_key", "server_key"):
                 if getattr(self.camera, key):
                     setattr(self.camera, key, fix(getattr(self.camera, key)))

@@ -156,12 +156,14 @@ class TriggerHub:
         fps = self.cfg.camera.free_run_fps if self.cfg.camera else None
         period = 1.0 / fps if fps else 0.0
         while not stop.is_set():
+            if self.recipe_mode() != "free-run":
+                stop.wait(0.05)  # another mode: look again for a switch to free-run
+                continue
             t0 = self.clock.now()
-            if self.recipe_mode() == "free-run":
-                try:
-                    self.trigger("free-run")
-                except PlcError:
-                    pass  # busy or switching: the next frame gets its turn
+            try:
+                self.trigger("free-run")
+            except PlcError:
+                pass  # busy or switching: the next frame gets its turn
             stop.wait(max(period - (self.clock.now() - t0), 0.002))
 
     def close(self) -> None:
