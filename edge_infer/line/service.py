@@ -117,7 +117,7 @@ class LineService:
         for channel in reversed(self.channels):
             try:
                 channel.close()
-            except Exception as exc:  # one channel failing to stop must not keep the others up
+            except Exception as exc:  # noqa: BLE001  one channel failing to stop must not keep the others up
                 log_event("line_channel_close_failed", channel=type(channel).__name__, error=repr(exc))
         if self.reject:
             self.reject.close()

@@ -145,7 +145,7 @@ class TriggerHub:
                                        "trigger": insp.source}
                 if not self.publisher.publish(insp.image, block=True):
                     raise LinesideError("the server did not take the frame within 2 s")
-            except Exception as exc:  # the part still needs an outcome: fail-safe, reported as ERROR
+            except Exception as exc:  # noqa: BLE001  the part still needs an outcome: fail-safe, as ERROR
                 log_event("grab_failed", station=self.server.station, inspection=insp.id, error=str(exc))
                 self.decided(insp.id)
                 if self.on_grab_failed:

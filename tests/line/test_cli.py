@@ -9,15 +9,15 @@ from pathlib import Path
 
 import cv2
 import yaml
+from line_helpers import free_port, gray, make_tiny_bundle, wait_until
 
 from edge_infer.journal import read_verdicts
-from line_helpers import free_port, gray, make_tiny_bundle, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def ctl(address, *args):
-    out = subprocess.run([sys.executable, "-m", "lineside", "ctl", address, *args, "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "lineside", "ctl", address, *args, "--json"], check=False, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     return out.returncode, json.loads(out.stdout) if out.stdout.strip() else {}  # no answer (yet): {}
 
@@ -40,15 +40,19 @@ def test_serve_with_a_line_section_grabs_from_its_camera_and_answers_ctl(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "lineside", "serve", str(tmp_path / "station.yaml")], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        ready = lambda: ctl(control, "line")[1].get("signals", {}).get("ready")  # noqa: E731  the PLC's Ready bit
+        ready = lambda: ctl(control, "line")[1].get("signals", {}).get("ready")
         assert wait_until(lambda: proc.poll() is None and ready(), 60)
         assert ctl(control, "trigger") == (0, {"ok": True, "inspection": 1})
         assert ctl(control, "recipe", "--id", "2", "--who", "alice")[1]["changed"] is True
         assert ctl(control, "trigger")[1]["inspection"] == 2
         code, refused = ctl(control, "recipe", "--id", "7")
         assert code == 1 and "UNKNOWN_RECIPE" in refused["error"]
-        line = wait_until(lambda: (lambda a: a if a["signals"]["counters"]["OK"] + a["signals"]["counters"]["NG"]
-                                   == 2 else None)(ctl(control, "line")[1]), 30)
+        def decided():
+            answer = ctl(control, "line")[1]
+            counters = answer["signals"]["counters"]
+            return answer if counters["OK"] + counters["NG"] == 2 else None
+
+        line = wait_until(decided, 30)
         assert line["signals"]["recipe_id"] == 2 and line["signals"]["error_code"] == 1
     finally:
         proc.send_signal(signal.SIGTERM)
