@@ -66,6 +66,14 @@ class MqttChannel:
 
     # ---- the journal → broker loop ----------------------------------------------------------
     def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._deliver()
+            except Exception as exc:  # noqa: BLE001  e.g. a locked journal: retry, never stop delivering
+                log_event("mqtt_delivery_failed", error=repr(exc))
+                self.stop.wait(1.0)
+
+    def _deliver(self) -> None:
         last_state = None
         while not self.stop.is_set():
             self._backlog_metric()

@@ -114,8 +114,10 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_across_a_broker_
         assert wait_until(lambda: server.telemetry.registry.get_sample_value(
             "lineside_mqtt_backlog", {"station": "line1"}) == 6), backlog
         broker.start()
+        channel = service.channels[0]
         assert wait_until(lambda: {json.loads(p)["inspection"] for _, p, _ in listener.topic("/verdict")}
-                          >= set(ids + more), 30)
+                          >= set(ids + more), 60), (channel.connected.is_set(), channel.cursor,
+                                                    channel.thread.is_alive(), listener.topic("/verdict"))
         got = {json.loads(p)["inspection"] for _, p, _ in listener.topic("/verdict")}
         assert got == set(ids + more)  # none lost; the backlog came from the journal
         assert wait_until(lambda: server.telemetry.registry.get_sample_value(
