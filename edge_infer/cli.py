@@ -74,7 +74,10 @@ def register_runtime(sub) -> None:
     p = sub.add_parser("ctl", help="ask a running server: health, stats, reload, threshold, shutdown",
                        description="Send one control command to a server's control socket and print the answer.")
     p.add_argument("address", help="the control address, e.g. tcp://127.0.0.1:5557")
-    p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown"])
+    p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown", "recipe", "trigger", "line"],
+                   help="recipe/trigger/line: stations with a `line` section (docs/line-integration.md)")
+    p.add_argument("--id", dest="recipe", type=int, help="recipe: the recipe id to switch to")
+    p.add_argument("--who", default="ctl", help="recipe/trigger: who asks, for the journal (default: ctl)")
     p.add_argument("--bundle", help="reload: the new bundle directory (on the server's machine)")
     p.add_argument("--image", type=float, help="reload/threshold: image threshold")
     p.add_argument("--pixel", type=float, help="reload/threshold: pixel threshold for regions")
