@@ -10,9 +10,7 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's make_tiny_bundle
-
-from conftest import gray, make_tiny_bundle
+from tiny_bundle import gray, make_tiny_bundle
 
 from edge_infer.line.service import LineService
 from edge_infer.server import Server
