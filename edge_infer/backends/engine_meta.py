@@ -57,6 +57,16 @@ def check_engine(engine: Path, bundle_root: Path, environment: dict) -> dict:
     return meta
 
 
+def write_sidecar(engine: Path, bundle_root: Path, environment: dict, build: dict) -> dict:
+    """Record what ``engine`` is tied to (this device, this bundle) and how it was built."""
+    from ..bundle import write_json_atomic
+
+    meta = {**{k: environment[k] for k in TIED_TO}, "bundle_manifest_sha256": sha256_file(Path(bundle_root) / MANIFEST),
+            "engine_sha256": sha256_file(engine), **build}
+    write_json_atomic(sidecar_path(engine), meta)
+    return meta
+
+
 def current_environment(cuda=None) -> dict:
     """TensorRT version, GPU name and compute capability of this machine (needs tensorrt and CUDA)."""
     import tensorrt as trt
