@@ -52,6 +52,9 @@ def precision_options(p) -> None:
     p.add_argument("--calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
                    help="how activation ranges are chosen from the calibration images (default: percentile)")
     p.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default: 128)")
+    p.add_argument("--int8-activations", default="s8", choices=["s8", "u8"],
+                   help="s8: symmetric INT8 activations, as TensorRT needs (default); u8: asymmetric, faster "
+                   "with onnxruntime on x86 CPUs but not for TensorRT")
     p.add_argument("--auroc-tolerance", type=float, default=1.0,
                    help="AUROC points a variant may lose against FP32 before it is refused (default: 1)")
     p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")

@@ -34,7 +34,8 @@ def main(args) -> int:
     set_threads(args.threads)
     variants = VariantOptions(precisions=parse_precisions(args.precision), calib=args.calib,
                               calib_method=args.calib_method, calib_images=args.calib_images,
-                              auroc_tolerance=args.auroc_tolerance, eval_limit=args.eval_limit)
+                              auroc_tolerance=args.auroc_tolerance, eval_limit=args.eval_limit,
+                              int8_activations=args.int8_activations)
     bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
                            parity_images=args.parity_images, tolerance=args.tolerance, force=args.force,
                            variants=variants)

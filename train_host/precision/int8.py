@@ -42,13 +42,20 @@ class ImageReader:
 
 
 def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "percentile",
-                  per_channel: bool = True, percentile: float = 99.999) -> dict:
-    """Write the QDQ INT8 variant of ``src`` to ``dst`` calibrated on ``images`` (uint8 N×C×H×W)."""
+                  per_channel: bool = True, percentile: float = 99.999, activations: str = "s8") -> dict:
+    """Write the QDQ INT8 variant of ``src`` to ``dst`` calibrated on ``images`` (uint8 N×C×H×W).
+
+    ``activations="s8"``: symmetric signed INT8, what TensorRT needs (the default).
+    ``"u8"``: asymmetric unsigned activations (U8S8), which onnxruntime's x86 CPU kernels
+    run faster (VPMADDUBSW takes u8×s8); such a graph is for a CPU line PC, not TensorRT.
+    """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quant_pre_process, quantize_static)
 
     if method not in METHODS:
         raise LinesideError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
+    if activations not in ("s8", "u8"):
+        raise LinesideError(f"unknown INT8 activation type {activations!r}: s8 (TensorRT) or u8 (x86 CPU)")
     if len(images) == 0:
         raise LinesideError("no calibration images: give --calib a folder of the station's good images")
     reader = type("Reader", (ImageReader, CalibrationDataReader), {})(images)
@@ -59,18 +66,21 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "perce
         nodes = backbone_nodes(model)
         onnx.save(model, str(prepared))  # with the node names backbone_nodes gave unnamed nodes
         entry_ranges = backbone_input_ranges(model, nodes, images)
-        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+        symmetric = activations == "s8"
+        extra = {"ActivationSymmetric": symmetric, "WeightSymmetric": True,
                  "TensorQuantOverrides": {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                           for name, (lo, hi) in entry_ranges.items()}}
         if method == "percentile":
             extra["CalibPercentile"] = percentile
         quantize_static(str(prepared), str(dst), reader, quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        per_channel=per_channel, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         nodes_to_quantize=nodes, calibrate_method=getattr(CalibrationMethod, _METHOD_NAMES[method]),
                         extra_options=extra)
     quantized = onnx.load(str(dst))
     ops = [n.op_type for n in quantized.graph.node]
-    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "symmetric": True,
+    return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": activations,
+            "symmetric_activations": symmetric, "for": "TensorRT and CPU" if symmetric else "x86 CPU (not TensorRT)",
             "per_channel": per_channel, "method": method, **({"percentile": percentile} if method == "percentile" else {}),
             "nodes_in_scope": len(nodes), "quantized_op_types": sorted(_quantized_op_types(quantized)),
             "qdq_pairs": ops.count("QuantizeLinear"), "backbone_input_ranges": entry_ranges,

@@ -30,6 +30,7 @@ class VariantOptions:
     calib_method: str = "percentile"
     calib_images: int = 128
     per_channel: bool = True
+    int8_activations: str = "s8"  # s8: symmetric, for TensorRT; u8: asymmetric, faster on x86 CPUs
     auroc_tolerance: float = 1.0  # AUROC points a variant may lose against FP32
     eval_limit: int | None = None  # evaluation images per class part (quick checks)
 
@@ -63,7 +64,7 @@ def add_variants(bundle: Bundle, record: dict, data: str | None, options: Varian
             calib, provenance = calibration_set(options.calib or data or record["data"].get("data"), record, spec,
                                                 options.calib_images)
             how = quantize_int8(bundle.root / VARIANT_FILES["fp32"], path, calib, options.calib_method,
-                                options.per_channel)
+                                options.per_channel, activations=options.int8_activations)
             how["calibration"] = provenance
             produced_by = "onnxruntime.quantization QDQ static quantization"
         result = compare(score_graph(path, spec, evalset.images), reference, evalset.labels)
