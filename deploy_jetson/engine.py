@@ -48,12 +48,12 @@ def build_engine(bundle: Bundle, precision: str = "fp16", batch: tuple[int, int,
                  workspace_mib: int = 1024, timing_cache: Path | None = None, dla_core: int | None = None,
                  weakly_typed: bool = False, images: str | None = None, check_images: int = 16,
                  tolerance: float | None = None) -> dict:
-    trt = import_tensorrt()
     onnx_path = bundle.model_path(precision)
     conversion = bundle.manifest.files[onnx_path.name].checks.get("conversion", {})
     if conversion.get("symmetric_activations") is False:
         raise LinesideError(f"{onnx_path.name} has asymmetric (u8) activations, made for x86 CPUs; TensorRT needs "
                             "symmetric INT8: re-export with `--int8-activations s8`")
+    trt = import_tensorrt()
     spec, max_batch = bundle.input_spec, bundle.manifest.input.max_batch
     lo, opt, hi = batch or (1, 1, max_batch)
     if not 1 <= lo <= opt <= hi <= max_batch:

@@ -52,3 +52,24 @@ def test_missing_or_broken_sidecar_says_rebuild(engine):
     sidecar.unlink()
     with pytest.raises(LinesideError, match="build-engine"):
         read_sidecar(engine)
+
+
+def test_build_engine_refuses_a_cpu_only_int8_graph_before_needing_tensorrt(tiny_bundle):
+    from deploy_jetson.engine import build_engine
+
+    bundle = Bundle.load(tiny_bundle)
+    bundle.manifest.files["model.onnx"].checks["conversion"] = {"symmetric_activations": False}
+    with pytest.raises(LinesideError, match="TensorRT needs symmetric INT8"):
+        build_engine(bundle, "fp32")
+
+
+def test_build_engine_without_tensorrt_says_how_to_get_it(tiny_bundle):
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    from deploy_jetson.engine import build_engine
+
+    with pytest.raises(LinesideError, match="TensorRT is not installed"):
+        build_engine(Bundle.load(tiny_bundle), "fp32")
