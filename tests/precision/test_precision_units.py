@@ -1,4 +1,4 @@
-"""Fast checks of the precision helpers on hand-built graphs: no torch, no training."""
+"""Fast checks of the precision helpers on hand-built graphs (no training, no export)."""
 
 import numpy as np
 import onnx
@@ -6,12 +6,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edge_infer.backends.base import ModelOutputs
 from edge_infer.errors import LinesideError
 from train_host.precision.accuracy import check_variant, compare
 from train_host.precision.fp16 import convert_fp16
 from train_host.precision.regions import backbone_nodes, head_nodes
 from train_host.precision.variants import parse_precisions
-from edge_infer.backends.base import ModelOutputs
 
 
 def tiny_detector(path):
