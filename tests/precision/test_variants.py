@@ -7,6 +7,8 @@ scores by design, see docs/precision.md) and is held to: good-image scores withi
 (median within 10%), and the same ranking of good vs defective images as PyTorch.
 """
 
+import contextlib
+import io
 import json
 
 import numpy as np
@@ -36,14 +38,16 @@ def exported(tmp_path_factory):
     assert cli(["train", "rx", "--data", str(data), "--out", str(run), "--size", "64", "--feature-dim", "24",
                 "--sigma", "1", "--threads", "2"]) == 0
     bundle = root / "bundle"
-    assert cli(["export", str(run), "--out", str(bundle), "--precision", "fp32,fp16,int8",
-                "--calib-method", "minmax", "--threads", "2"]) == 0
-    return data, run, Bundle.load(bundle)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli(["export", str(run), "--out", str(bundle), "--precision", "fp32,fp16,int8",
+                    "--calib-method", "minmax", "--threads", "2"]) == 0
+    return data, run, Bundle.load(bundle), printed.getvalue()
 
 
 @pytest.fixture(scope="module")
 def reference(exported):
-    data, run, _ = exported
+    data, run = exported[:2]
     samples = load_split(data).test
     images = np.stack([preprocess(read_image(s.path), SPEC) for s in samples])
     labels = np.array([s.label for s in samples])
@@ -59,7 +63,7 @@ def run_variant(bundle, precision, images):
 
 
 def test_manifest_lists_every_variant_with_its_checks(exported):
-    _, _, bundle = exported
+    bundle = exported[2]
     assert bundle.manifest.variants == {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
     for name in ("model.fp16.onnx", "model.int8.onnx"):
         acc = bundle.manifest.files[name].checks["accuracy"]
@@ -70,7 +74,7 @@ def test_manifest_lists_every_variant_with_its_checks(exported):
 
 
 def test_variants_keep_the_io_contract(exported):
-    _, _, bundle = exported
+    bundle = exported[2]
     for precision in ("fp16", "int8"):
         graph = onnx.load(str(bundle.model_path(precision))).graph
         assert [(i.name, i.type.tensor_type.elem_type) for i in graph.input] == [("image", onnx.TensorProto.UINT8)]
@@ -115,11 +119,11 @@ def test_int8_is_a_symmetric_qdq_graph_that_ranks_like_pytorch(exported, referen
     assert head and all(produced.get(i) != "DequantizeLinear" for n in head for i in n.input)  # ... the distance not
 
 
-def test_export_prints_and_records_numbers(exported, capsys, tmp_path):
-    data, run, _ = exported
-    out = tmp_path / "b"
-    assert cli(["export", str(run), "--out", str(out), "--precision", "fp16", "--threads", "2"]) == 0
-    printed = capsys.readouterr().out
-    assert "fp16: score rel. error" in printed and "Spearman" in printed and "AUROC" in printed
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["variants"] == {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+def test_export_prints_the_numbers_it_records(exported):
+    bundle, printed = exported[2], exported[3]
+    for precision in ("fp16", "int8"):
+        line = next(line for line in printed.splitlines() if line.startswith(f"{precision}: score rel. error"))
+        acc = bundle.manifest.files[f"model.{precision}.onnx"].checks["accuracy"]
+        assert f"Spearman {acc['spearman']:.4f}" in line and f"AUROC {acc['auroc']:.4f}" in line
+    manifest = json.loads((bundle.root / "manifest.json").read_text())
+    assert set(manifest["variants"]) == {"fp32", "fp16", "int8"}

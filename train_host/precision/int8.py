@@ -82,7 +82,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "perce
     return {"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", "activations": activations,
             "symmetric_activations": symmetric, "for": "TensorRT and CPU" if symmetric else "x86 CPU (not TensorRT)",
             "per_channel": per_channel, "method": method, **({"percentile": percentile} if method == "percentile" else {}),
-            "nodes_in_scope": len(nodes), "quantized_op_types": sorted(_quantized_op_types(quantized)),
+            "nodes_in_scope": len(nodes), "quantized_op_types": sorted(_quantized_op_types(quantized, set(nodes))),
             "qdq_pairs": ops.count("QuantizeLinear"), "backbone_input_ranges": entry_ranges,
             "fp32_scope": "normalisation and head (everything outside the backbone)"}
 
@@ -116,8 +116,7 @@ def backbone_input_ranges(model: onnx.ModelProto, nodes: list[str], images: np.n
 _METHOD_NAMES = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
-def _quantized_op_types(model: onnx.ModelProto) -> set[str]:
-    """Op types that read a dequantized tensor, i.e. run on INT8 data in an INT8 engine."""
+def _quantized_op_types(model: onnx.ModelProto, scope: set[str]) -> set[str]:
+    """Op types in the backbone that read dequantized tensors: they run on INT8 data once fused."""
     dq = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
-    return {n.op_type for n in model.graph.node if n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            and any(i in dq for i in n.input)}
+    return {n.op_type for n in model.graph.node if n.name in scope and any(i in dq for i in n.input)}
