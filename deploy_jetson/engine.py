@@ -29,7 +29,8 @@ TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 0.15}  # max relative error vs 
 
 def main(args) -> int:
     bundle = Bundle.load(args.bundle)
-    result = build_engine(bundle, args.precision, batch=args.batch, workspace_mib=args.workspace,
+    precision = args.precision or ("fp16" if "fp16" in bundle.manifest.variants else "fp32")
+    result = build_engine(bundle, precision, batch=args.batch, workspace_mib=args.workspace,
                           timing_cache=Path(args.timing_cache).expanduser(), dla_core=args.dla_core,
                           weakly_typed=args.weakly_typed, images=args.images, check_images=args.check_images,
                           tolerance=args.tolerance)
@@ -40,7 +41,7 @@ def main(args) -> int:
     if result.get("dla"):
         print(f"DLA core {args.dla_core}: {result['dla']['on_dla']} of {result['dla']['layers']} layers can run "
               f"on the DLA, the rest falls back to the GPU (list in {result['engine']}.layers.json)")
-    print(f"next: `lineside score {bundle.root} IMAGES --backend tensorrt --precision {args.precision}`")
+    print(f"next: `lineside score {bundle.root} IMAGES --backend tensorrt --precision {precision}`")
     return 0
 
 
