@@ -88,3 +88,41 @@ def test_precision_list_parsing():
     assert parse_precisions("int8, fp16") == ("fp32", "fp16", "int8")
     with pytest.raises(LinesideError, match="fp32, fp16, int8"):
         parse_precisions("fp8")
+
+
+@pytest.mark.parametrize("activations,dtype", [("s8", np.int8), ("u8", np.uint8)])
+def test_int8_quantizes_the_backbone_only_with_the_asked_activation_type(tmp_path, activations, dtype):
+    from train_host.precision.int8 import quantize_int8
+
+    tiny_detector(tmp_path / "m.onnx")
+    images = np.random.default_rng(2).integers(0, 256, (6, 1, 8, 8), dtype=np.uint8)
+    info = quantize_int8(tmp_path / "m.onnx", tmp_path / "q.onnx", images, "minmax", activations=activations)
+    # (with u8 activations the quantizer folds the ReLU into the zero point, so only Conv may remain)
+    assert "Conv" in info["quantized_op_types"] and set(info["quantized_op_types"]) <= {"Conv", "Relu"}
+    assert info["symmetric_activations"] == (activations == "s8")
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    quantized_inputs = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized_inputs and quantized_inputs <= {"x", "c1", "r1", "c2"}  # the head's tensors stay float
+    weights = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].ndim == 4}
+    assert weights == {"backbone.c1.weight_quantized", "backbone.c2.weight_quantized"}
+    act_zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert all(z.dtype == dtype for z in act_zero_points)
+    if activations == "s8":
+        assert all(not z.any() for z in act_zero_points)  # symmetric: zero points 0, as TensorRT requires
+
+
+def test_calibration_from_a_folder_records_its_provenance(tmp_path):
+    import cv2
+
+    from edge_infer.preprocess import InputSpec
+    from train_host.precision.variants import calibration_set
+
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((20, 20), 40 * i, np.uint8))
+    images, provenance = calibration_set(str(tmp_path), {"data": {}}, InputSpec(16, 16, 1), count=3)
+    assert images.shape == (3, 1, 16, 16) and images.dtype == np.uint8
+    assert provenance["kind"] == "folder of good images" and provenance["images"] == 3 and provenance["available"] == 5
+    with pytest.raises(LinesideError, match="at least 1"):
+        calibration_set(str(tmp_path), {"data": {}}, InputSpec(16, 16, 1), count=0)

@@ -107,7 +107,8 @@ def backbone_input_ranges(model: onnx.ModelProto, nodes: list[str], images: np.n
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in entries)
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     shape = (1, *images.shape[1:])
-    batches = [np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8), images[:8]]
+    batches = [np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8)]
+    batches += [images[i:i + 1] for i in range(min(8, len(images)))]
     values = [session.run(entries, {"image": b}) for b in batches]
     return {name: (float(min(v[i].min() for v in values)), float(max(v[i].max() for v in values)))
             for i, name in enumerate(entries)}
