@@ -49,8 +49,14 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "perce
     ``"u8"``: asymmetric unsigned activations (U8S8), which onnxruntime's x86 CPU kernels
     run faster (VPMADDUBSW takes u8×s8); such a graph is for a CPU line PC, not TensorRT.
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
 
     if method not in METHODS:
         raise LinesideError(f"unknown calibration method {method!r}: choose one of {', '.join(METHODS)}")
