@@ -25,7 +25,8 @@ def register(sub) -> None:
                        description="Score images with a bundle on this machine's backend; one verdict per image.")
     p.add_argument("bundle", help="bundle directory (from `lineside export`)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--backend", default="auto", help="inference backend: auto or ort-cpu (default: auto)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto, tensorrt, ort-trt, ort-cuda or ort-cpu "
+                   "(default: auto, the best one available here)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="which model variant of the bundle to run (default: fp32)")
     p.add_argument("--threshold", type=float, help="override the bundle's image threshold for this run")
