@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backends import BACKENDS
 from .errors import LinesideError
 from .line.config import LineConfig
 from .wire import HARD_MAX_PAYLOAD, MAX_SIDE, NAME_PATTERN, Limits
@@ -120,6 +121,13 @@ class StationConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
     line: LineConfig | None = Field(None, description="line integration: triggers, PLC, reject, recipes, MQTT, "
                                     "operator page (docs/line-integration.md)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)}")
+        return value
 
     @model_validator(mode="after")
     def _distinct_cameras(self):
