@@ -6,13 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from mvtec_fixture import make_mvtec
 
 from edge_infer.bundle import Bundle
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 from edge_infer.score import Scorer
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
 from train_host.data import load_split
 from train_host.models import adtr
 from train_host.models.adtr_losses import grid_share, l_px, pseudo_huber

@@ -61,7 +61,7 @@ class ADTRConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ADTRConfig":
+    def from_dict(cls, d: dict) -> ADTRConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "stages" in d:
             d["stages"] = tuple(int(i) for i in d["stages"])
