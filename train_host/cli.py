@@ -15,6 +15,14 @@ def register(sub) -> None:
     common_train_options(rx)
     rx_options(rx)
     rx.set_defaults(handler=handler("train_host.train:main"))
+    adtr = families.add_parser("adtr", help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
+                               description="A frozen EfficientNet-B4's five stages (720 channels) are "
+                               "reconstructed by a transformer with learned decoder queries; the error is the "
+                               "anomaly map. Features are cached once; the paper's schedule (500 epochs, "
+                               "lr x0.1 at 80%%) is the default, --epochs / --max-minutes shorten it.")
+    common_train_options(adtr)
+    adtr_options(adtr)
+    adtr.set_defaults(handler=handler("train_host.train:main"))
 
     ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
                         description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
@@ -91,3 +99,28 @@ def rx_options(p) -> None:
     p.add_argument("--shrinkage", help="covariance shrinkage: 'oas' or a weight in [0,1] (default: oas)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+
+
+def adtr_options(p) -> None:
+    p.add_argument("--epochs", type=int, help="normal-only (L_norm) epochs, lr x0.1 at 80%% (default: 500)")
+    p.add_argument("--px-epochs", type=int, help="anomaly-available (L_px) epochs, lr x0.1 for the last third "
+                   "(default: 300)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock cap for training; epochs (and the lr drop) are "
+                   "scaled to fit it")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 1e-4)")
+    p.add_argument("--anomaly-available", action="store_true", default=None,
+                   help="train with L_px on confetti-noise anomalies: after a normal-only phase, or from --init")
+    p.add_argument("--init", metavar="RUN", help="start from this normal-only adtr run (same size and weights)")
+    p.add_argument("--real-defects", action="store_true", default=None,
+                   help="also use the training split's labelled defective images (with masks) in L_px")
+    p.add_argument("--alpha", type=float, help="weight of L_px's anomaly term (default: 0.003)")
+    p.add_argument("--pool-refresh", type=int, help="epochs between new confetti pools (default: 10)")
+    p.add_argument("--backbone", help="timm CNN with features_only support (default: efficientnet_b4)")
+    p.add_argument("--hidden-dim", type=int, help="transformer width (default: 256)")
+    p.add_argument("--encoder-layers", type=int, help="transformer encoder layers (default: 4)")
+    p.add_argument("--decoder-layers", type=int, help="transformer decoder layers (default: 4)")
+    p.add_argument("--heads", type=int, help="attention heads (default: 8)")
+    p.add_argument("--ff-dim", type=int, help="feed-forward width (default: 1024)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+    p.add_argument("--score-pool", type=int, help="average-pool kernel before the max image score (default: 16)")
