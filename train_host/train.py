@@ -28,7 +28,8 @@ def main(args) -> int:
                        contamination=args.contamination, limit=args.limit)
     out = Path(args.out)
     print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
-    train_run(args.family, family_config(args), spec, split, out, options=vars(args))
+    config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
+    train_run(args.family, config, spec, split, out, options=vars(args))
     print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
     return 0
 
