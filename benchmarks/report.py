@@ -1,0 +1,142 @@
+"""Benchmark reports: a table on screen, JSON for regression tracking (with the machine and
+the exact command), and a PNG of the latency CDF per configuration."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edge_infer.bundle import Bundle, write_json_atomic
+
+from . import machine
+from .stats import cdf
+
+SCHEMA = 1
+HIDDEN_ARGS = ("handler", "command", "bench_command")
+
+
+def command_of(args, positionals: tuple[str, ...]) -> str:
+    """The command with every option's effective value: what to type to measure the same thing."""
+    values = {k: v for k, v in vars(args).items() if k not in HIDDEN_ARGS}
+    parts = ["lineside", "bench", args.bench_command] + [str(values.pop(p)) for p in positionals]
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        parts += [flag] if value is True else [flag, str(value)]
+    return shlex.join(parts)
+
+
+def header(args, kind: str, positionals: tuple[str, ...]) -> dict:
+    return {
+        "schema": SCHEMA, "kind": kind,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command_of(args, positionals),
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]], "cwd": os.getcwd(),
+        "machine": machine.describe(),
+    }
+
+
+def bundle_info(bundle: Bundle) -> dict:
+    m = bundle.manifest
+    return {"path": str(bundle.root), "family": m.model.family, "name": m.model.name, "version": m.model.version,
+            "input": bundle.input_spec.to_dict(), "max_batch": m.input.max_batch, "variants": m.variants,
+            "sha256": {name: m.files[name].sha256 for name in m.variants.values() if name in m.files}}
+
+
+def latency_document(args, bundle: Bundle, images, results: list[dict]) -> dict:
+    return {
+        **header(args, "latency", ("bundle",)),
+        "bundle": bundle_info(bundle),
+        "images": images.describe(),
+        "settings": {"warmup_s": args.warmup, "duration_s": args.duration, "iterations": args.iterations,
+                     "threads": args.threads, "latency": "per batch: decode + preprocess + compute + decide"},
+        "results": results,
+    }
+
+
+def write(doc: dict, out: Path, stem: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "png": out / f"{stem}.png"}
+    write_json_atomic(paths["json"], doc)
+    plot_cdf(doc, paths["png"])
+    return paths
+
+
+def plot_cdf(doc: dict, path: Path) -> None:
+    """One CDF line per measured configuration, of the latency the table summarises."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    for r in doc["results"]:
+        if r["status"] == "ok":
+            x, y = cdf(r["samples_ms"]["total"])
+            ax.step(x, y, where="post", label=f"{r['key']}  (p50 {r['latency_ms']['p50']:.1f} ms)")
+    ax.set_xlabel("latency per batch (ms)" if doc["kind"] == "latency" else "capture-to-verdict latency (ms)")
+    ax.set_ylabel("fraction of samples at or below")
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.3)
+    cpu = doc["machine"]["cpu"]
+    ax.set_title(f"lineside bench {doc['kind']}: {cpu['model']}, {cpu['logical_cores']} cores", fontsize=10)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no configuration could run here: see the JSON's reasons", ha="center",
+                transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def latency_table(doc: dict) -> str:
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    b, s = doc["bundle"], doc["settings"]
+    span = f"{s['iterations']} iterations" if s["iterations"] else f"≥{s['duration_s']} s"
+    lines = [f"bundle {b['family']}/{b['name']} {b['version']} "
+             f"({b['input']['width']}x{b['input']['height']}x{b['input']['channels']})   "
+             f"images: {doc['images']['source']}, {doc['images']['count']} in rotation",
+             machine.summary(doc["machine"]),
+             f"latency per batch in ms (warm-up {s['warmup_s']} s excluded, {span} measured); "
+             "throughput in images/s", ""]
+    cols = ("min", "mean", "p50", "p90", "p95", "p99", "max", "std")
+    lines.append(f"{'configuration':<20s} {'n':>6s} " + " ".join(f"{c:>8s}" for c in cols) + f" {'img/s':>8s}")
+    for r in ok:
+        st = r["latency_ms"]
+        lines.append(f"{r['key']:<20s} {st['count']:6d} " + " ".join(f"{st[c]:8.2f}" for c in cols)
+                     + f" {r['throughput_ips']:8.1f}")
+    if ok:
+        lines += ["", "median per stage in ms per batch (n/a: not applicable; incl.: inside compute)"]
+        stages = list(ok[0]["stages_ms"])
+        lines.append(f"{'configuration':<20s} " + " ".join(f"{n:>11s}" for n in stages))
+        for r in ok:
+            lines.append(f"{r['key']:<20s} " + " ".join(f"{_stage(r['stages_ms'][n]):>11s}" for n in stages))
+        notes = sorted({v["status"] for r in ok for v in r["stages_ms"].values() if "status" in v})
+        lines += [f"  h2d/d2h {n}" for n in notes]
+    lines += _skipped_lines(doc["results"])
+    return "\n".join(lines)
+
+
+def _stage(stats: dict) -> str:
+    if "status" in stats:
+        return "n/a" if stats["status"].startswith("not applicable") else "incl."
+    return f"{stats['p50']:.2f}"
+
+
+def _skipped_lines(results: list[dict]) -> list[str]:
+    """Skipped combinations grouped by reason, so five batch sizes read as one line."""
+    grouped: dict[tuple, list] = {}
+    for r in results:
+        if r["status"] != "ok":
+            grouped.setdefault((r["backend"], r["precision"], r["reason"]), []).append(str(r["batch"]))
+    if not grouped:
+        return []
+    lines = ["", "not run here:"]
+    for (backend, precision, reason), batches in grouped.items():
+        lines.append(f"  {backend} {precision} batch {','.join(batches)}: {reason}")
+    return lines
