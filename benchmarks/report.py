@@ -140,3 +140,44 @@ def _skipped_lines(results: list[dict]) -> list[str]:
     for (backend, precision, reason), batches in grouped.items():
         lines.append(f"  {backend} {precision} batch {','.join(batches)}: {reason}")
     return lines
+
+
+def e2e_table(doc: dict) -> str:
+    f, st = doc["frames"], doc["station"]
+    lines = [f"station {st['name']} on {st['backend']} {st['precision']}, queue {st['queue']['capacity']} "
+             f"({st['queue']['policy']}), batch {st['batch']['max_frames']};  frames {f['resolution'][0]}x"
+             f"{f['resolution'][1]} {f['encoding']} (~{f['mean_payload_kib']} KiB) from {f['images']['source']}",
+             machine.summary(doc["machine"]),
+             f"capture-to-verdict latency in ms, at the subscriber (warm-up {doc['settings']['warmup_s']} s "
+             f"excluded, {doc['settings']['duration_s']} s measured per trial)", ""]
+    lines.append(f"{'trial':<16s} {'frames':>6s} {'OK':>5s} {'NG':>5s} {'DROP':>5s} {'ERR':>4s} {'lost':>4s} "
+                 f"{'p50':>8s} {'p90':>8s} {'p99':>8s} {'max':>8s} {'img/s':>7s} {'cpu%':>6s} {'RSS MiB':>8s}")
+    for r in doc["results"]:
+        c, srv = r["counts"], r.get("server", {})
+        head = (f"{r['key']:<16s} {r['frames']:6d} {c['OK']:5d} {c['NG']:5d} {c['DROPPED']:5d} {c['ERROR']:4d} "
+                f"{r['missing']:4d} ")
+        if r["status"] != "ok":
+            lines.append(head + f"failed: {r['reason']}")
+            continue
+        lat = r["latency_ms"]
+        lines.append(head + " ".join(f"{lat[k]:8.1f}" for k in ("p50", "p90", "p99", "max"))
+                     + f" {r['throughput_ips']:7.1f} {srv.get('cpu_percent_mean', float('nan')):6.0f}"
+                     f" {srv.get('rss_mib_peak', float('nan')):8.0f}")
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    if ok:
+        best = (doc.get("sweep") or {}).get("max_fps_per_camera")
+        r = next((x for x in ok if x["fps"] == best), ok[-1])
+        o = r["overhead_ms"]
+        lines += ["", f"pipeline overhead in {r['key']}: e2e median {r['latency_ms']['p50']:.1f} ms − compute "
+                  f"median {r['stages_ms']['compute']['p50']:.1f} ms = {o['e2e_p50_minus_compute_p50']:.1f} ms; "
+                  "where it goes (medians, so they need not add up exactly):"]
+        lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in o["where"].items() if v is not None)
+                     + "   (transport: camera→server socket + server→subscriber, per frame)")
+    if any(r["unsent"] for r in doc["results"]):
+        lines.append("unsent: frames a camera could not hand to a busy server (its queue was full)")
+    if doc.get("sweep"):
+        s = doc["sweep"]
+        lines += ["", f"sweep: highest FPS per camera with p99 ≤ {s['budget_ms']} ms and nothing dropped: "
+                  + (f"{s['max_fps_per_camera']:g} ({s['max_total_fps']:g} frames/s in all)"
+                     if s["max_fps_per_camera"] else "none of the trials held")]
+    return "\n".join(lines)
