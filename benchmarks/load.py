@@ -61,8 +61,13 @@ class ServerProcess:
     """`python -m lineside serve` on a benchmark station config, watched with psutil."""
 
     def __init__(self, cfg, workdir: Path):
-        import psutil
         import yaml
+
+        try:
+            import psutil
+        except ImportError:
+            raise LinesideError("psutil is not installed, so the server's CPU and memory cannot be measured: "
+                                "pip install lineside[bench]") from None
 
         self.cfg, self.workdir = cfg, workdir
         path = workdir / "station.yaml"

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_infer.bundle import Bundle, write_json_atomic
+from edge_infer.errors import LinesideError
 
 from . import machine
 from .stats import cdf
@@ -68,8 +69,11 @@ def write(doc: dict, out: Path, stem: str) -> dict:
 
 def plot_cdf(doc: dict, path: Path) -> None:
     """One CDF line per measured configuration, of the latency the table summarises."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise LinesideError("matplotlib is not installed, so the latency CDF cannot be drawn: "
+                            "pip install lineside[bench]") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
