@@ -96,7 +96,6 @@ def measure(target: Target, bundle: Bundle, images: ImageSet, batch: int, warmup
         count += 1
     wall = time.perf_counter() - start
 
-    separated = target.transfers.startswith("not applicable")
     stage_stats = {s: (summarize(samples[s]) if s in samples else {"status": target.transfers}) for s in STAGES}
     return {
         "key": key(target.backend, target.precision, batch), "backend": target.backend,
@@ -106,7 +105,7 @@ def measure(target: Target, bundle: Bundle, images: ImageSet, batch: int, warmup
         "throughput_ips": throughput(count * batch, wall),
         "compute_throughput_ips": throughput(count * batch, sum(samples["compute"]) / 1e3),
         "stages_ms": stage_stats,
-        "transfers_separated": separated,
+        "transfers": target.transfers,
         "threshold": {"image": thresholds.image, "source": threshold_source},
         "backend_info": target.describe(),
         "samples_ms": {k: [round(v, 4) for v in vals] for k, vals in samples.items()},

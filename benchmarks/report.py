@@ -177,6 +177,10 @@ def e2e_table(doc: dict) -> str:
                   "where it goes (medians, so they need not add up exactly):"]
         lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in o["where"].items() if v is not None)
                      + "   (transport: camera→server socket + server→subscriber, per frame)")
+    missed = sum(r.get("camera_missed_slots", 0) for r in doc["results"])
+    if missed:
+        lines.append(f"{missed} camera slot(s) skipped: the load generator itself was starved of CPU, so fewer "
+                     "frames were offered than asked for (throughput shows what was offered and scored)")
     if any(r["unsent"] for r in doc["results"]):
         lines.append("unsent: frames a camera could not hand to a busy server (its queue was full)")
     if doc.get("sweep"):
