@@ -84,6 +84,10 @@ def plot_cdf(doc: dict, path: Path) -> None:
             ax.step(x, y, where="post", label=f"{r['key']}  (p50 {r['latency_ms']['p50']:.1f} ms)")
     ax.set_xlabel("latency per batch (ms)" if doc["kind"] == "latency" else "capture-to-verdict latency (ms)")
     ax.set_ylabel("fraction of samples at or below")
+    lows = [line.get_xdata().min() for line in ax.lines]
+    highs = [line.get_xdata().max() for line in ax.lines]
+    if lows and min(lows) > 0 and max(highs) / min(lows) > 20:
+        ax.set_xscale("log")  # batch 1 next to batch 8, or a long tail: keep both readable
     ax.set_ylim(0, 1.01)
     ax.grid(alpha=0.3)
     cpu = doc["machine"]["cpu"]
