@@ -32,3 +32,73 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=1, help="images per backend call (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")
     p.set_defaults(handler=handler("edge_infer.score_cmd:main"))
+    register_runtime(sub)
+
+
+def _client_keys(p) -> None:
+    p.add_argument("--server-key", help="the server's public Curve key (NAME.key), when the station uses Curve")
+    p.add_argument("--client-key", help="this client's Curve key pair (NAME.key_secret), when the station uses Curve")
+
+
+def register_runtime(sub) -> None:
+    p = sub.add_parser("serve", help="run a station: frames in (ZeroMQ), one verdict out per frame",
+                       description="Bind the station's frames (PULL), verdicts (PUB) and control (REP) sockets and "
+                       "score every frame. SIGTERM drains the queue and flushes the journal before exiting.")
+    p.add_argument("station_config", nargs="+", help="the station's YAML/TOML config (docs/station-config.md); "
+                   "several configs serve several stations from one process, each with its own sockets")
+    p.set_defaults(handler=handler("edge_infer.server:main"))
+
+    p = sub.add_parser("camera", help="capture frames from a camera, video, folder or stream and send them",
+                       description="Capture from SOURCE and PUSH frames to a server: a folder of images, a video "
+                       "file, a device index (0), an rtsp:// URL, a GStreamer pipeline ('... ! appsink'), or a "
+                       "template gst:csi | gst:usb | gst:usb-mjpeg | gst:rtsp (needs OpenCV with GStreamer).")
+    p.add_argument("source", help="folder, video file, device index, URL, pipeline or gst:TEMPLATE")
+    p.add_argument("--connect", required=True, help="the server's frames address, e.g. tcp://127.0.0.1:5555")
+    p.add_argument("--station", required=True, help="station name, as in the station config")
+    p.add_argument("--name", default="cam0", help="this camera's name (default: cam0)")
+    p.add_argument("--fps", type=float, help="frames per second to send (default: as fast as possible)")
+    p.add_argument("--encoding", default="jpeg", choices=["raw", "jpeg", "png"], help="payload (default: jpeg)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
+    p.add_argument("--loop", action="store_true", help="replay a folder or video file forever")
+    p.add_argument("--count", type=int, help="stop after this many frames")
+    p.add_argument("--start-id", default="0", help="first frame id, or 'now' (unix ms: ids keep rising across "
+                   "restarts) (default: 0)")
+    p.add_argument("--hwm", type=int, default=16, help="frames buffered for the server at most (default: 16)")
+    for opt, helptext in (("--sensor-id", "gst:csi sensor"), ("--width", "gst: capture width"),
+                          ("--height", "gst: capture height"), ("--device", "gst:usb device path"),
+                          ("--url", "gst:rtsp stream URL")):
+        p.add_argument(opt, type=int if opt in ("--sensor-id", "--width", "--height") else str, help=helptext)
+    _client_keys(p)
+    p.set_defaults(handler=handler("edge_infer.camera:main"))
+
+    p = sub.add_parser("ctl", help="ask a running server: health, stats, reload, threshold, shutdown",
+                       description="Send one control command to a server's control socket and print the answer.")
+    p.add_argument("address", help="the control address, e.g. tcp://127.0.0.1:5557")
+    p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown"])
+    p.add_argument("--bundle", help="reload: the new bundle directory (on the server's machine)")
+    p.add_argument("--image", type=float, help="reload/threshold: image threshold")
+    p.add_argument("--pixel", type=float, help="reload/threshold: pixel threshold for regions")
+    p.add_argument("--min-area", type=int, help="reload/threshold: smallest region, in map pixels")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)")
+    p.add_argument("--json", action="store_true", help="the answer on one line")
+    _client_keys(p)
+    p.set_defaults(handler=handler("edge_infer.control:main"))
+
+    p = sub.add_parser("watch", help="print a server's verdicts live, one line each",
+                       description="Subscribe to a server's verdicts and print each with a running OK/NG count.")
+    p.add_argument("address", help="the verdicts address, e.g. tcp://127.0.0.1:5556")
+    p.add_argument("--station", help="only this station's verdicts")
+    p.add_argument("--alerts", action="store_true", help="only alerts (NG verdicts)")
+    p.add_argument("--json", action="store_true", help="one JSON object per verdict")
+    p.add_argument("--count", type=int, help="stop after this many verdicts")
+    p.add_argument("--timeout", type=float, help="stop after this many seconds without a verdict")
+    _client_keys(p)
+    p.set_defaults(handler=handler("edge_infer.watch:main"))
+
+    p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets)",
+                       description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME.")
+    p.add_argument("names", nargs="+", help="key names, e.g. server cam0 operator")
+    p.add_argument("--type", default="curve", help="key type (default: curve)")
+    p.add_argument("--out", default="keys", help="folder to write into (default: ./keys)")
+    p.add_argument("--force", action="store_true", help="replace existing keys of the same name")
+    p.set_defaults(handler=handler("edge_infer.keys_cmd:main"))

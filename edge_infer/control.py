@@ -1,0 +1,152 @@
+"""The control protocol (REQ/REP, JSON) and `lineside ctl`.
+
+Request: ``{"cmd": "health" | "stats" | "reload" | "threshold" | "shutdown", ...args}``.
+Answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+
+- ``health`` → ``{"ok", "status": "ready"|"draining"|..., "station", "bundle": {"path", "family",
+  "version", "manifest_sha256", ...}, "pid"}``
+- ``stats`` → counters, latency percentiles (ms), queue depth and high water, thresholds
+- ``reload`` ``{"bundle": PATH?, "image"?, "pixel"?, "min_area"?}`` → loads the new bundle
+  beside the running one, then swaps between two batches: no frame is lost or scored twice
+- ``threshold`` ``{"image"?, "pixel"?, "min_area"?}`` → new thresholds from the next batch
+- ``shutdown`` → drains the queue, flushes the journal and exits (as SIGTERM does)
+
+Changes made here last until the server stops; to keep them, edit the station config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+from .errors import LinesideError
+from .logs import log_event
+
+MAX_REQUEST_BYTES = 16 * 1024
+THRESHOLD_KEYS = ("image", "pixel", "min_area")
+
+
+def handle_command(server, raw: bytes) -> dict:
+    """One request → one answer; never raises (the REP socket must always answer)."""
+    try:
+        if len(raw) > MAX_REQUEST_BYTES:
+            raise LinesideError(f"request of {len(raw)} bytes exceeds {MAX_REQUEST_BYTES}")
+        try:
+            request = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LinesideError('request is not JSON: send {"cmd": "health"}') from None
+        if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+            raise LinesideError('request must be a JSON object with a "cmd" string')
+        command = COMMANDS.get(request["cmd"])
+        if command is None:
+            raise LinesideError(f"unknown cmd {request['cmd']!r}: one of {', '.join(COMMANDS)}")
+        return command(server, request)
+    except LinesideError as exc:
+        return {"ok": False, "error": str(exc)}
+    except Exception as exc:  # a bug must not leave the REQ client hanging
+        log_event("control_failed", error=repr(exc))
+        return {"ok": False, "error": f"internal error: {exc!r}"}
+
+
+def _health(server, request) -> dict:
+    return server.health()
+
+
+def _stats(server, request) -> dict:
+    return server.stats()
+
+
+def _threshold_updates(request: dict) -> dict:
+    updates = {}
+    for key in THRESHOLD_KEYS:
+        if request.get(key) is None:
+            continue
+        value = request[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise LinesideError(f"threshold {key} must be a finite number, got {value!r}")
+        if key == "min_area" and (value < 0 or int(value) != value):
+            raise LinesideError(f"min_area must be a whole number >= 0, got {value!r}")
+        updates[key] = int(value) if key == "min_area" else float(value)
+    return updates
+
+
+def _threshold(server, request) -> dict:
+    updates = _threshold_updates(request)
+    if not updates:
+        raise LinesideError(f"threshold needs at least one of {', '.join(THRESHOLD_KEYS)}")
+    with server.model_lock:
+        server.model.thresholds = server.model.thresholds.model_copy(update=updates)
+        now = server.model.thresholds.model_dump(exclude={"provenance"})
+    log_event("thresholds_changed", station=server.station, thresholds=now)
+    return {"ok": True, "thresholds": now}
+
+
+def _reload(server, request) -> dict:
+    from .pipeline import Model
+
+    updates = _threshold_updates(request)
+    bundle = request.get("bundle")
+    if bundle is None:
+        if not updates:
+            raise LinesideError("reload needs a bundle path and/or thresholds")
+        return _threshold(server, request)
+    if not isinstance(bundle, str):
+        raise LinesideError("reload's bundle must be a path string")
+    t0 = time.perf_counter()
+    new = Model(server.cfg, bundle)  # loads while the old model keeps scoring
+    if updates:
+        new.thresholds = new.thresholds.model_copy(update=updates)
+    with server.model_lock:
+        old, server.model = server.model, new
+    old.close()
+    log_event("reloaded", station=server.station, bundle=new.info, load_s=round(time.perf_counter() - t0, 3))
+    return {"ok": True, "bundle": new.info, "thresholds": new.thresholds.model_dump(exclude={"provenance"})}
+
+
+def _shutdown(server, request) -> dict:
+    server.request_stop()
+    return {"ok": True, "status": "draining"}
+
+
+COMMANDS = {"health": _health, "stats": _stats, "reload": _reload, "threshold": _threshold, "shutdown": _shutdown}
+
+
+def request(address: str, message: dict, timeout_s: float = 5.0, server_key=None, client_key=None) -> dict:
+    """Send one control request and wait for the answer (the client side, used by ctl and deploy)."""
+    import zmq
+
+    from .security import secure_client
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        secure_client(sock, server_key, client_key)
+        sock.connect(address)
+        sock.send_json(message)
+        if not sock.poll(int(timeout_s * 1000)):
+            raise LinesideError(f"no answer from {address} within {timeout_s:g} s: is `lineside serve` running "
+                                "there, and (with Curve) are --server-key/--client-key the right ones?")
+        return sock.recv_json()
+    finally:
+        sock.close()
+
+
+def main(args) -> int:
+    message = {"cmd": args.cmd}
+    if args.cmd == "reload" and args.bundle:
+        local = Path(args.bundle)  # the usual case: ctl runs on the device, beside the server
+        message["bundle"] = str(local.resolve()) if local.exists() else args.bundle
+    for key in THRESHOLD_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            message[key] = value
+    answer = request(args.address, message, args.timeout, args.server_key, args.client_key)
+    print(json.dumps(answer, indent=None if args.json else 2))
+    if not answer.get("ok"):
+        print(f"lineside ctl {args.cmd}: {answer.get('error', 'failed')}", file=sys.stderr)
+        return 1
+    return 0

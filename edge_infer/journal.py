@@ -1,0 +1,163 @@
+"""The local journal: every verdict, written (SQLite, WAL) before it is published.
+
+Table ``verdicts`` is a contract other packages read (calibration reads it through
+``read_verdicts``); table ``deliveries`` is the alert outbox: one row per NG verdict and
+durable alert sink, written in the same transaction as the verdict and marked when the
+sink took it, so an alert survives a crash and is delivered at least once.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from .errors import LinesideError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY,
+    decided_at REAL NOT NULL,
+    station TEXT NOT NULL,
+    camera TEXT,
+    frame_id INTEGER,
+    status TEXT NOT NULL,
+    score REAL,
+    threshold REAL,
+    reason TEXT,
+    detail TEXT,
+    confirmed INTEGER NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_station_time ON verdicts (station, decided_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    verdict_id INTEGER NOT NULL REFERENCES verdicts (id),
+    sink TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0,
+    delivered_at REAL,
+    last_error TEXT,
+    PRIMARY KEY (verdict_id, sink)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, delivered_at, next_try);
+"""
+COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
+           "detail", "confirmed")
+
+
+class Journal:
+    """One connection to the journal; use one per thread."""
+
+    def __init__(self, path: str | Path, synchronous: str = "normal"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise LinesideError(f"cannot open the journal {self.path}: {exc}; check the path and its disk") from None
+
+    def record(self, rows: list[dict], alert_sinks: tuple[str, ...] = ()) -> list[int]:
+        """Insert verdict rows (keys as COLUMNS, detail a dict) in one transaction; return their ids.
+
+        NG rows also get one pending delivery per durable alert sink, in the same transaction.
+        """
+        ids = []
+        with self._transaction():
+            for row in rows:
+                cur = self.db.execute(
+                    "INSERT INTO verdicts (decided_at, station, camera, frame_id, status, score, threshold, reason,"
+                    " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row["decided_at"], row["station"], row.get("camera"), row.get("frame_id"), row["status"],
+                     row.get("score"), row.get("threshold"), row.get("reason", ""),
+                     json.dumps(row.get("detail", {}), separators=(",", ":"))),
+                )
+                ids.append(cur.lastrowid)
+                if row["status"] == "NG":
+                    self.db.executemany("INSERT INTO deliveries (verdict_id, sink) VALUES (?, ?)",
+                                        [(cur.lastrowid, sink) for sink in alert_sinks])
+        return ids
+
+    def pending(self, sink: str, limit: int = 16, now: float | None = None) -> list[dict]:
+        """Undelivered alerts for a sink whose retry time has come, oldest first, with their verdicts."""
+        now = time.time() if now is None else now
+        cur = self.db.execute(
+            "SELECT d.attempts, v.* FROM deliveries d JOIN verdicts v ON v.id = d.verdict_id "
+            "WHERE d.sink = ? AND d.delivered_at IS NULL AND d.next_try <= ? ORDER BY v.id LIMIT ?",
+            (sink, now, limit),
+        )
+        return [{"attempts": r[0], **_row(r[1:])} for r in cur.fetchall()]
+
+    def mark_delivered(self, verdict_id: int, sink: str, note: str | None = None) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE deliveries SET delivered_at = ?, attempts = attempts + 1, last_error = ? "
+                            "WHERE verdict_id = ? AND sink = ?", (time.time(), note, verdict_id, sink))
+
+    def mark_failed(self, verdict_id: int, sink: str, error: str, retry_at: float) -> None:
+        with self._transaction():
+            self.db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_try = ? "
+                            "WHERE verdict_id = ? AND sink = ?", (error[:500], retry_at, verdict_id, sink))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _transaction(self):
+        return _Tx(self.db)
+
+
+class _Tx:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _row(values) -> dict:
+    row = dict(zip(COLUMNS, values))
+    row["detail"] = json.loads(row["detail"]) if row["detail"] else {}
+    return row
+
+
+def read_verdicts(path: str | Path, station: str | None = None, since: float | None = None,
+                  status: str | None = None) -> list[dict]:
+    """Journaled verdicts, oldest first, as dicts of the table's columns (``detail`` parsed).
+
+    Reads only (safe while a server writes). ``since`` is unix seconds (decided_at >= since).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LinesideError(f"journal {path} does not exist: give the journal.path of the station's config")
+    where, args = [], []
+    for column, value, op in (("station", station, "="), ("decided_at", since, ">="), ("status", status, "=")):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            args.append(value)
+    sql = f"SELECT {', '.join(COLUMNS)} FROM verdicts"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [_row(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
+    except sqlite3.Error as exc:
+        raise LinesideError(f"cannot read the journal {path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def set_confirmed(path: str | Path, verdict_id: int, confirmed: bool | None) -> None:
+    """Record the operator's judgement of a verdict: True confirmed, False rejected, None unknown."""
+    db = sqlite3.connect(path, timeout=10)
+    try:
+        with db:
+            cur = db.execute("UPDATE verdicts SET confirmed = ? WHERE id = ?",
+                             (None if confirmed is None else int(confirmed), verdict_id))
+        if cur.rowcount != 1:
+            raise LinesideError(f"journal {path} has no verdict {verdict_id}")
+    finally:
+        db.close()

@@ -1,0 +1,170 @@
+"""The server's scoring steps for frames off the wire, and its bounded queue.
+
+The steps are the Scorer's (score.py): decode → preprocess → backend → decide, with the
+model loaded by ``Scorer`` itself. The difference is only that each frame's failure
+(undecodable, wrong shape, ROI outside) becomes that frame's ERROR verdict instead of
+stopping a batch, and a backend failure becomes an ERROR for the frames of that batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .bundle import Bundle, Thresholds, sha256_file
+from .decide import Verdict, decide
+from .errors import LinesideError
+from .preprocess import preprocess
+from .score import Scorer
+from .station import StationConfig
+from .wire import Frame, WireError, decode_frame
+
+
+@dataclass
+class Item:
+    """One message through the server, from arrival to its one verdict."""
+
+    station: str
+    camera: str | None
+    frame_id: int | None
+    captured_at: float | None
+    received_at: float  # unix seconds
+    t_received: float  # perf_counter, for latencies
+    frame: Frame | None = None
+    verdict: Verdict | None = None
+    tags: dict = field(default_factory=dict)
+    bundle_sha: str | None = None
+    image: np.ndarray | None = None  # kept for NG frames only (disk alerts)
+    anomaly_map: np.ndarray | None = None
+    id: int | None = None  # journal row id once recorded
+    decided_at: float | None = None
+
+    def event(self) -> dict:
+        """The verdict as published and journaled (detail holds regions, latencies, bundle)."""
+        v = self.verdict
+        return {
+            "id": self.id, "station": self.station, "camera": self.camera, "frame_id": self.frame_id,
+            "captured_at": self.captured_at, "decided_at": self.decided_at, "status": v.status,
+            "score": v.score, "threshold": v.threshold, "reason": v.reason,
+            "regions": [r.__dict__ for r in v.regions], "latency_ms": v.latency_ms,
+            "bundle_sha256": self.bundle_sha, "tags": self.tags,
+        }
+
+
+class Model:
+    """A bundle loaded for the station (via Scorer), with the station's ROI and thresholds."""
+
+    def __init__(self, cfg: StationConfig, bundle_path=None, thresholds: Thresholds | None = None):
+        bundle = Bundle.load(bundle_path or cfg.bundle)
+        if thresholds is None:
+            overrides = cfg.thresholds.model_dump(exclude_none=True)
+            thresholds = bundle.thresholds.model_copy(update=overrides)
+        self.scorer = Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
+                             thresholds=thresholds)
+        self.spec = replace(self.scorer.spec, roi=tuple(cfg.roi)) if cfg.roi else self.scorer.spec
+        m = bundle.manifest
+        self.info = {"path": str(bundle.root), "family": m.model.family, "name": m.model.name,
+                     "version": m.model.version, "manifest_sha256": sha256_file(bundle.root / "manifest.json"),
+                     "backend": self.scorer.backend.name, "precision": cfg.precision}
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.scorer.thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: Thresholds) -> None:
+        self.scorer.thresholds = value
+
+    @property
+    def max_batch(self) -> int:
+        return self.scorer.backend.max_batch
+
+    def score(self, items: list[Item]) -> None:
+        """Give every item its verdict (OK, NG or ERROR); never raises for one bad frame."""
+        t_start = time.perf_counter()
+        inputs, ready, decode_ms = [], [], {}
+        for it in items:
+            t0 = time.perf_counter()
+            try:
+                image = decode_frame(it.frame)
+                t1 = time.perf_counter()
+                inputs.append(preprocess(image, self.spec))
+            except WireError as exc:
+                it.verdict = Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}")
+                continue
+            except LinesideError as exc:
+                it.verdict = Verdict("ERROR", reason=f"cannot preprocess: {exc}")
+                continue
+            decode_ms[id(it)] = ((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
+            it.image = image
+            ready.append(it)
+        if not ready:
+            return
+        t2 = time.perf_counter()
+        try:
+            out = self.scorer.backend.run(np.stack(inputs))
+        except Exception as exc:  # any backend failure is this batch's ERROR, not the server's end
+            for it in ready:
+                it.verdict, it.image = Verdict("ERROR", reason=f"backend failure: {exc}"), None
+            return
+        compute_ms = (time.perf_counter() - t2) * 1e3 / len(ready)
+        thresholds, sha = self.thresholds, self.info["manifest_sha256"]
+        for i, it in enumerate(ready):
+            t3 = time.perf_counter()
+            it.verdict = decide(float(out.score[i]), out.anomaly_map[i], thresholds)
+            dec, pre = decode_ms[id(it)]
+            it.verdict.latency_ms = {
+                "queue": round((t_start - it.t_received) * 1e3, 3), "decode": round(dec, 3),
+                "preprocess": round(pre, 3), "compute": round(compute_ms, 3),
+                "postprocess": round((time.perf_counter() - t3) * 1e3, 3),
+            }
+            it.bundle_sha = sha
+            if it.verdict.status == "NG":
+                it.anomaly_map = out.anomaly_map[i]
+            else:
+                it.image = None
+
+    def close(self) -> None:
+        self.scorer.close()
+
+
+class DropQueue:
+    """A bounded FIFO that sheds load by policy and hands back what it shed."""
+
+    def __init__(self, capacity: int, policy: str):
+        self.capacity, self.policy = capacity, policy
+        self.items: deque = deque()
+        self.cond = threading.Condition()
+        self.high_water = 0
+
+    def put(self, item):
+        """Queue ``item``; return the item dropped to make room (the oldest or ``item``), or None."""
+        with self.cond:
+            dropped = None
+            if len(self.items) >= self.capacity:
+                if self.policy == "drop-newest":
+                    return item
+                dropped = self.items.popleft()
+            self.items.append(item)
+            self.high_water = max(self.high_water, len(self.items))
+            self.cond.notify()
+            return dropped
+
+    def get_batch(self, max_n: int, max_wait_s: float, timeout_s: float) -> list:
+        """Up to ``max_n`` items: wait ``timeout_s`` for the first, then ``max_wait_s`` to fill."""
+        with self.cond:
+            if not self.items and not self.cond.wait_for(lambda: self.items, timeout_s):
+                return []
+            deadline = time.monotonic() + max_wait_s
+            while len(self.items) < max_n:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.cond.wait(left):
+                    break
+            return [self.items.popleft() for _ in range(min(max_n, len(self.items)))]
+
+    def __len__(self) -> int:
+        return len(self.items)

@@ -1,0 +1,384 @@
+"""`lineside serve`: frames in on PULL, one verdict out per frame on PUB, control on REP.
+
+Four threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
+
+    receiver  PULL → parse_frame (limits) → bounded DropQueue      (bad message → ERROR,
+                                                                    overflow → DROPPED)
+    worker    DropQueue → Model.score (decode, preprocess, batch, backend, decide)
+    output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
+    control   REP: health, stats, reload, threshold, shutdown
+
+Every message the receiver takes gets exactly one verdict, and every verdict passes the
+single output step; ``Server.listeners`` (callables taking ``(item, event)``, called after
+the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or
+`ctl shutdown`) drains: the receiver empties its socket, the worker the queue, the output
+the journal, then the process exits.
+Several stations can run in one process, one ``Server`` (and ZeroMQ context) each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from .alerts import AlertWorker, ImageCache, build_sinks
+from .control import handle_command
+from .decide import Verdict
+from .errors import LinesideError
+from .journal import Journal
+from .logs import log_event
+from .pipeline import DropQueue, Item, Model
+from .station import StationConfig
+from .telemetry import Telemetry
+from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
+
+POLL_MS = 100
+DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
+MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
+
+
+class Server:
+    def __init__(self, cfg: StationConfig, context: zmq.Context | None = None):
+        self.cfg = cfg
+        self.station = cfg.station
+        self.limits = cfg.limits.limits()
+        self.own_context = context is None
+        self.ctx = context or zmq.Context()
+        self.telemetry = Telemetry(cfg.station)
+        self.model = Model(cfg)  # load first: health answers "ready" only with a model
+        self.model_lock = threading.Lock()
+        self.queue = DropQueue(cfg.queue.capacity, cfg.queue.policy)
+        self.outbox: queue.Queue = queue.Queue(maxsize=4 * cfg.queue.capacity + 1024)  # full: receiver waits
+        self.listeners: list[Callable[[Item, dict], None]] = []
+        self.sinks = build_sinks(cfg)
+        self.images = ImageCache()
+        self.stopping = threading.Event()  # drain and stop
+        self.received_all = threading.Event()  # receiver has emptied its socket and left
+        self.finished = threading.Event()  # every verdict journaled and published
+        self.last_ids: dict[str, int] = {}
+        self.auth = None
+        self.threads: list[threading.Thread] = []
+        self.alert_workers: list[AlertWorker] = []
+        self.status = "starting"
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def start(self) -> "Server":
+        if self.cfg.curve:
+            from .security import start_authenticator
+
+            self.auth = start_authenticator(self.ctx, self.cfg.curve.authorized_clients)
+        # Bind every socket here, in this thread, so a bad address fails `serve` at once;
+        # each socket is then used only by its own thread.
+        self.frames_sock = self._bind(zmq.PULL, self.cfg.sockets.frames)
+        try:
+            self.pub_sock = self._bind(zmq.PUB, self.cfg.sockets.verdicts)
+            try:
+                self.control_sock = self._bind(zmq.REP, self.cfg.sockets.control)
+            except LinesideError:
+                self.pub_sock.close()
+                raise
+        except LinesideError:
+            self.frames_sock.close()
+            if self.auth:
+                self.auth.stop()
+            raise
+        self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
+        if self.cfg.metrics_port:
+            self.telemetry.serve_http(self.cfg.metrics_port)
+        self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
+                              for s in self.sinks]
+        for target in (self._receive, self._work, self._output, self._control):
+            self.threads.append(threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True))
+        for t in self.threads + self.alert_workers:
+            t.start()
+        self.status = "ready"
+        log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
+                  queue=self.cfg.queue.model_dump(), batch=self.cfg.batch.model_dump(), curve=bool(self.cfg.curve))
+        return self
+
+    def _bind(self, kind: int, address: str) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.linger = 0
+        if kind == zmq.PULL:
+            sock.rcvhwm = self.cfg.queue.socket_hwm
+            sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)  # bigger: peer disconnected
+        if self.cfg.curve:
+            from .security import secure_server
+
+            secure_server(sock, self.cfg.curve.server_secret_key)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise LinesideError(f"cannot bind {address}: {exc}; pick a free address in the station's sockets") from None
+        return sock
+
+    def request_stop(self) -> None:
+        if not self.stopping.is_set():
+            self.status = "draining"
+            log_event("draining", station=self.station, queued=len(self.queue))
+            self.stopping.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.finished.wait(timeout)
+
+    def close(self) -> None:
+        """Stop (draining first), join every thread and release the sockets."""
+        self.request_stop()
+        for t in self.threads + self.alert_workers:
+            t.join(timeout=30)
+        if self.auth:
+            self.auth.stop()
+        self.telemetry.close()
+        with self.model_lock:
+            self.model.close()
+        if self.own_context:
+            self.ctx.term()
+        log_event("stopped", station=self.station, **self.telemetry.snapshot()["verdicts"])
+
+    # ---- receiver -------------------------------------------------------------------
+    def _receive(self) -> None:
+        sock, poller = self.frames_sock, zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self.stopping.is_set():
+            if poller.poll(POLL_MS):
+                self._accept_safely(_recv_parts(sock, 0))
+        # Drain: what already reached the socket still gets its verdict. Bounded in time,
+        # since a camera that keeps sending would otherwise keep the server alive.
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline:
+            try:
+                self._accept_safely(_recv_parts(sock, zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        sock.close()
+        self.received_all.set()
+
+    def _accept_safely(self, parts: list[bytes]) -> None:
+        try:
+            self._accept(parts)
+        except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
+            log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
+            item = Item(self.station, None, None, None, time.time(), time.perf_counter())
+            item.verdict = Verdict("ERROR", reason="internal error while receiving: see the server log")
+            self._emit(item)
+
+    def _accept(self, parts: list[bytes]) -> None:
+        now, t = time.time(), time.perf_counter()
+        try:
+            frame = parse_frame(parts, self.limits)
+        except WireError as exc:
+            self.telemetry.received_frame(exc.camera)
+            item = Item(self.station, exc.camera, exc.frame_id, exc.captured_at, now, t)
+            item.verdict = Verdict("ERROR", reason=exc.reason)
+            return self._emit(item)
+        h = frame.header
+        self.telemetry.received_frame(h.camera)
+        item = Item(self.station, h.camera, h.frame_id, h.captured_at, now, t, frame=frame, tags=h.tags)
+        refusal = self._refusal(h)
+        if refusal:
+            item.frame, item.verdict = None, Verdict("ERROR", reason=refusal)
+            return self._emit(item)
+        self._track_ids(h.camera, h.frame_id)
+        dropped = self.queue.put(item)
+        self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
+        if dropped is not None:
+            dropped.frame = None
+            dropped.verdict = Verdict("DROPPED", reason=f"overload: queue of {self.queue.capacity} full, "
+                                      f"policy {self.queue.policy}")
+            self._emit(dropped)
+
+    def _refusal(self, h) -> str | None:
+        """Why a well-formed frame is not this server's to score, if it is not."""
+        if h.station != self.station:
+            return (f"frame addressed to station {h.station!r}, but this server is {self.station!r}: "
+                    "point the camera at its own station's server")
+        if self.cfg.cameras and h.camera not in {c.name for c in self.cfg.cameras}:
+            return f"camera {h.camera!r} is not one of the station's cameras: add it to `cameras`"
+        return None
+
+    def _track_ids(self, camera: str, frame_id: int) -> None:
+        """Count ids a camera skipped (frames lost upstream); a smaller id means it restarted."""
+        last = self.last_ids.get(camera)
+        if last is not None and frame_id > last + 1:
+            self.telemetry.gap(camera, frame_id - last - 1)
+            log_event("frame_gap", camera=camera, after=last, next=frame_id, missing=frame_id - last - 1)
+        elif last is not None and frame_id <= last:
+            log_event("frame_ids_restarted", camera=camera, last=last, now=frame_id)
+        self.last_ids[camera] = frame_id
+
+    def _emit(self, item: Item) -> None:
+        item.decided_at = time.time()
+        self.outbox.put(item)  # blocks when full: back-pressure to the sockets, never a lost verdict
+
+    # ---- worker ---------------------------------------------------------------------
+    def _work(self) -> None:
+        wait_s = self.cfg.batch.max_wait_ms / 1e3
+        while True:
+            with self.model_lock:
+                n = min(self.cfg.batch.max_frames, self.model.max_batch)
+            batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
+            if batch:
+                try:
+                    with self.model_lock:  # a reload swaps the model between batches, never inside one
+                        self.model.score(batch)
+                except Exception as exc:  # a bug in scoring must not make frames vanish
+                    log_event("scoring_failed", station=self.station, error=repr(exc))
+                for item in batch:
+                    if item.verdict is None:
+                        item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
+                    item.frame = None
+                    self._emit(item)
+                self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
+            elif self.received_all.is_set() and not len(self.queue):
+                break
+        self.outbox.put(None)
+
+    # ---- output ---------------------------------------------------------------------
+    def _output(self) -> None:
+        journal = self.journal
+        sinks = tuple(s.name for s in self.sinks)
+        done = False
+        while not done:
+            items = [self.outbox.get()]
+            while len(items) < 256:
+                try:
+                    items.append(self.outbox.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in items
+            items = [it for it in items if it is not None]
+            if items:
+                try:
+                    self._journal_and_publish(journal, items, sinks)
+                except Exception as exc:  # journaled already (it retries); keep the stream going
+                    log_event("publish_failed", level=logging.ERROR, station=self.station, error=repr(exc))
+        journal.close()
+        self.pub_sock.close()
+        self.status = "stopped"
+        self.finished.set()
+
+    def _record(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> list[int]:
+        """Journal the verdicts, retrying while the disk refuses: nothing is published unjournaled."""
+        delay = 0.1
+        while True:
+            try:
+                ids = journal.record([_row(it) for it in items], sinks)
+            except sqlite3.Error as exc:
+                self.status = "journal-failing"
+                log_event("journal_failed", level=logging.ERROR, station=self.station, error=str(exc),
+                          retry_in_s=delay, waiting=len(items))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.status == "journal-failing":
+                self.status = "draining" if self.stopping.is_set() else "ready"
+            return ids
+
+    def _journal_and_publish(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> None:
+        t0 = time.perf_counter()
+        ids = self._record(journal, items, sinks)
+        journal_ms = (time.perf_counter() - t0) * 1e3 / len(items)
+        for item, verdict_id in zip(items, ids):
+            item.id = verdict_id
+            event = item.event()
+            event["latency_ms"]["journal"] = round(journal_ms, 3)
+            event["latency_ms"]["total"] = round((time.perf_counter() - item.t_received) * 1e3, 3)
+            ng = item.verdict.status == "NG"
+            self.pub_sock.send_multipart(verdict_message(event))
+            if ng and self.cfg.alerts.zmq:
+                self.pub_sock.send_multipart(verdict_message(event, alert=True))
+            if ng and item.image is not None and self.cfg.alerts.disk:
+                self.images.put(verdict_id, item.image, item.anomaly_map)
+            policy = self.queue.policy if item.verdict.status == "DROPPED" else None
+            self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
+            for listener in self.listeners:
+                try:
+                    listener(item, event)
+                except Exception as exc:  # a faulty listener must not stop the verdict stream
+                    log_event("listener_failed", listener=repr(listener), error=repr(exc))
+            item.image = item.anomaly_map = None
+        for worker in self.alert_workers:
+            worker.wake.set()
+
+    # ---- control --------------------------------------------------------------------
+    def _control(self) -> None:
+        sock, poller = self.control_sock, zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self.finished.is_set():
+            if poller.poll(POLL_MS):
+                sock.send_json(handle_command(self, sock.recv()))
+        sock.close()
+
+    def health(self) -> dict:
+        with self.model_lock:
+            bundle = dict(self.model.info)
+        return {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid()}
+
+    def stats(self) -> dict:
+        with self.model_lock:
+            thresholds = self.model.thresholds.model_dump(exclude={"provenance"})
+        return {"ok": True, "station": self.station, "status": self.status, **self.telemetry.snapshot(),
+                "queue": {"depth": len(self.queue), "high_water": self.queue.high_water,
+                          "capacity": self.queue.capacity, "policy": self.queue.policy},
+                "thresholds": thresholds}
+
+
+def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:
+    """One message's parts, keeping at most MAX_PARTS: a frame has two, and a peer that sends
+    thousands gets its ERROR without the server holding them all."""
+    parts = [sock.recv(flags)]
+    while sock.rcvmore:
+        part = sock.recv()
+        if len(parts) < MAX_PARTS:
+            parts.append(part)
+    return parts
+
+
+def _row(item: Item) -> dict:
+    v = item.verdict
+    return {"decided_at": item.decided_at, "station": item.station, "camera": item.camera,
+            "frame_id": item.frame_id, "status": v.status, "score": v.score, "threshold": v.threshold,
+            "reason": v.reason,
+            "detail": {"regions": [r.__dict__ for r in v.regions], "latency_ms": v.latency_ms,
+                       "bundle_sha256": item.bundle_sha, "captured_at": item.captured_at, "tags": item.tags}}
+
+
+def serve_forever(servers: list[Server]) -> None:
+    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all."""
+    def stop(*_):
+        for server in servers:
+            server.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        for server in servers:
+            server.start()
+        while not all(server.finished.wait(0.5) for server in servers):
+            pass
+    finally:
+        for server in servers:
+            if server.status != "starting":
+                server.close()
+
+
+def main(args) -> int:
+    from .station import load_station
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configs = [load_station(path) for path in args.station_config]
+    names = [cfg.station for cfg in configs]
+    if len(set(names)) != len(names):
+        raise LinesideError(f"station names must differ between the configs, got {names}")
+    # each station has its own ZeroMQ context, hence its own Curve authenticator and its own keys
+    serve_forever([Server(cfg) for cfg in configs])
+    return 0

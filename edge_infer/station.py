@@ -1,0 +1,172 @@
+"""The station config: one YAML (or TOML) file that says everything `lineside serve` does.
+
+Validated at load with pydantic; unknown keys are errors (a typo must not silently fall
+back to a default on a production line). Relative paths are relative to the file.
+The schema, with an example, is in docs/station-config.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import LinesideError
+from .wire import HARD_MAX_PAYLOAD, MAX_SIDE, NAME_PATTERN, Limits
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Sockets(_Strict):
+    frames: str = Field("tcp://127.0.0.1:5555", description="PULL: cameras connect and PUSH frames here")
+    verdicts: str = Field("tcp://127.0.0.1:5556", description="PUB: verdict.<station> and alert.<station>")
+    control: str = Field("tcp://127.0.0.1:5557", description="REP: lineside ctl")
+
+
+class QueueConfig(_Strict):
+    capacity: int = Field(8, ge=1, le=4096, description="frames waiting for the model, at most")
+    policy: Literal["drop-oldest", "drop-newest"] = "drop-oldest"
+    socket_hwm: int = Field(64, ge=1, le=100_000, description=(
+        "frames ZeroMQ holds on the frames socket until the receiver reads them (memory: up to "
+        "socket_hwm x limits.max_payload_bytes); too small, and libzmq discards what a camera had in "
+        "flight when it disconnects while this buffer is full"))
+
+
+class BatchConfig(_Strict):
+    max_frames: int = Field(1, ge=1, le=64, description="frames per backend call (capped by the bundle)")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a partial batch waits for more")
+
+
+class LimitsConfig(_Strict):
+    max_payload_bytes: int = Field(16 << 20, ge=1024, le=HARD_MAX_PAYLOAD)
+    max_side: int = Field(4096, ge=8, le=MAX_SIDE)
+
+    def limits(self) -> Limits:
+        return Limits(self.max_payload_bytes, self.max_side)
+
+
+class JournalConfig(_Strict):
+    path: Path = Path("journal.sqlite")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description="normal: survives a process crash; full: also a power cut, slower")
+
+
+class CurveConfig(_Strict):
+    server_secret_key: Path = Field(description="the server's key pair, the *.key_secret file of `lineside keys`")
+    authorized_clients: Path = Field(description="folder of the clients' public *.key files")
+
+
+class ThresholdsConfig(_Strict):
+    image: float | None = None
+    pixel: float | None = None
+    min_area: int | None = Field(None, ge=0)
+
+
+class WebhookConfig(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class GpioConfig(_Strict):
+    pin: int = Field(ge=0)
+    numbering: Literal["BOARD", "BCM"] = "BOARD"
+    pulse_ms: float = Field(50.0, gt=0, le=10_000)
+    active_high: bool = True
+    max_age_ms: float = Field(1000.0, gt=0, description="a pulse later than this would hit the wrong part: skip it")
+
+
+class DiskConfig(_Strict):
+    dir: Path
+    keep: int = Field(1000, ge=1, description="newest NG records kept; older ones are deleted")
+
+
+class AlertsConfig(_Strict):
+    zmq: bool = Field(True, description="publish NG verdicts on alert.<station>")
+    webhook: WebhookConfig | None = None
+    gpio: GpioConfig | None = None
+    disk: DiskConfig | None = None
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+
+
+class CameraConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    source: str = ""
+    fps: float | None = Field(None, gt=0)
+    encoding: Literal["raw", "jpeg", "png"] = "jpeg"
+
+
+class StationConfig(_Strict):
+    station: str = Field(pattern=NAME_PATTERN)
+    bundle: Path
+    backend: str = "auto"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    threads: int | None = Field(None, ge=1)
+    roi: list[int] | None = Field(None, min_length=4, max_length=4, description="x, y, width, height")
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="override the bundle's")
+    sockets: Sockets = Field(default_factory=Sockets)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+    curve: CurveConfig | None = None
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
+    cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
+
+    @model_validator(mode="after")
+    def _distinct_cameras(self):
+        names = [c.name for c in self.cameras]
+        if len(names) != len(set(names)):
+            raise ValueError(f"camera names must be distinct, got {names}")
+        return self
+
+    def resolve(self, base: Path) -> "StationConfig":
+        """Make the file's relative paths absolute against ``base`` (the config's folder)."""
+        def fix(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
+        cfg = self.model_copy(deep=True)
+        cfg.bundle = fix(cfg.bundle)
+        cfg.journal.path = fix(cfg.journal.path)
+        if cfg.curve:
+            cfg.curve.server_secret_key = fix(cfg.curve.server_secret_key)
+            cfg.curve.authorized_clients = fix(cfg.curve.authorized_clients)
+        if cfg.alerts.disk:
+            cfg.alerts.disk.dir = fix(cfg.alerts.disk.dir)
+        return cfg
+
+
+def load_station(path: str | Path) -> StationConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise LinesideError(f"station config {path} does not exist: write one (see docs/station-config.md)")
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10 (JetPack 6) has no tomllib
+            raise LinesideError(f"{path}: TOML station configs need Python 3.11 or newer; "
+                                "write the same settings as YAML (station.yaml)") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml and tomllib raise their own parse errors
+        raise LinesideError(f"station config {path} cannot be parsed: {exc}") from None
+    if not isinstance(data, dict):
+        raise LinesideError(f"station config {path} must be a mapping of settings, got {type(data).__name__}")
+    try:
+        cfg = StationConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise LinesideError(f"station config {path} is invalid:\n" + "\n".join(lines)
+                            + "\nfix those keys (schema: docs/station-config.md)") from None
+    return cfg.resolve(path.parent.resolve())

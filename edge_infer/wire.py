@@ -1,0 +1,238 @@
+"""The wire protocol: frames from cameras to the server, verdicts from the server out.
+
+A frame is a two-part ZeroMQ message ``[header, payload]`` (PUSH → PULL). The header is
+UTF-8 JSON, at most ``MAX_HEADER_BYTES``::
+
+    {"v": 1, "station": "weld-3", "camera": "top", "frame_id": 41, "captured_at": 1732380000.25,
+     "encoding": "raw" | "jpeg" | "png", "dtype": "uint8", "shape": [H, W] or [H, W, 3],
+     "tags": {"serial": "A-17"}}            # tags optional: at most 8 short strings
+
+The payload is the image: for ``raw`` exactly H*W*C bytes, row-major, colour in BGR order
+(OpenCV's); for ``jpeg``/``png`` the encoded file, whose own width and height must match
+``shape``. Everything is checked against hard limits *before* anything is allocated or
+decoded; a message that fails gets a ``WireError`` naming the problem (and carries the
+frame id when the header got that far), which the server turns into an ERROR verdict.
+
+Verdicts and alerts go out on a PUB socket as ``[topic, json]`` with topics
+``verdict.<station>`` and ``alert.<station>``. Nothing on the wire is ever unpickled.
+The exact schema is written down in docs/wire-protocol.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+
+from .errors import ImageReadError
+from .imageio import decode_image, normalise_layout
+
+SCHEMA_VERSION = 1
+MAX_HEADER_BYTES = 2048
+MAX_SIDE = 8192  # pixels, either side; the station config may only lower it
+HARD_MAX_PAYLOAD = 64 << 20  # bytes; also the PULL socket's ZMQ_MAXMSGSIZE (bigger: peer disconnected)
+MAX_TAGS = 8
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+ENCODINGS = ("raw", "jpeg", "png")
+
+
+class WireError(Exception):
+    """A message that breaks the protocol. Carries whatever identity the header gave."""
+
+    def __init__(self, reason: str, station: str | None = None, camera: str | None = None,
+                 frame_id: int | None = None, captured_at: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.station, self.camera, self.frame_id, self.captured_at = station, camera, frame_id, captured_at
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_payload_bytes: int = 16 << 20
+    max_side: int = 4096
+
+
+class FrameHeader(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    v: Literal[1]
+    station: str = Field(pattern=NAME_PATTERN)
+    camera: str = Field(pattern=NAME_PATTERN)
+    frame_id: StrictInt = Field(ge=0, le=2**63 - 1)
+    captured_at: float = Field(ge=0)
+    encoding: Literal["raw", "jpeg", "png"]
+    dtype: Literal["uint8"] = "uint8"
+    shape: list[StrictInt] = Field(min_length=2, max_length=3)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("captured_at")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite unix time in seconds")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _small_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > MAX_TAGS or any(len(k) > 64 or len(v) > 64 for k, v in tags.items()):
+            raise ValueError(f"at most {MAX_TAGS} tags, keys and values of at most 64 characters")
+        return tags
+
+
+@dataclass
+class Frame:
+    """A frame that passed every check that needs no decoding."""
+
+    header: FrameHeader
+    payload: bytes
+    received_at: float = field(default_factory=time.time)
+
+
+def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
+    """Validate a received message; raise WireError with the reason, never anything else."""
+    if len(parts) != 2:
+        raise WireError(f"message has {len(parts)} parts; a frame is exactly 2: [header, payload]")
+    raw_header, payload = bytes(parts[0]), parts[1]
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(raw_header)} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    try:
+        data = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"header is not UTF-8 JSON ({type(exc).__name__}): send the JSON header first") from None
+    if not isinstance(data, dict):
+        raise WireError(f"header is JSON {type(data).__name__}, not an object")
+    ident = _identity(data)
+    try:
+        header = FrameHeader.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "header"
+        raise WireError(f"bad header field {where}: {first['msg']} (schema: docs/wire-protocol.md)", **ident) from None
+    _check_shape(header, limits, ident)
+    size = len(payload)
+    if size > limits.max_payload_bytes:
+        raise WireError(f"payload of {size} bytes exceeds the station's limit of {limits.max_payload_bytes}", **ident)
+    if header.encoding == "raw":
+        want = math.prod(header.shape)
+        if size != want:
+            raise WireError(f"raw payload of {size} bytes does not match shape {header.shape} ({want} bytes)", **ident)
+    else:
+        dims = encoded_dimensions(payload, header.encoding)
+        if dims is None:
+            raise WireError(f"payload is not a {header.encoding.upper()} stream (no readable header)", **ident)
+        if dims != tuple(header.shape[:2]):
+            raise WireError(f"{header.encoding} payload is {dims[1]}x{dims[0]} but the header says shape "
+                            f"{header.shape}", **ident)
+    return Frame(header, bytes(payload))
+
+
+def _identity(data: dict) -> dict:
+    """The fields an ERROR verdict can still carry from a header that fails validation."""
+    def name(v):
+        return v if isinstance(v, str) and _NAME.match(v) else None
+
+    fid = data.get("frame_id")
+    cap = data.get("captured_at")
+    return {
+        "station": name(data.get("station")),
+        "camera": name(data.get("camera")),
+        "frame_id": fid if type(fid) is int and 0 <= fid < 2**63 else None,
+        "captured_at": float(cap) if type(cap) in (int, float) and math.isfinite(cap) else None,
+    }
+
+
+def _check_shape(header: FrameHeader, limits: Limits, ident: dict) -> None:
+    h, w, *rest = header.shape
+    if not (2 <= h <= limits.max_side and 2 <= w <= limits.max_side):
+        raise WireError(f"shape {header.shape} is outside 2..{limits.max_side} pixels a side", **ident)
+    if rest and rest[0] not in (1, 3):
+        raise WireError(f"shape {header.shape} has {rest[0]} channels; send 1 (gray) or 3 (BGR)", **ident)
+
+
+def encoded_dimensions(data: bytes, encoding: str) -> tuple[int, int] | None:
+    """(height, width) as a PNG or JPEG stream declares it, read without decoding."""
+    if encoding == "png":
+        if len(data) < 24 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+            return None
+        w, h = struct.unpack(">II", data[16:24])
+        return h, w
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    for _ in range(512):  # a JPEG reaches its frame header within a few markers
+        if i + 9 > len(data) or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return h, w
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def decode_frame(frame: Frame) -> np.ndarray:
+    """The frame's image as OpenCV holds it (HxW gray or HxWx3 BGR), checked against its header."""
+    h = frame.header
+    source = f"{h.camera}#{h.frame_id}"
+    try:
+        if h.encoding == "raw":
+            image = normalise_layout(np.frombuffer(frame.payload, np.uint8).reshape(h.shape), source)
+        else:
+            image = decode_image(frame.payload, source)
+    except ImageReadError as exc:
+        raise WireError(exc.reason) from None
+    want_c = h.shape[2] if len(h.shape) == 3 else 1
+    got_c = image.shape[2] if image.ndim == 3 else 1
+    if image.shape[:2] != tuple(h.shape[:2]) or (got_c != want_c and h.encoding == "raw"):
+        raise WireError(f"decoded image of shape {list(image.shape)} does not match the header's {h.shape}")
+    return image
+
+
+def encode_frame(image: np.ndarray, station: str, camera: str, frame_id: int, encoding: str = "raw",
+                 captured_at: float | None = None, quality: int = 90, tags: dict | None = None) -> list[bytes]:
+    """Build a frame message from a uint8 HxW or HxWx3 (BGR) image."""
+    import cv2
+
+    if encoding == "raw":
+        payload = np.ascontiguousarray(image).tobytes()
+    else:
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else []
+        ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)
+        if not ok:
+            raise WireError(f"OpenCV could not encode the image as {encoding}")
+        payload = buf.tobytes()
+    header = {"v": SCHEMA_VERSION, "station": station, "camera": camera, "frame_id": int(frame_id),
+              "captured_at": time.time() if captured_at is None else captured_at, "encoding": encoding,
+              "dtype": "uint8", "shape": list(image.shape)}
+    if tags:
+        header["tags"] = tags
+    return [json.dumps(header, separators=(",", ":")).encode(), payload]
+
+
+def verdict_topic(station: str, alert: bool = False) -> bytes:
+    return f"{'alert' if alert else 'verdict'}.{station}".encode()
+
+
+def verdict_message(event: dict, alert: bool = False) -> list[bytes]:
+    return [verdict_topic(event["station"], alert), json.dumps(event, separators=(",", ":")).encode()]
+
+
+def parse_verdict_message(parts: list[bytes]) -> tuple[str, dict]:
+    if len(parts) != 2:
+        raise WireError(f"verdict message has {len(parts)} parts, expected [topic, json]")
+    return parts[0].decode(), json.loads(parts[1])
