@@ -25,9 +25,10 @@ SWEEP_GROWTH, SWEEP_STEPS = 1.5, 3  # geometric search up, then bisection steps
 def main(args) -> int:
     import zmq
 
-    from . import load, report
+    from edge_infer.station import load_station
+    from edge_infer.wire import encode_frame
 
-    load_station, encode_frame = runtime()
+    from . import load, report
 
     width, height = parse_resolution(args.resolution)
     if args.sweep and args.budget_ms is None:
@@ -69,20 +70,6 @@ def main(args) -> int:
     print(f"\nwrote {paths['json']} and {paths['png']}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if any(r["status"] == "ok" for r in results) else 1
-
-
-def runtime():
-    """The runtime's station loader and frame encoder, or a clear error where it is missing."""
-    try:
-        from edge_infer.station import load_station
-        from edge_infer.wire import encode_frame
-    except ImportError:
-        raise LinesideError(
-            "bench e2e is unfinished in this installation: it drives the line-side runtime "
-            "(`lineside serve`, edge_infer.server/station/wire), which is not here yet. Install a lineside "
-            "that has `lineside serve`, or measure the model alone with `lineside bench latency BUNDLE`"
-        ) from None
-    return load_station, encode_frame
 
 
 class Runner:

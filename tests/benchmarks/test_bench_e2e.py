@@ -1,7 +1,6 @@
-"""bench e2e: the analysis on verdicts whose timings are known, the sweep's search, and
-(where the runtime server is present) a short real run against the tiny bundle."""
+"""bench e2e: the analysis on verdicts whose timings are known, the sweep's search, and a
+short real run (server process + cameras) against the tiny bundle."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,9 +12,6 @@ from edge_infer.errors import LinesideError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import make_tiny_bundle  # noqa: E402
-
-HAVE_SERVER = importlib.util.find_spec("edge_infer.server") is not None
-
 
 def verdict(status, captured_at, compute_ms, total_ms, decided_after_ms):
     return {"status": status, "camera": "c", "captured_at": captured_at,
@@ -85,16 +81,7 @@ def test_resolution_parsing():
             e2e.parse_resolution(bad)
 
 
-@pytest.mark.skipif(HAVE_SERVER, reason="the runtime is present: the real run below covers e2e")
-def test_without_the_runtime_e2e_says_it_is_unfinished(tmp_path):
-    from lineside.cli import main
-
-    (tmp_path / "st.yaml").write_text("station: st1\nbundle: b\n")
-    assert main(["bench", "e2e", str(tmp_path / "st.yaml")]) == 2
-
-
 @pytest.mark.slow  # starts a server process: ~10-30 s on the shared 2-core CPU
-@pytest.mark.skipif(not HAVE_SERVER, reason="needs the line-side runtime (edge_infer.server, `lineside serve`)")
 def test_short_real_run_against_the_tiny_bundle(tmp_path, capsys):
     from lineside.cli import main
 
