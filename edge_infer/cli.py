@@ -95,10 +95,12 @@ def register_runtime(sub) -> None:
     _client_keys(p)
     p.set_defaults(handler=handler("edge_infer.watch:main"))
 
-    p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets)",
-                       description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME.")
+    p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; --type signing for bundles)",
+                       description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME. "
+                       "--type signing: NAME.sign.key (Ed25519, keep it on the host that packs bundles) and "
+                       "NAME.sign.pub (give it to devices: `lineside provision TARGET --trust NAME.sign.pub`).")
     p.add_argument("names", nargs="+", help="key names, e.g. server cam0 operator")
-    p.add_argument("--type", default="curve", help="key type (default: curve)")
+    p.add_argument("--type", default="curve", help="key type: curve or signing (default: curve)")
     p.add_argument("--out", default="keys", help="folder to write into (default: ./keys)")
     p.add_argument("--force", action="store_true", help="replace existing keys of the same name")
     p.set_defaults(handler=handler("edge_infer.keys_cmd:main"))

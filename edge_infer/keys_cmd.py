@@ -26,7 +26,14 @@ def curve_pair(out: Path, name: str) -> list[Path]:
     return [Path(public), Path(secret)]
 
 
-GENERATORS: dict[str, Callable[[Path, str], list[Path]]] = {"curve": curve_pair}
+def signing_pair(out: Path, name: str) -> list[Path]:
+    """NAME.sign.key (Ed25519, keep it on the host that packs bundles, 0600) and NAME.sign.pub (for devices)."""
+    from .signing import generate_keypair
+
+    return list(generate_keypair(out, name))
+
+
+GENERATORS: dict[str, Callable[[Path, str], list[Path]]] = {"curve": curve_pair, "signing": signing_pair}
 
 
 def main(args) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 
 from .bundle import Bundle, Thresholds, sha256_file
 from .decide import Verdict, decide
+from .drift import DriftMonitor
 from .errors import LinesideError
 from .preprocess import preprocess
 from .score import Scorer
@@ -65,6 +66,7 @@ class Model:
             thresholds = bundle.thresholds.model_copy(update=overrides)
         self.scorer = Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
                              thresholds=thresholds)
+        self.drift = DriftMonitor(thresholds.provenance, thresholds.image)
         self.spec = replace(self.scorer.spec, roi=tuple(cfg.roi)) if cfg.roi else self.scorer.spec
         m = bundle.manifest
         self.info = {"path": str(bundle.root), "family": m.model.family, "name": m.model.name,
@@ -78,6 +80,7 @@ class Model:
     @thresholds.setter
     def thresholds(self, value: Thresholds) -> None:
         self.scorer.thresholds = value
+        self.drift = DriftMonitor(value.provenance, value.image)  # new thresholds, new reference
 
     @property
     def max_batch(self) -> int:
@@ -123,6 +126,8 @@ class Model:
                 "postprocess": round((time.perf_counter() - t3) * 1e3, 3),
             }
             it.bundle_sha = sha
+            if it.verdict.status == "OK":
+                self.drift.add(it.verdict.score)
             if it.verdict.status == "NG":
                 it.anomaly_map = out.anomaly_map[i]
             else:

@@ -326,10 +326,11 @@ class Server:
     def stats(self) -> dict:
         with self.model_lock:
             thresholds = self.model.thresholds.model_dump(exclude={"provenance"})
+            drift = self.model.drift.report()
         return {"ok": True, "station": self.station, "status": self.status, **self.telemetry.snapshot(),
                 "queue": {"depth": len(self.queue), "high_water": self.queue.high_water,
                           "capacity": self.queue.capacity, "policy": self.queue.policy},
-                "thresholds": thresholds}
+                "thresholds": thresholds, "drift": drift}
 
 
 def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:

@@ -56,7 +56,7 @@ def main(args) -> int:
     parity = bundle.manifest.files["model.onnx"].checks["parity"]
     print(f"    max relative error vs PyTorch: score {parity['score_rel_err']:.1e}, map {parity['map_rel_err']:.1e}")
 
-    step("setting a first threshold: 99th percentile of held-out good scores, through the bundle")
+    step("setting a first threshold from held-out good cells (quantile method, 2% target false-reject rate)")
     thresholds = first_threshold(bundle, split.val)
     print(f"    image threshold {thresholds.image:.4f} from {len(split.val)} validation cells")
 
@@ -79,16 +79,18 @@ class Steps:
         print(f"[{self.done}/{self.total}] {text}  (+{time.perf_counter() - self.t0:.0f} s)", flush=True)
 
 
-def first_threshold(bundle, good_samples):
+def first_threshold(bundle, good_samples, target_frr: float = 0.02):
+    """The calibration package's quantile method on the held-out good cells, through the bundle."""
+    from calibration.quantile import quantile_threshold
     from edge_infer.bundle import Thresholds
     from edge_infer.imageio import read_image
     from edge_infer.score import Scorer
 
-    scorer = Scorer(bundle)
-    scores = scorer.run([read_image(s.path) for s in good_samples]).score
-    thresholds = Thresholds(image=float(np.quantile(scores, 0.99)), provenance={
-        "method": "demo: 99th percentile of validation good scores", "images": int(len(scores))})
-    bundle.write_thresholds(thresholds, "lineside demo")
+    scores = Scorer(bundle).run([read_image(s.path) for s in good_samples]).score
+    result = quantile_threshold(scores, target_frr=target_frr)
+    print(f"    {result.message}")
+    thresholds = Thresholds(image=result.threshold, provenance={**result.to_dict(), "source": "lineside demo"})
+    bundle.write_thresholds(thresholds, "lineside demo (calibration.quantile)")
     return thresholds
 
 

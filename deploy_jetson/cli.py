@@ -1,0 +1,61 @@
+"""deploy_jetson's commands: bundle, verify, provision, flash, rollback, status (argparse only here)."""
+
+from __future__ import annotations
+
+from edge_infer.cli import handler
+
+_CMD = "deploy_jetson.commands"
+_SET_HELP = ("override a device setting for every target, e.g. --set restart='systemctl restart lineside@{station}' "
+             "(settings: root station python restart control health_timeout build trt_check build_timeout "
+             "identity bwlimit keep)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bundle", help="pack a bundle and its station config into one signed tar",
+                       description="Pack a bundle (model variants, manifest, thresholds) with the station config "
+                       "into one tar whose manifest is signed with an Ed25519 key.")
+    p.add_argument("source", metavar="RUN|DIR", help="bundle directory, or a run directory holding one")
+    p.add_argument("--station", required=True, metavar="CONFIG", help="the station's config file (.yaml/.toml)")
+    p.add_argument("--key", required=True, help="signing key (NAME.sign.key from `lineside keys NAME --type signing`)")
+    p.add_argument("--out", required=True, metavar="BUNDLE.tar", help="the tar to write")
+    p.set_defaults(handler=handler(f"{_CMD}:bundle_main"))
+
+    p = sub.add_parser("verify", help="check a bundle's hashes and signature and show what it holds")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle tar or directory")
+    p.add_argument("--trust", action="append", metavar="KEY.pub",
+                   help="trusted public key file or folder (repeatable); without it the signature is checked "
+                   "against the key the bundle carries, which proves integrity but not who signed it")
+    p.add_argument("--station", help="refuse the bundle unless it was made for this station")
+    p.add_argument("--json", action="store_true", help="print the description as JSON")
+    p.set_defaults(handler=handler(f"{_CMD}:verify_main"))
+
+    p = sub.add_parser("provision", help="prepare a device root: its station and the signing keys it trusts")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="ssh://user@host[:port], local:/path or inventory")
+    p.add_argument("--station", help="the station this device serves (default: the inventory's `station`)")
+    p.add_argument("--trust", action="append", metavar="KEY.pub", help="public signing key to trust (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    p.set_defaults(handler=handler(f"{_CMD}:provision_main"))
+
+    p = sub.add_parser("flash", help="put a signed bundle live on devices, rolling back on any failure",
+                       description="Copy (resumable), verify on the device, build the engine there, switch "
+                       "atomically, restart, wait for health; roll back if any step fails.")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="ssh://user@host[:port][/root], local:/path, "
+                   "or an inventory .toml/.yaml")
+    p.add_argument("bundle", metavar="BUNDLE.tar", help="the signed tar from `lineside bundle`")
+    p.add_argument("--parallel", type=int, default=4, help="devices flashed at once (default: 4)")
+    p.add_argument("--force", action="store_true", help="flash even where this bundle is already current")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    p.set_defaults(handler=handler(f"{_CMD}:flash_main"))
+
+    p = sub.add_parser("rollback", help="return devices to their previous bundle")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p.add_argument("--parallel", type=int, default=4)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    p.set_defaults(handler=handler(f"{_CMD}:rollback_main"))
+
+    p = sub.add_parser("status", help="what version devices run, their health and last verdict time")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each health answer")
+    p.add_argument("--json", action="store_true", help="one JSON object per device")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    p.set_defaults(handler=handler(f"{_CMD}:status_main"))
