@@ -75,7 +75,7 @@ class ServerProcess:
         self.log = open(workdir / "server.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "lineside", "serve", str(path)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.proc.pid)
+        self.psutil, self.ps = psutil, psutil.Process(self.proc.pid)
         self.samples: list[tuple[float, float, int]] = []  # (time, cpu % of one core, rss bytes)
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -103,7 +103,7 @@ class ServerProcess:
         while not self._stop.wait(0.5):
             try:
                 self.samples.append((time.time(), self.ps.cpu_percent(None), self.ps.memory_info().rss))
-            except Exception:  # the process ended: nothing more to sample
+            except self.psutil.Error:  # the process ended: nothing more to sample
                 return
 
     def usage(self, start: float, end: float) -> dict:

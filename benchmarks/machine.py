@@ -143,7 +143,7 @@ def _read(path: str) -> str | None:
 
 def _run(cmd: list[str]) -> str | None:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

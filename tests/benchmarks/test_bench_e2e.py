@@ -2,16 +2,13 @@
 short real run (server process + cameras) against the tiny bundle."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from tiny_bundle import make_tiny_bundle
 
 from benchmarks import e2e
 from edge_infer.errors import LinesideError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_tiny_bundle  # noqa: E402
 
 def verdict(status, captured_at, compute_ms, total_ms, decided_after_ms):
     return {"status": status, "camera": "c", "captured_at": captured_at,

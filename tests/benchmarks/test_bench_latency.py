@@ -9,14 +9,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_bundle import make_tiny_bundle
 
 from benchmarks.images import load_images
 from benchmarks.latency import parse_batches, parse_list
 from edge_infer.errors import LinesideError
 from lineside.cli import main as lineside
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import make_tiny_bundle  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

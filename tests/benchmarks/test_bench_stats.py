@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from benchmarks.stats import bootstrap_ratio, cdf, format_row, statistic, summarize, throughput
+from benchmarks.stats import (
+    bootstrap_ratio,
+    cdf,
+    format_row,
+    statistic,
+    summarize,
+    throughput,
+)
 
 
 def test_summarize_one_to_hundred():
