@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import LinesideError
+from .line.config import LineConfig
 from .wire import HARD_MAX_PAYLOAD, MAX_SIDE, NAME_PATTERN, Limits
 
 
@@ -117,6 +118,8 @@ class StationConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
     cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
+    line: LineConfig | None = Field(None, description="line integration: triggers, PLC, reject, recipes, MQTT, "
+                                    "operator page (docs/line-integration.md)")
 
     @model_validator(mode="after")
     def _distinct_cameras(self):
@@ -138,6 +141,8 @@ class StationConfig(_Strict):
             cfg.curve.authorized_clients = fix(cfg.curve.authorized_clients)
         if cfg.alerts.disk:
             cfg.alerts.disk.dir = fix(cfg.alerts.disk.dir)
+        if cfg.line:
+            cfg.line.resolve(fix)
         return cfg
 
 

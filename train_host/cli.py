@@ -40,7 +40,24 @@ def register(sub) -> None:
                     help="largest relative error against PyTorch that passes (default: 1e-3)")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    precision_options(ex)
     ex.set_defaults(handler=handler("train_host.export:main"))
+
+
+def precision_options(p) -> None:
+    p.add_argument("--precision", default="fp32", help="variants to write, comma-separated: fp32,fp16,int8 "
+                   "(default: fp32). Each is checked against FP32 on the evaluation split")
+    p.add_argument("--calib", help="INT8 calibration images: a folder of the station's good images, or a dataset "
+                   "('elpv', an MVTec folder: its training split) (default: the run's own training images)")
+    p.add_argument("--calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
+                   help="how activation ranges are chosen from the calibration images (default: percentile)")
+    p.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default: 128)")
+    p.add_argument("--int8-activations", default="s8", choices=["s8", "u8"],
+                   help="s8: symmetric INT8 activations, as TensorRT needs (default); u8: asymmetric, faster "
+                   "with onnxruntime on x86 CPUs but not for TensorRT")
+    p.add_argument("--auroc-tolerance", type=float, default=1.0,
+                   help="AUROC points a variant may lose against FP32 before it is refused (default: 1)")
+    p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")
 
 
 def common_train_options(p) -> None:

@@ -29,19 +29,31 @@ OPSET = 18
 
 
 def main(args) -> int:
+    from .precision.variants import VariantOptions, parse_precisions
+
     set_threads(args.threads)
+    variants = VariantOptions(precisions=parse_precisions(args.precision), calib=args.calib,
+                              calib_method=args.calib_method, calib_images=args.calib_images,
+                              auroc_tolerance=args.auroc_tolerance, eval_limit=args.eval_limit,
+                              int8_activations=args.int8_activations)
     bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
-                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force)
+                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force,
+                           variants=variants)
     entry = bundle.manifest.files["model.onnx"]
     parity = entry.checks["parity"]
     print(f"exported {bundle.root}/model.onnx: parity on {parity['images']} images, max relative error "
           f"score {parity['score_rel_err']:.2e}, map {parity['map_rel_err']:.2e} (tolerance {parity['tolerance']:.0e})")
+    for precision, name in bundle.manifest.variants.items():
+        if precision != "fp32":
+            print(f"variant {precision}: {bundle.root}/{name} (checks in manifest.json)")
     print(f"bundle ready: {bundle.root}; next: `lineside calibrate {bundle.root} ...` or `lineside score {bundle.root} IMAGES`")
     return 0
 
 
 def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch: int = 8,
-                  parity_images: int = 16, tolerance: float = 1e-3, force: bool = False) -> Bundle:
+                  parity_images: int = 16, tolerance: float = 1e-3, force: bool = False,
+                  variants=None) -> Bundle:
+    """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for."""
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
     prepare_out(out, force)
@@ -52,6 +64,10 @@ def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch
     bundle.add_file("model.onnx", "model", f"torch.onnx.export (opset {OPSET}, torch {torch.__version__}) "
                     f"of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
     bundle.write_thresholds(provisional_thresholds(record), "train_host.export (provisional)")
+    if variants is not None:
+        from .precision.variants import add_variants
+
+        add_variants(bundle, record, data, variants)
     return bundle
 
 
