@@ -16,6 +16,9 @@ def register(sub) -> None:
     _latency(cmds, handler)
     _e2e(cmds, handler)
     _compare(cmds, handler)
+    from .trigger import register_trigger  # the line's trigger-to-reject timing (argparse only)
+
+    register_trigger(cmds)
 
 
 def _latency(cmds, handler) -> None:

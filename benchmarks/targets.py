@@ -17,6 +17,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # The ONNX Runtime execution provider each ORT backend needs.
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
                  "ort-trt": "TensorrtExecutionProvider"}
+EDGE_NAMES = {"trt": "tensorrt"}  # this command's short name → edge_infer's backend name
 HOST_MEMORY = "not applicable: the model runs on the CPU and reads host memory, nothing is copied"
 NOT_SEPARATED = "included in compute: this backend does not report its copies separately"
 
@@ -57,7 +58,7 @@ def open_target(bundle: Bundle, backend: str, precision: str, threads: int | Non
     if reasons:
         raise Unavailable("; and ".join(reasons))
     try:
-        model = open_backend(bundle, backend, precision, threads)
+        model = open_backend(bundle, EDGE_NAMES.get(backend, backend), precision, threads)
     except LinesideError as exc:
         raise Unavailable(str(exc)) from None
     transfers = HOST_MEMORY if backend == "ort-cpu" else NOT_SEPARATED
