@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 
 from ..errors import LinesideError
 
@@ -35,23 +36,27 @@ class SimClock(Clock):
         time.sleep(min(seconds, 0.001))  # the thread yields; simulated time moves only by advance()
 
 
-class Gpio:
+class Gpio(ABC):
     """Digital lines by number. ``read`` returns True when the line is high."""
 
+    @abstractmethod
     def setup_output(self, pin: int, level: bool) -> None:
-        raise NotImplementedError
+        """Make ``pin`` an output, driven to ``level``."""
 
+    @abstractmethod
     def setup_input(self, pin: int) -> None:
-        raise NotImplementedError
+        """Make ``pin`` an input."""
 
+    @abstractmethod
     def write(self, pin: int, level: bool) -> None:
-        raise NotImplementedError
+        """Drive output ``pin`` high (True) or low."""
 
+    @abstractmethod
     def read(self, pin: int) -> bool:
-        raise NotImplementedError
+        """The level of input ``pin``: True when high."""
 
     def close(self) -> None:
-        pass
+        """Release what it holds; the default holds nothing."""
 
 
 class SimGpio(Gpio):

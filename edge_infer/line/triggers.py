@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,14 +36,15 @@ class Inspection:
     image: np.ndarray | None = None
 
 
-class Grabber:
+class Grabber(ABC):
     """Where a triggered frame comes from."""
 
+    @abstractmethod
     def grab(self) -> np.ndarray:
-        raise NotImplementedError
+        """The frame for a trigger that just fired."""
 
     def close(self) -> None:
-        pass
+        """Release what it holds; the default holds nothing."""
 
 
 class SourceGrabber(Grabber):
