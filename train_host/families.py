@@ -13,6 +13,7 @@ from edge_infer.errors import LinesideError
 
 FAMILIES = {
     "rx": "train_host.models.rx",
+    "rddpm": "train_host.models.rddpm",
 }
 
 
