@@ -1,6 +1,7 @@
 """Robust vs MSE rddpm training at several contamination levels, side by side.
 
     python -m train_host.rddpm_study --data elpv --out STUDY [--robust huber] [--levels 0,0.05,0.1]
+    python -m train_host.rddpm_study --latency RUN --out DIR [--ks 2,4,8]   # ONNX Runtime ms per K
 
 For each contamination level it trains one rddpm run with the robust loss and one with MSE
 (same split, seed, budget and selection protocol), then evaluates all of them on ONE test
@@ -33,6 +34,10 @@ def parse(argv):
     p = argparse.ArgumentParser(prog="python -m train_host.rddpm_study", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="elpv")
     p.add_argument("--out", required=True)
+    p.add_argument("--latency", metavar="RUN", help="instead of a study: export RUN at each K in --ks and time "
+                   "ONNX Runtime on the CPU, batch 1")
+    p.add_argument("--ks", default="2,4,8", help="step counts for --latency")
+    p.add_argument("--repeats", type=int, default=200, help="timed runs per K for --latency")
     p.add_argument("--robust", default="huber", choices=["huber", "lts", "tukey"])
     p.add_argument("--levels", default="0,0.05,0.1", help="contamination shares, comma-separated")
     p.add_argument("--size", type=int, default=64)
@@ -63,6 +68,8 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.latency:
+        return latency(Path(args.latency), out, [int(k) for k in args.ks.split(",")], args.repeats, args.threads)
     levels = [float(v) for v in args.levels.split(",")]
     spec = InputSpec(args.size, args.size, args.channels)
     common = load_split(args.data, seed=args.seed, contamination=max(levels))
@@ -94,6 +101,38 @@ def main(argv=None) -> int:
             write_json_atomic(out / "results.json", results)
             (out / "report.md").write_text(report(results))
             print(report(results), flush=True)
+    return 0
+
+
+def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | None) -> int:
+    """ONNX Runtime CPU latency of the run's graph unrolled at each K (batch 1, after 20 warm-up runs)."""
+    import numpy as np
+
+    from benchmarks.stats import format_row, summarize
+    from edge_infer.backends.ort import OrtBackend
+
+    from .export import export_onnx
+
+    model, record = load_run(run)
+    spec = InputSpec.from_dict(record["input"])
+    image = np.random.default_rng(0).integers(0, 256, (1, spec.channels, spec.height, spec.width), dtype=np.uint8)
+    rows = {}
+    for k in ks:
+        model.set_inference(model.t0, k)
+        path = out / f"model_k{k}.onnx"
+        export_onnx(model, spec, path, max_batch=1)
+        backend = OrtBackend(path, spec, max_batch=1, threads=threads)
+        for _ in range(20):
+            backend.run(image)
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            backend.run(image)
+            samples.append((time.perf_counter() - started) * 1000)
+        rows[f"K={k}"] = summarize(samples)
+        print(format_row(f"K={k}", rows[f"K={k}"]), flush=True)
+    write_json_atomic(out / "latency.json", {"run": str(run), "t0": model.t0, "threads": threads,
+                                             "input": spec.to_dict(), "latency_ms": rows})
     return 0
 
 

@@ -208,8 +208,11 @@ def fit(model: RDDPMDetector, context) -> dict:
                     e.lerp_(p, 1 - min(cfg.ema, (1 + steps) / (10 + steps)))  # warm-up: early EMA tracks fast
             steps += 1
             losses.append(loss.item())
+            if time.perf_counter() - started > budget:
+                break
         context.log(f"rddpm: epoch {epoch} ({steps} steps): {cfg.loss} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
         if time.perf_counter() - started > budget:
+            context.log(f"rddpm: stopped at the {cfg.max_minutes:g}-minute budget")
             break
     seconds = time.perf_counter() - started
     with torch.no_grad():
