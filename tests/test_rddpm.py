@@ -138,6 +138,9 @@ def test_validation_chooses_t0_and_steps_from_synthetic_anomalies():
     assert all(0 <= t["auroc"] <= 1 for t in chosen["tried"])
     fixed = rddpm.build({"unet": "tiny", "t0": 150, "val_images": 6}, SPEC)
     assert choose_inference(fixed, images, log=lambda *_: None)["t0"] == 150
+    untouched = rddpm.build({"unet": "tiny"}, SPEC)  # no validation images: defaults, said so
+    assert choose_inference(untouched, images[:0], log=lambda *_: None)["method"].startswith("defaults")
+    assert (untouched.t0, untouched.steps) == (rddpm.DEFAULT_T0, rddpm.DEFAULT_STEPS)
 
 
 def test_train_evaluate_export_score_end_to_end(run, category, tmp_path):

@@ -120,8 +120,8 @@ def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | No
     for k in ks:
         model.set_inference(model.t0, k)
         path = out / f"model_k{k}.onnx"
-        export_onnx(model, spec, path, max_batch=1)
-        backend = OrtBackend(path, spec, max_batch=1, threads=threads)
+        export_onnx(model, spec, path, max_batch=2)  # a dynamic batch needs max > min
+        backend = OrtBackend(path, spec, max_batch=2, threads=threads)
         for _ in range(20):
             backend.run(image)
         samples = []

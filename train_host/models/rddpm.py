@@ -219,7 +219,8 @@ def fit(model: RDDPMDetector, context) -> dict:
         for e, p in zip(ema, unet.parameters()):
             p.copy_(e)
     model.eval()
-    selection = choose_inference(model, load_images(context, context.split.val, "validation"), context.log)
+    val = load_images(context, context.split.val, "validation") if context.split.val else images[:0]
+    selection = choose_inference(model, val, context.log)
     cfg.t0, cfg.steps = model.t0, model.steps
     return {"images": len(images), "contaminated": sum(s.label == 1 for s in context.split.train),
             "epochs": epoch, "steps": steps, "train_seconds": round(seconds, 1),
