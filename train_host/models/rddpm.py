@@ -53,7 +53,7 @@ class RDDPMConfig:
     sigma: float = 2.0  # smoothing of the anomaly map, in pixels
     score: str = "topk:0.01"
     val_images: int = 64  # validation good images (and as many synthetic anomalies) for choosing t0, K
-    t0_grid: tuple[int, ...] = (100, 175, 250, 350)  # candidates when t0 is None
+    t0_grid: tuple[int, ...] = (50, 100, 175, 250, 350)  # candidates when t0 is None
     steps_grid: tuple[int, ...] = (2, 4, 8)  # candidates when steps is None
     seed: int = 0
 
