@@ -23,6 +23,13 @@ def register(sub) -> None:
     common_train_options(adtr)
     adtr_options(adtr)
     adtr.set_defaults(handler=handler("train_host.train:main"))
+    rddpm = families.add_parser("rddpm", help="few-step diffusion reconstruction trained with a robust loss",
+                                description="Train a compact UNet denoiser (robust regression: Huber, LTS, Tukey; "
+                                "MSE baseline), choose t0 and K on validation, score by reconstruction. "
+                                "Small inputs train fastest on a CPU: e.g. --size 64 --channels 1.")
+    common_train_options(rddpm)
+    rddpm_options(rddpm)
+    rddpm.set_defaults(handler=handler("train_host.train:main"))
 
     ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
                         description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
@@ -124,3 +131,19 @@ def adtr_options(p) -> None:
     p.add_argument("--ff-dim", type=int, help="feed-forward width (default: 1024)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
     p.add_argument("--score-pool", type=int, help="average-pool kernel before the max image score (default: 16)")
+
+
+def rddpm_options(p) -> None:
+    p.add_argument("--loss", choices=["huber", "lts", "tukey", "mse"], help="denoising loss (default: huber)")
+    p.add_argument("--delta", type=float, help="Huber's delta on the noise residual (default: 0.2)")
+    p.add_argument("--keep", type=float, help="LTS: share of per-image losses kept per batch (default: 0.8)")
+    p.add_argument("--t0", type=int, help="noising depth of 1000 steps (default: chosen on validation)")
+    p.add_argument("--steps", type=int, help="DDIM steps K (default: chosen on validation from 2, 4, 8)")
+    p.add_argument("--seeds", type=int, help="fixed noise draws averaged at inference (default: 1)")
+    p.add_argument("--unet", choices=["tiny", "nano", "small", "base"], help="UNet preset (default: nano, Jetson Orin Nano)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: 200)")
+    p.add_argument("--max-minutes", type=float, help="training wall-clock budget in minutes (default: 5)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--crop", type=int, help="train on random crops of this size, 0 for whole images (default: 32)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")

@@ -47,6 +47,9 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     if options.get("weights"):
         from .backbones import load_backbone_weights
 
+        if not hasattr(model, "backbone"):
+            raise LinesideError(f"the {family} family trains from scratch and has no backbone: drop --weights")
+
         weights_info = load_backbone_weights(model.backbone, options["weights"])
     context = TrainContext(split, spec, options, log)
     started = time.perf_counter()
