@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,14 +35,15 @@ class Result:
     err: str
 
 
-class Shell:
+class Shell(ABC):
     """A device's shell: `run` a command line, `push` a file's tail into a command's stdin."""
 
     def __init__(self, target: Target):
         self.target = target
 
+    @abstractmethod
     def argv(self, command: str) -> list[str]:
-        raise NotImplementedError
+        """The argument vector that runs ``command`` on the device."""
 
     def env(self) -> dict | None:
         return None
@@ -82,7 +84,7 @@ class Shell:
         return sent
 
     def close(self) -> None:
-        pass
+        """Release what it holds; the default holds nothing."""
 
 
 class LocalShell(Shell):

@@ -25,7 +25,8 @@ def register(sub) -> None:
                        description="Score images with a bundle on this machine's backend; one verdict per image.")
     p.add_argument("bundle", help="bundle directory (from `lineside export`)")
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    p.add_argument("--backend", default="auto", help="inference backend: auto or ort-cpu (default: auto)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto, tensorrt, ort-trt, ort-cuda or ort-cpu "
+                   "(default: auto, the best one available here)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                    help="which model variant of the bundle to run (default: fp32)")
     p.add_argument("--threshold", type=float, help="override the bundle's image threshold for this run")
@@ -74,7 +75,10 @@ def register_runtime(sub) -> None:
     p = sub.add_parser("ctl", help="ask a running server: health, stats, reload, threshold, shutdown",
                        description="Send one control command to a server's control socket and print the answer.")
     p.add_argument("address", help="the control address, e.g. tcp://127.0.0.1:5557")
-    p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown"])
+    p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown", "recipe", "trigger", "line"],
+                   help="recipe/trigger/line: stations with a `line` section (docs/line-integration.md)")
+    p.add_argument("--id", dest="recipe", type=int, help="recipe: the recipe id to switch to")
+    p.add_argument("--who", default="ctl", help="recipe/trigger: who asks, for the journal (default: ctl)")
     p.add_argument("--bundle", help="reload: the new bundle directory (on the server's machine)")
     p.add_argument("--image", type=float, help="reload/threshold: image threshold")
     p.add_argument("--pixel", type=float, help="reload/threshold: pixel threshold for regions")

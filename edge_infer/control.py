@@ -40,9 +40,10 @@ def handle_command(server, raw: bytes) -> dict:
             raise LinesideError('request is not JSON: send {"cmd": "health"}') from None
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
             raise LinesideError('request must be a JSON object with a "cmd" string')
-        command = COMMANDS.get(request["cmd"])
+        extra = getattr(server, "commands", {})  # added by the line service (recipe, trigger, ...)
+        command = COMMANDS.get(request["cmd"]) or extra.get(request["cmd"])
         if command is None:
-            raise LinesideError(f"unknown cmd {request['cmd']!r}: one of {', '.join(COMMANDS)}")
+            raise LinesideError(f"unknown cmd {request['cmd']!r}: one of {', '.join([*COMMANDS, *extra])}")
         return command(server, request)
     except LinesideError as exc:
         return {"ok": False, "error": str(exc)}
@@ -137,6 +138,12 @@ def request(address: str, message: dict, timeout_s: float = 5.0, server_key=None
 
 def main(args) -> int:
     message = {"cmd": args.cmd}
+    if args.cmd == "recipe":
+        if args.recipe is None:
+            raise LinesideError("ctl recipe needs --id N (a recipe id of the station's line.recipes)")
+        message.update(id=args.recipe, who=args.who)
+    if args.cmd == "trigger":
+        message["who"] = args.who
     if args.cmd == "reload" and args.bundle:
         local = Path(args.bundle)  # the usual case: ctl runs on the device, beside the server
         message["bundle"] = str(local.resolve()) if local.exists() else args.bundle

@@ -58,6 +58,8 @@ class Server:
         self.queue = DropQueue(cfg.queue.capacity, cfg.queue.policy)
         self.outbox: queue.Queue = queue.Queue(maxsize=4 * cfg.queue.capacity + 1024)  # full: receiver waits
         self.listeners: list[Callable[[Item, dict], None]] = []
+        self.hooks: list = []  # objects with start() and close(): the line service (edge_infer/line)
+        self.commands: dict = {}  # extra control commands, name -> callable(server, request) -> dict
         self.sinks = build_sinks(cfg)
         self.images = ImageCache()
         self.stopping = threading.Event()  # drain and stop
@@ -99,6 +101,8 @@ class Server:
             self.threads.append(threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True))
         for t in self.threads + self.alert_workers:
             t.start()
+        for hook in self.hooks:
+            hook.start()
         self.status = "ready"
         log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
                   queue=self.cfg.queue.model_dump(), batch=self.cfg.batch.model_dump(), curve=bool(self.cfg.curve))
@@ -135,6 +139,8 @@ class Server:
         self.request_stop()
         for t in self.threads + self.alert_workers:
             t.join(timeout=30)
+        for hook in self.hooks:  # after the drain: they see (and send) every last verdict
+            hook.close()
         if self.auth:
             self.auth.stop()
         self.telemetry.close()
@@ -381,5 +387,11 @@ def main(args) -> int:
     if len(set(names)) != len(names):
         raise LinesideError(f"station names must differ between the configs, got {names}")
     # each station has its own ZeroMQ context, hence its own Curve authenticator and its own keys
-    serve_forever([Server(cfg) for cfg in configs])
+    servers = [Server(cfg) for cfg in configs]
+    for server in servers:
+        if server.cfg.line:
+            from .line.service import LineService
+
+            LineService(server)
+    serve_forever(servers)
     return 0

@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backends import BACKENDS
 from .errors import LinesideError
+from .line.config import LineConfig
 from .wire import HARD_MAX_PAYLOAD, MAX_SIDE, NAME_PATTERN, Limits
 
 
@@ -117,6 +119,15 @@ class StationConfig(_Strict):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
     cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
+    line: LineConfig | None = Field(None, description="line integration: triggers, PLC, reject, recipes, MQTT, "
+                                    "operator page (docs/line-integration.md)")
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)}")
+        return value
 
     @model_validator(mode="after")
     def _distinct_cameras(self):
@@ -138,6 +149,8 @@ class StationConfig(_Strict):
             cfg.curve.authorized_clients = fix(cfg.curve.authorized_clients)
         if cfg.alerts.disk:
             cfg.alerts.disk.dir = fix(cfg.alerts.disk.dir)
+        if cfg.line:
+            cfg.line.resolve(fix)
         return cfg
 
 

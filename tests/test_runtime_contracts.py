@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import gray, make_tiny_bundle
+from tiny_bundle import gray, make_tiny_bundle
 from edge_infer.bundle import Bundle, Thresholds
 from edge_infer.decide import decide
 from edge_infer.errors import ImageReadError, LinesideError

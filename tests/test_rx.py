@@ -138,3 +138,25 @@ def test_backbone_weights_load_from_official_layout_and_refuse_others(tmp_path):
     save_file({"foo.weight": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(LinesideError, match="no key"):
         load_backbone_weights(backbone, tmp_path / "other.safetensors")
+
+
+def test_export_with_a_batch_of_one_and_seed_reaches_the_model(run, tmp_path):
+    from train_host.export import export_bundle
+
+    bundle = export_bundle(run, tmp_path / "b1", max_batch=1, parity_images=4)
+    assert bundle.manifest.input.max_batch == 1
+    with pytest.raises(LinesideError, match="outside 1..1"):
+        Scorer(bundle).backend.run(np.zeros((2, 3, 64, 64), np.uint8))
+    assert json.loads((run / "run.json").read_text())["config"]["seed"] == 0
+
+
+def test_train_seed_sets_the_random_backbone(category, tmp_path):
+    from train_host.run import load_run
+
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path / f"s{seed}"
+        assert cli(["train", "rx", "--data", str(category), "--out", str(out), "--size", "64",
+                    "--feature-dim", "8", "--seed", str(seed), "--limit", "4", "--val-share", "0"]) == 0
+        runs.append(load_run(out)[0])
+    assert not torch.equal(runs[0].backbone.conv1.weight, runs[1].backbone.conv1.weight)

@@ -15,6 +15,21 @@ def register(sub) -> None:
     common_train_options(rx)
     rx_options(rx)
     rx.set_defaults(handler=handler("train_host.train:main"))
+    adtr = families.add_parser("adtr", help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
+                               description="A frozen EfficientNet-B4's five stages (720 channels) are "
+                               "reconstructed by a transformer with learned decoder queries; the error is the "
+                               "anomaly map. Features are cached once; the paper's schedule (500 epochs, "
+                               "lr x0.1 at 80%%) is the default, --epochs / --max-minutes shorten it.")
+    common_train_options(adtr)
+    adtr_options(adtr)
+    adtr.set_defaults(handler=handler("train_host.train:main"))
+    rddpm = families.add_parser("rddpm", help="few-step diffusion reconstruction trained with a robust loss",
+                                description="Train a compact UNet denoiser (robust regression: Huber, LTS, Tukey; "
+                                "MSE baseline), choose t0 and K on validation, score by reconstruction. "
+                                "Small inputs train fastest on a CPU: e.g. --size 64 --channels 1.")
+    common_train_options(rddpm)
+    rddpm_options(rddpm)
+    rddpm.set_defaults(handler=handler("train_host.train:main"))
     cutpaste = families.add_parser("cutpaste", help="segmentation net trained from scratch on Cut&Paste defects, "
                                    "optionally with learned (bi-level) synthesis",
                                    description="DRAEM-style discriminative encoder-decoder trained on defects cut "
@@ -48,7 +63,24 @@ def register(sub) -> None:
                     help="largest relative error against PyTorch that passes (default: 1e-3)")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    precision_options(ex)
     ex.set_defaults(handler=handler("train_host.export:main"))
+
+
+def precision_options(p) -> None:
+    p.add_argument("--precision", default="fp32", help="variants to write, comma-separated: fp32,fp16,int8 "
+                   "(default: fp32). Each is checked against FP32 on the evaluation split")
+    p.add_argument("--calib", help="INT8 calibration images: a folder of the station's good images, or a dataset "
+                   "('elpv', an MVTec folder: its training split) (default: the run's own training images)")
+    p.add_argument("--calib-method", default="percentile", choices=["minmax", "entropy", "percentile"],
+                   help="how activation ranges are chosen from the calibration images (default: percentile)")
+    p.add_argument("--calib-images", type=int, default=128, help="calibration images to use (default: 128)")
+    p.add_argument("--int8-activations", default="s8", choices=["s8", "u8"],
+                   help="s8: symmetric INT8 activations, as TensorRT needs (default); u8: asymmetric, faster "
+                   "with onnxruntime on x86 CPUs but not for TensorRT")
+    p.add_argument("--auroc-tolerance", type=float, default=1.0,
+                   help="AUROC points a variant may lose against FP32 before it is refused (default: 1)")
+    p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")
 
 
 def common_train_options(p) -> None:
@@ -96,5 +128,46 @@ def cutpaste_options(p) -> None:
     p.add_argument("--synth-out", metavar="DIR",
                    help="write synthesis samples before/after training and the placement map as PNGs to DIR")
     p.add_argument("--base-channels", type=int, help="width of the network's first level (default: 16)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
+
+
+def adtr_options(p) -> None:
+    p.add_argument("--epochs", type=int, help="normal-only (L_norm) epochs, lr x0.1 at 80%% (default: 500)")
+    p.add_argument("--px-epochs", type=int, help="anomaly-available (L_px) epochs, lr x0.1 for the last third "
+                   "(default: 300)")
+    p.add_argument("--max-minutes", type=float, help="wall-clock cap for training; epochs (and the lr drop) are "
+                   "scaled to fit it")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: 1e-4)")
+    p.add_argument("--anomaly-available", action="store_true", default=None,
+                   help="train with L_px on confetti-noise anomalies: after a normal-only phase, or from --init")
+    p.add_argument("--init", metavar="RUN", help="start from this normal-only adtr run (same size and weights)")
+    p.add_argument("--real-defects", action="store_true", default=None,
+                   help="also use the training split's labelled defective images (with masks) in L_px")
+    p.add_argument("--alpha", type=float, help="weight of L_px's anomaly term (default: 0.003)")
+    p.add_argument("--pool-refresh", type=int, help="epochs between new confetti pools (default: 10)")
+    p.add_argument("--backbone", help="timm CNN with features_only support (default: efficientnet_b4)")
+    p.add_argument("--hidden-dim", type=int, help="transformer width (default: 256)")
+    p.add_argument("--encoder-layers", type=int, help="transformer encoder layers (default: 4)")
+    p.add_argument("--decoder-layers", type=int, help="transformer decoder layers (default: 4)")
+    p.add_argument("--heads", type=int, help="attention heads (default: 8)")
+    p.add_argument("--ff-dim", type=int, help="feed-forward width (default: 1024)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+    p.add_argument("--score-pool", type=int, help="average-pool kernel before the max image score (default: 16)")
+
+
+def rddpm_options(p) -> None:
+    p.add_argument("--loss", choices=["huber", "lts", "tukey", "mse"], help="denoising loss (default: huber)")
+    p.add_argument("--delta", type=float, help="Huber's delta on the noise residual (default: 0.2)")
+    p.add_argument("--keep", type=float, help="LTS: share of per-image losses kept per batch (default: 0.8)")
+    p.add_argument("--t0", type=int, help="noising depth of 1000 steps (default: chosen on validation)")
+    p.add_argument("--steps", type=int, help="DDIM steps K (default: chosen on validation from 2, 4, 8)")
+    p.add_argument("--seeds", type=int, help="fixed noise draws averaged at inference (default: 1)")
+    p.add_argument("--unet", choices=["tiny", "nano", "small", "base"], help="UNet preset (default: nano, Jetson Orin Nano)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: 200)")
+    p.add_argument("--max-minutes", type=float, help="training wall-clock budget in minutes (default: 5)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--crop", type=int, help="train on random crops of this size, 0 for whole images (default: 32)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edge_infer.backends import ModelOutputs
 from edge_infer.backends.ort import OrtBackend
 from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
 from edge_infer.errors import LinesideError
@@ -29,41 +30,59 @@ OPSET = 18
 
 
 def main(args) -> int:
+    from .precision.variants import VariantOptions, parse_precisions
+
     set_threads(args.threads)
+    variants = VariantOptions(precisions=parse_precisions(args.precision), calib=args.calib,
+                              calib_method=args.calib_method, calib_images=args.calib_images,
+                              auroc_tolerance=args.auroc_tolerance, eval_limit=args.eval_limit,
+                              int8_activations=args.int8_activations)
     bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
-                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force)
+                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force,
+                           variants=variants)
     entry = bundle.manifest.files["model.onnx"]
     parity = entry.checks["parity"]
     print(f"exported {bundle.root}/model.onnx: parity on {parity['images']} images, max relative error "
           f"score {parity['score_rel_err']:.2e}, map {parity['map_rel_err']:.2e} (tolerance {parity['tolerance']:.0e})")
+    for precision, name in bundle.manifest.variants.items():
+        if precision != "fp32":
+            print(f"variant {precision}: {bundle.root}/{name} (checks in manifest.json)")
     print(f"bundle ready: {bundle.root}; next: `lineside calibrate {bundle.root} ...` or `lineside score {bundle.root} IMAGES`")
     return 0
 
 
 def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch: int = 8,
-                  parity_images: int = 16, tolerance: float = 1e-3, force: bool = False) -> Bundle:
+                  parity_images: int = 16, tolerance: float = 1e-3, force: bool = False,
+                  variants=None) -> Bundle:
+    """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for."""
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
     prepare_out(out, force)
     export_onnx(model, spec, out / "model.onnx", max_batch)
     images = parity_batch(data or record["data"].get("data"), record, spec, parity_images)
-    parity = parity_check(model, out / "model.onnx", spec, images, tolerance)
+    parity = parity_check(model, out / "model.onnx", spec, images, tolerance, max_batch)
     bundle = Bundle(out, make_manifest(record, spec, max_batch))
     bundle.add_file("model.onnx", "model", f"torch.onnx.export (opset {OPSET}, torch {torch.__version__}) "
                     f"of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
     bundle.write_thresholds(provisional_thresholds(record), "train_host.export (provisional)")
+    if variants is not None:
+        from .precision.variants import add_variants
+
+        add_variants(bundle, record, data, variants)
     return bundle
 
 
 def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: int = 8) -> None:
-    """Export with a dynamic batch dimension (1..max_batch), as one self-contained file."""
-    example = torch.zeros(2, spec.channels, spec.height, spec.width, dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    """Export with a dynamic batch dimension (1..max_batch; static at 1), as one self-contained file."""
+    if max_batch < 1:
+        raise LinesideError(f"--max-batch {max_batch}: the graph must accept at least one image")
+    example = torch.zeros(min(2, max_batch), spec.channels, spec.height, spec.width, dtype=torch.uint8)
+    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=OPSET,
                                     input_names=["image"], output_names=["anomaly_map", "score"],
-                                    dynamic_shapes={"image": {0: batch}}, external_data=False, verbose=False)
+                                    dynamic_shapes=dynamic, external_data=False, verbose=False)
     program.save(str(path), external_data=False)
     import onnx
 
@@ -72,10 +91,13 @@ def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: 
 
 @torch.no_grad()
 def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, images: np.ndarray,
-                 tolerance: float) -> dict:
+                 tolerance: float, max_batch: int = 8) -> dict:
     """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``."""
-    backend = OrtBackend(onnx_path, spec, max_batch=len(images))
-    ort_out = backend.run(images)
+    backend = OrtBackend(onnx_path, spec, max_batch=max_batch)
+    chunks = [images[i : i + max_batch] for i in range(0, len(images), max_batch)]
+    ort_outs = [backend.run(chunk) for chunk in chunks]
+    ort_out = ModelOutputs(np.concatenate([o.anomaly_map for o in ort_outs]),
+                           np.concatenate([o.score for o in ort_outs]))
     ref_map, ref_score = (t.numpy() for t in model(torch.from_numpy(images)))
     result = {
         "images": int(len(images)),

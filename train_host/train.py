@@ -28,7 +28,8 @@ def main(args) -> int:
                        contamination=args.contamination, limit=args.limit)
     out = Path(args.out)
     print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
-    train_run(args.family, family_config(args), spec, split, out, options=vars(args))
+    config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
+    train_run(args.family, config, spec, split, out, options=vars(args))
     print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
     return 0
 
@@ -45,6 +46,9 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     weights_info = {"weights": None, "note": "random initialisation: no --weights given"}
     if options.get("weights"):
         from .backbones import load_backbone_weights
+
+        if not hasattr(model, "backbone"):
+            raise LinesideError(f"the {family} family trains from scratch and has no backbone: drop --weights")
 
         weights_info = load_backbone_weights(model.backbone, options["weights"])
     context = TrainContext(split, spec, options, log)

@@ -6,7 +6,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle
 
 from edge_infer.bundle import Bundle
 from edge_infer.drift import reference_sample

@@ -7,7 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tests.conftest import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("service_double.py")

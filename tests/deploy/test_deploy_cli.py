@@ -15,7 +15,7 @@ from deploy_jetson.pack import pack_bundle
 from deploy_jetson.targets import load_inventory, resolve_targets
 from edge_infer.errors import LinesideError
 from edge_infer.signing import extract_bundle_tar
-from tests.conftest import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle
 from tests.deploy.deploy_helpers import (STATION, device_settings, free_port, lineside, provision, stop_service,
                                          write_inventory)
 

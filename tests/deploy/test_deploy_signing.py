@@ -18,7 +18,7 @@ from edge_infer.signing import (
     sign_bundle,
     verify_bundle,
 )
-from tests.conftest import make_tiny_bundle
+from tiny_bundle import make_tiny_bundle
 from tests.deploy.deploy_helpers import STATION
 
 

@@ -4,7 +4,6 @@ server in this process or a subprocess, and ways to wait for the journal."""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -12,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's make_tiny_bundle
+from tiny_bundle import gray, make_tiny_bundle
 
-from conftest import gray, make_tiny_bundle  # noqa: E402
-
-from edge_infer.journal import read_verdicts  # noqa: E402
-from edge_infer.station import StationConfig, load_station  # noqa: E402
+from edge_infer.journal import read_verdicts
+from edge_infer.station import StationConfig, load_station
 
 __all__ = ["gray", "make_tiny_bundle", "station", "wait_for_rows", "bright", "dark"]
 

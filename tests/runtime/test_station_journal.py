@@ -57,3 +57,13 @@ def test_read_verdicts_filters_and_operator_confirmation(tmp_path):
         set_confirmed(path, 999, True)
     with pytest.raises(LinesideError, match="does not exist"):
         read_verdicts(tmp_path / "missing.sqlite")
+
+
+def test_station_config_refuses_an_unknown_backend(tmp_path):
+    import pytest
+
+    from edge_infer.errors import LinesideError
+    from runtime_helpers import station
+
+    with pytest.raises(LinesideError, match="unknown backend 'tensorrtt'"):
+        station(tmp_path, backend="tensorrtt")

@@ -1,0 +1,216 @@
+"""The line service: one per station with a ``line`` section, attached to its Server.
+
+It adds no pipeline of its own. Triggers send frames into the server's frames socket; the
+server scores, journals and publishes them as always; this service's listener (on the
+server's output thread) turns each verdict back into the inspection's result for the PLC
+signals, the reject timer, the operator page and MQTT (which reads the journal).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..errors import LinesideError
+from ..logs import log_event
+from .events import LineJournal, LineMetrics
+from .hw import Clock, DebouncedInput, EdgeCounter, open_gpio
+from .live import LiveView
+from .plc_signals import ErrorCode, PlcError, PlcSignals, Result
+from .recipes import RecipeBook
+from .reject import RejectScheduler
+from .triggers import FunctionGrabber, SourceGrabber, TriggerHub
+
+IO_PERIOD_S = 0.0005  # the I/O loop: reject deadlines, trigger input, encoder
+
+
+class PlcEncoder:
+    """Encoder counts the PLC writes into its registers (32-bit, wrapping), unwrapped."""
+
+    def __init__(self, signals):
+        self.signals, self.last, self.total = signals, None, 0
+
+    def count(self) -> int:
+        raw = self.signals.encoder
+        if self.last is not None:
+            self.total += (raw - self.last) % (1 << 32)
+        self.last = raw
+        return self.total
+
+
+class LineService:
+    def __init__(self, server, grabber=None, clock: Clock | None = None, gpio=None):
+        cfg = server.cfg.line
+        if cfg is None:
+            raise LinesideError(f"station {server.station} has no `line` section: add one (docs/line-integration.md)")
+        if not cfg.recipes:
+            raise LinesideError("the station's line section has no recipes: add at least one "
+                                "(id, name, bundle) under line.recipes")
+        self.server, self.cfg, self.station = server, cfg, server.station
+        self.clock = clock or Clock()
+        self.gpio = gpio or open_gpio(cfg.gpio_backend, self.clock)
+        self.signals = PlcSignals(cfg.result_buffer)
+        self.journal = LineJournal(server.cfg.journal.path, self.station)
+        self.metrics = LineMetrics(server.telemetry.registry, self.station)
+        self.signals.on_error = self._error_raised
+        self.live = LiveView(cfg.drift)
+        self.reject = self._reject()
+        self.trigger_input = (DebouncedInput(self.gpio, cfg.trigger_input.pin, cfg.trigger_input.debounce_ms,
+                                             self.clock, cfg.trigger_input.active_high) if cfg.trigger_input else None)
+        if grabber is None:
+            if cfg.camera is None:
+                raise LinesideError("line.camera is missing: give the source the line service grabs from")
+            grabber = SourceGrabber(cfg.camera.source)
+        elif callable(grabber):
+            grabber = FunctionGrabber(grabber)
+        self.hub = TriggerHub(server, cfg, grabber, self.signals, self.clock, self.metrics, self._mode,
+                              self.reject, self._grab_failed)
+        self.recipes = RecipeBook(server, cfg, self.signals, self.journal, self.hub)
+        self.recipes.switch(cfg.recipe or cfg.recipes[0].id, "startup")  # before the server scores anything
+        self.channels: list = []
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        server.listeners.append(self.on_verdict)
+        server.hooks.append(self)
+        server.commands.update(recipe=self._cmd_recipe, trigger=self._cmd_trigger, line=self._cmd_line)
+
+    def _reject(self):
+        rc = self.cfg.reject
+        if rc is None:
+            return None
+        encoder = None
+        if rc.encoder is not None:
+            encoder = EdgeCounter(self.gpio, rc.encoder.pin) if rc.encoder.source == "gpio" else PlcEncoder(self.signals)
+        self.encoder = encoder
+
+        def late(p):
+            self.metrics.late.labels(self.station).inc()
+            self.signals.count("LATE")
+            self.journal.event("reject_late", "reject", inspection=p.inspection_id)  # the journal shows LATE parts
+            log_event("reject_late", station=self.station, inspection=p.inspection_id)
+
+        return RejectScheduler(rc, self.gpio, self.clock, encoder, on_late=late,
+                               on_fire=lambda p: self.metrics.rejects.labels(self.station).inc())
+
+    def _mode(self) -> str:
+        return self.recipes.active.trigger if self.recipes.active else "any"
+
+    # ---- lifecycle (server hooks) --------------------------------------------------------
+    def start(self) -> None:
+        self.hub.start()
+        for target, name in ((self._io_loop, "line-io"), (lambda: self.hub.free_run(self.stop), "line-free-run")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self.threads.append(t)
+        from .channels import start_channels
+
+        self.channels = start_channels(self)
+        self.signals.ready = True
+        log_event("line_ready", station=self.station, recipe=self.signals.recipe_id,
+                  channels=[type(c).__name__ for c in self.channels])
+
+    def close(self) -> None:
+        self.signals.ready = False
+        self.stop.set()
+        self.hub.close()
+        for t in self.threads:
+            t.join(timeout=5)
+        for channel in reversed(self.channels):
+            try:
+                channel.close()
+            except Exception as exc:  # noqa: BLE001  one channel failing to stop must not keep the others up
+                log_event("line_channel_close_failed", channel=type(channel).__name__, error=repr(exc))
+        if self.reject:
+            self.reject.close()
+        self.gpio.close()
+        self.journal.close()
+
+    def _io_loop(self) -> None:
+        encoder_poll = getattr(getattr(self, "encoder", None), "poll", None)
+        while not self.stop.is_set():
+            if encoder_poll:
+                encoder_poll()
+            if self.trigger_input and self.trigger_input.poll():
+                self.trigger("gpio", "gpio")
+            if self.reject:
+                self.reject.tick()
+            self.clock.sleep(IO_PERIOD_S)
+
+    # ---- requests (PLC, OPC UA, ctl, page) -----------------------------------------------
+    def trigger(self, source: str, who: str) -> int | None:
+        """Trigger one inspection; a refused trigger sets the error code and returns None."""
+        try:
+            return self.hub.trigger(source).id
+        except PlcError as exc:
+            self.signals.set_error(exc.code, exc.detail)
+            if source == "page":
+                self.journal.event("trigger_refused", who, error=exc.code.name, detail=exc.detail)
+            return None
+
+    def select_recipe(self, recipe_id, who: str, wait: bool = False) -> dict:
+        """Switch recipes (in the background unless ``wait``); bad ids set the error code and raise PlcError."""
+        try:
+            if wait:
+                return self.recipes.switch(recipe_id, who)
+            self.recipes.switch_async(recipe_id, who, self._switch_failed)
+            return {"recipe": recipe_id, "switching": True}
+        except PlcError as exc:
+            self._switch_failed(exc, who, recipe_id)
+            raise
+
+    def _switch_failed(self, exc: PlcError, who: str = "?", recipe_id=None) -> None:
+        self.signals.set_error(exc.code, exc.detail)
+        self.journal.event("recipe_refused", who, to=recipe_id, error=exc.code.name, detail=exc.detail)
+
+    def acknowledge_alarm(self, who: str) -> dict | None:
+        alarm = self.live.acknowledge()
+        code = int(self.signals.error_code)
+        self.signals.reset_error()
+        self.journal.event("alarm_ack", who, alarm=alarm, error_code=code)
+        return alarm
+
+    def _error_raised(self, code: ErrorCode, detail: str) -> None:
+        self.metrics.plc_errors.labels(self.station, code.name).inc()
+        log_event("line_error", station=self.station, code=int(code), name=code.name, detail=detail)
+
+    def _grab_failed(self, insp, reason: str) -> None:
+        if self.reject:
+            self.reject.decided(insp.id, "ERROR")
+        self.signals.set_error(ErrorCode.CAMERA_FAILED, reason)
+        self.signals.push_result(Result(insp.id, "ERROR", None, insp.recipe_id))
+        self.journal.event("grab_failed", insp.source, inspection=insp.id, reason=reason)
+
+    # ---- the verdict stream ---------------------------------------------------------------
+    def on_verdict(self, item, event: dict) -> None:
+        tag = (event.get("tags") or {}).get("inspection")
+        if tag is None or not tag.isdigit():
+            return  # a frame from another camera: not a triggered part
+        insp = self.hub.decided(int(tag))
+        if insp is None:
+            return
+        late = bool(self.reject.decided(insp.id, event["status"])) if self.reject else False
+        self.signals.push_result(Result(insp.id, event["status"], event.get("score"), insp.recipe_id, late,
+                                        event.get("id")))
+        image = item.image if item.image is not None else insp.image
+        self.live.update(insp.id, event, image, item.anomaly_map)
+        for channel in self.channels:
+            wake = getattr(channel, "wake", None)
+            if wake is not None:
+                wake.set()
+
+    # ---- control commands (lineside ctl) --------------------------------------------------
+    def _cmd_recipe(self, server, request) -> dict:
+        try:
+            return {"ok": True, **self.select_recipe(request.get("id"), str(request.get("who", "ctl")), wait=True)}
+        except PlcError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    def _cmd_trigger(self, server, request) -> dict:
+        inspection = self.trigger("network", str(request.get("who", "ctl")))
+        if inspection is None:
+            return {"ok": False, "error": self.signals.error_detail, "error_code": int(self.signals.error_code)}
+        return {"ok": True, "inspection": inspection}
+
+    def _cmd_line(self, server, request) -> dict:
+        snap = self.signals.snapshot()
+        snap["history"] = [r.__dict__ for r in snap["history"]]
+        return {"ok": True, "signals": snap, "recipes": {r.id: r.name for r in self.cfg.recipes}}

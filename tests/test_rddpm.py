@@ -1,0 +1,172 @@
+"""rddpm: robust losses on known inputs, few-step DDIM reconstruction, unrolled export, end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edge_infer.bundle import Bundle
+from edge_infer.errors import LinesideError
+from edge_infer.preprocess import InputSpec
+from edge_infer.score import Scorer
+from lineside.cli import main as cli
+from mvtec_fixture import make_mvtec
+from train_host.data import load_split
+from train_host.models import rddpm
+from train_host.models.rddpm_select import choose_inference, synthesize
+from train_host.models.robust_losses import (RobustLoss, huber_loss, lts_loss, mse_loss, tukey_loss, tukey_rho,
+                                             tukey_weight)
+
+SPEC = InputSpec(32, 32, 1)
+TINY = {"unet": "tiny", "t0": 100, "steps": 3, "sigma": 1.0, "score": "max"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core box, two spin-waiting threads per op run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    return make_mvtec(tmp_path_factory.mktemp("data") / "cells", n_train=24, n_good=4, n_defect=4)
+
+
+@pytest.fixture(scope="module")
+def run(category, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "rddpm"
+    assert cli(["train", "rddpm", "--data", str(category), "--out", str(out), "--size", "32", "--channels", "1",
+                "--unet", "tiny", "--loss", "huber", "--t0", "100", "--steps", "2", "--seeds", "2", "--epochs", "10", "--lr", "3e-3",
+                "--max-minutes", "3", "--crop", "0", "--batch-size", "8", "--sigma", "1", "--threads", "1"]) == 0
+    return out
+
+
+def test_huber_is_quadratic_below_delta_and_linear_above():
+    delta = 0.2
+    assert huber_loss(torch.tensor([0.1]), delta).item() == pytest.approx(0.5 * 0.1**2)
+    assert huber_loss(torch.tensor([1.0]), delta).item() == pytest.approx(delta * (1.0 - delta / 2))
+    r = torch.tensor([0.1, 1.0, 5.0], requires_grad=True)
+    huber_loss(r, delta).backward()
+    assert r.grad.tolist() == pytest.approx([0.1 / 3, delta / 3, delta / 3])  # slope r below δ, δ beyond
+
+
+def test_lts_keeps_the_lowest_share_of_per_image_losses():
+    per_image = torch.tensor([1.0, 2.0, 3.0, 100.0, 4.0])
+    assert lts_loss(per_image, keep=0.8).item() == pytest.approx(2.5)  # 100 dropped
+    # ranked against a per-timestep reference: the large loss at a hard timestep is kept
+    reference = torch.tensor([1.0, 1.0, 1.0, 100.0, 0.5])
+    assert lts_loss(per_image, keep=0.8, reference=reference).item() == pytest.approx((1 + 2 + 3 + 100) / 4)
+
+
+def test_tukey_weight_is_zero_beyond_its_cutoff():
+    u = torch.tensor([0.0, 2.0, 4.6, 4.8, 50.0], requires_grad=True)
+    assert tukey_weight(u.detach()).tolist()[3:] == [0.0, 0.0]
+    assert tukey_weight(u.detach())[1] > 0
+    tukey_rho(u).sum().backward()
+    assert u.grad[1] > 0 and u.grad[3] == 0 and u.grad[4] == 0
+    assert tukey_rho(torch.tensor([4.8])).item() == pytest.approx(tukey_rho(torch.tensor([50.0])).item())
+
+
+@pytest.mark.parametrize("name", ["huber", "lts", "tukey"])
+def test_one_huge_outlier_moves_the_robust_gradient_far_less_than_mse(name):
+    g = torch.Generator().manual_seed(0)
+    clean = 0.1 * torch.randn(10, 1, 8, 8, generator=g)
+    dirty = clean.clone()
+    dirty[0] += 20.0  # one training image far off what the rest of the batch says
+    t = torch.full((10,), 100)
+
+    def grad(loss, r):
+        r = r.clone().requires_grad_(True)
+        loss(r, t).backward()
+        return r.grad
+
+    mse = RobustLoss("mse")
+    shift_mse = (grad(mse, dirty) - grad(mse, clean)).norm()
+    robust = RobustLoss(name)
+    shift_robust = (grad(robust, dirty) - grad(RobustLoss(name), clean)).norm()
+    assert shift_robust < 0.05 * shift_mse
+
+
+def test_losses_agree_with_mse_on_small_residuals():
+    r = 0.01 * torch.randn(4, 1, 8, 8)
+    assert huber_loss(r).item() == pytest.approx(0.5 * mse_loss(r).item(), rel=1e-5)
+    # standardised by their own robust scale, normal residuals sit at |u| ~ 1 < c: Tukey's ρ is
+    # u²/2 − u⁴/2c² + …, about 11% below the quadratic there, and never above it
+    assert 0.8 * 0.5 * mse_loss(r).item() < tukey_loss(r).item() <= 0.5 * mse_loss(r).item()
+
+
+def test_ddim_timesteps_and_bad_config():
+    assert rddpm.ddim_timesteps(250, 4) == [250, 188, 125, 62]
+    assert rddpm.ddim_timesteps(100, 1) == [100]
+    with pytest.raises(LinesideError, match="--t0"):
+        rddpm.build({"t0": 2000}, SPEC)
+    with pytest.raises(LinesideError, match="multiple of"):
+        rddpm.build({"unet": "nano"}, InputSpec(30, 30, 1))
+
+
+def test_few_step_ddim_reconstructs_a_training_image_better_than_a_corrupted_one(run, category):
+    from train_host.data import make_loader
+    from train_host.run import load_run
+
+    model, record = load_run(run)
+    assert record["config"]["t0"] == 100 and record["config"]["steps"] == 2
+    images = next(iter(make_loader(load_split(category).train, SPEC, batch_size=8)))["image"]
+    corrupted = images.clone()
+    corrupted[:, :, 10:16, 8:24] = 230  # a bright bar the good images never have (below the clamp at 255)
+    with torch.no_grad():
+        x, y = model.to_unit(images), model.to_unit(corrupted)
+        err_clean = (model.reconstruct(x) - x).abs()[:, :, 10:16, 8:24].mean()
+        err_bar = (model.reconstruct(y) - y).abs()[:, :, 10:16, 8:24].mean()
+        assert err_bar > 2 * err_clean
+        assert model(corrupted)[1].mean() > model(images)[1].mean()
+
+
+def test_validation_chooses_t0_and_steps_from_synthetic_anomalies():
+    torch.manual_seed(0)
+    images = torch.from_numpy(np.random.default_rng(0).integers(90, 160, (6, 1, 32, 32)).astype(np.uint8))
+    bad = synthesize(images, seed=1)
+    assert bad.shape == images.shape and bad.dtype == torch.uint8
+    assert ((bad.int() - images.int()).abs().flatten(1).amax(1) > 30).all()  # every copy got an anomaly
+    model = rddpm.build({"unet": "tiny", "val_images": 6}, SPEC)
+    chosen = choose_inference(model, images, log=lambda *_: None)
+    assert chosen["t0"] in (50, 100, 175, 250, 350) and chosen["steps"] in (2, 4, 8)
+    assert (model.t0, model.steps) == (chosen["t0"], chosen["steps"])
+    assert all(0 <= t["auroc"] <= 1 for t in chosen["tried"])
+    fixed = rddpm.build({"unet": "tiny", "t0": 150, "val_images": 6}, SPEC)
+    assert choose_inference(fixed, images, log=lambda *_: None)["t0"] == 150
+    untouched = rddpm.build({"unet": "tiny"}, SPEC)  # no validation images: defaults, said so
+    assert choose_inference(untouched, images[:0], log=lambda *_: None)["method"].startswith("defaults")
+    assert (untouched.t0, untouched.steps) == (rddpm.DEFAULT_T0, rddpm.DEFAULT_STEPS)
+
+
+def test_train_evaluate_export_score_end_to_end(run, category, tmp_path):
+    """The export unrolls K = 2 steps over 2 fixed noise draws; its parity check covers the whole loop."""
+    import onnx
+
+    metrics_path = tmp_path / "metrics.json"
+    assert cli(["evaluate", str(run), "--json", str(metrics_path)]) == 0
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["family"] == "rddpm" and metrics["image_auroc"] > 0.9
+    bundle_dir = tmp_path / "bundle"
+    assert cli(["export", str(run), "--out", str(bundle_dir), "--parity-images", "6"]) == 0
+    bundle = Bundle.load(bundle_dir)
+    assert bundle.manifest.model.family == "rddpm" and bundle.manifest.model.config["steps"] == 2
+    parity = bundle.manifest.files["model.onnx"].checks["parity"]
+    assert parity["score_rel_err"] < 1e-3 and parity["map_rel_err"] < 1e-3 and parity["images"] > 0
+    graph = onnx.load(str(bundle_dir / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image"]  # the noise is a constant inside the graph
+
+    from train_host.infer import predict
+    from train_host.run import load_run
+
+    model, _ = load_run(run)
+    samples = load_split(category).test
+    scored = list(Scorer(bundle).score_paths([s.path for s in samples], batch=4))
+    onnx_scores = np.array([s.verdict.score for s in scored])
+    np.testing.assert_allclose(onnx_scores, predict(model, samples, SPEC).scores, rtol=1e-3, atol=1e-5)
+    defects = np.array([s.label for s in samples]) == 1
+    assert onnx_scores[defects].mean() > onnx_scores[~defects].mean()

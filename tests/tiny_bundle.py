@@ -1,0 +1,52 @@
+"""A torch-free bundle for tests whose model meets the I/O contract:
+its anomaly map is the image's brightness (0..1) and its score the map's maximum, so a
+test knows exactly which verdict each image must get."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: int = 3,
+                     image_threshold: float | None = 0.5, max_batch: int = 8) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
+
+    root.mkdir(parents=True, exist_ok=True)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["f", "axes1"], ["m"], keepdims=1),
+        helper.make_node("Div", ["m", "c255"], ["anomaly_map"]),
+        helper.make_node("ReduceMax", ["anomaly_map", "axes123"], ["score"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", channels, height, width])],
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["N", 1, height, width]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        initializer=[helper.make_tensor("axes1", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("axes123", TensorProto.INT64, [3], [1, 2, 3]),
+                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, root / "model.onnx")
+
+    manifest = Manifest(
+        model=ModelInfo(family="tiny", name="brightness", version="test"),
+        input=InputInfo(height=height, width=width, channels=channels, max_batch=max_batch),
+        outputs=OutputInfo(map_height=height, map_width=width),
+    )
+    bundle = Bundle(root, manifest)
+    bundle.add_file("model.onnx", "model", "tests/tiny_bundle.py make_tiny_bundle", precision="fp32")
+    bundle.write_thresholds(Thresholds(image=image_threshold), "tests/tiny_bundle.py")
+    return root
+
+
+def gray(value: int, size=(40, 48)) -> np.ndarray:
+    return np.full(size, value, np.uint8)

@@ -1,0 +1,228 @@
+"""rddpm: few-step robust diffusion — reconstruct a normal version of the image, compare.
+
+Training is DDPM noise prediction (T = 1000, linear β from 1e-4 to 0.02) on the station's
+good images, with the regression made robust (robust_losses.py: Huber, least trimmed
+squares, Tukey; MSE is the baseline), so defects hidden among the "good" images pull the
+model less. Inference noises the input part-way, to step t0, with noise fixed in the graph
+(one draw per seed), runs K deterministic DDIM steps back to a clean image, and compares
+input and reconstruction: absolute pixel difference plus a local-SSIM structural term,
+smoothed, with the image score the max or top-k mean of the map. The K steps are a Python
+loop over constant timesteps, so ONNX export unrolls them into one graph that takes only
+``image``. t0 and K are chosen after training on the validation good images and synthetic
+anomalies made from them (rddpm_select.py), unless given.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_infer.errors import LinesideError
+from edge_infer.preprocess import InputSpec
+
+from .layers import GaussianBlur, ImageScore
+from .robust_losses import LOSSES, RobustLoss
+from .unet import UNet, UNetConfig
+
+FAMILY = "rddpm"
+T = 1000
+DEFAULT_T0, DEFAULT_STEPS = 250, 4  # used until validation (or the user) sets them
+
+
+@dataclass
+class RDDPMConfig:
+    unet: str = "nano"  # UNet preset (unet.PRESETS); "nano" fits a Jetson Orin Nano
+    loss: str = "huber"  # mse | huber | lts | tukey
+    delta: float = 0.2  # Huber's δ on the noise residual
+    keep: float = 0.8  # LTS: share of per-image losses kept in each batch
+    t0: int | None = None  # noising depth; None: chosen on validation
+    steps: int | None = None  # DDIM steps K; None: chosen on validation
+    seeds: int = 1  # fixed noise draws whose reconstructions are averaged
+    train_t_max: int = 500  # training timesteps drawn from [0, train_t_max]: inference never goes deeper
+    epochs: int = 200
+    max_minutes: float = 5.0  # training stops at this wall-clock budget, whichever comes first
+    lr: float = 1e-3
+    ema: float = 0.995  # decay of the weight average used for inference
+    crop: int = 32  # train on random crops of this size (0: whole images); the UNet is fully convolutional
+    ssim_weight: float = 1.0  # structural term's weight beside the pixel difference
+    sigma: float = 2.0  # smoothing of the anomaly map, in pixels
+    score: str = "topk:0.01"
+    val_images: int = 64  # validation good images (and as many synthetic anomalies) for choosing t0, K
+    t0_grid: tuple[int, ...] = (50, 100, 175, 250, 350)  # candidates when t0 is None
+    steps_grid: tuple[int, ...] = (2, 4, 8)  # candidates when steps is None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RDDPMConfig":
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("t0_grid", "steps_grid"):
+            if key in d:
+                d[key] = tuple(int(v) for v in d[key])
+        return cls(**d)
+
+
+def linear_alphas_cumprod(timesteps: int = T) -> list[float]:
+    betas = torch.linspace(1e-4, 0.02, timesteps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).tolist()
+
+
+def ddim_timesteps(t0: int, steps: int) -> list[int]:
+    """t0 > … > t0/K, evenly spaced; the last step lands on the clean image."""
+    return [max(1, round(t0 * (steps - i) / steps)) for i in range(steps)]
+
+
+class RDDPMDetector(nn.Module):
+    def __init__(self, config: RDDPMConfig, spec: InputSpec):
+        super().__init__()
+        check_config(config, spec)
+        self.config, self.spec = config, spec
+        self.unet = UNet(UNetConfig.preset(config.unet, spec.channels))
+        if spec.height % self.unet.multiple or spec.width % self.unet.multiple:
+            raise LinesideError(f"rddpm's {config.unet} UNet needs --size a multiple of {self.unet.multiple}, "
+                                f"got {spec.height}x{spec.width}: e.g. --size 64")
+        self.alphas_cumprod = linear_alphas_cumprod()
+        generator = torch.Generator().manual_seed(config.seed)
+        noise = torch.randn(config.seeds, spec.channels, spec.height, spec.width, generator=generator)
+        self.register_buffer("noise", noise, persistent=False)  # regenerated from the seed: fixed in the graph
+        self.ssim_window = GaussianBlur(1.5)
+        self.smooth = GaussianBlur(config.sigma)
+        self.image_score = ImageScore(config.score, spec.height * spec.width)
+        self.set_inference(config.t0 or DEFAULT_T0, config.steps or DEFAULT_STEPS)
+
+    def set_inference(self, t0: int, steps: int) -> None:
+        self.t0, self.steps = int(t0), int(steps)
+        self.timesteps = ddim_timesteps(self.t0, self.steps)
+
+    @staticmethod
+    def to_unit(image: torch.Tensor) -> torch.Tensor:
+        return image.float() / 127.5 - 1.0  # uint8 → [-1, 1]
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise x to t0 with each fixed draw, K DDIM steps back, average over the draws."""
+        c, h, w = x.shape[1:]
+        ab = self.alphas_cumprod
+        seeds = self.noise.shape[0]
+        xt = math.sqrt(ab[self.t0]) * x.unsqueeze(1) + math.sqrt(1 - ab[self.t0]) * self.noise.unsqueeze(0)
+        xt = xt.reshape(-1, c, h, w)  # (N·seeds)×C×H×W
+        for i, t in enumerate(self.timesteps):
+            a_t = ab[t]
+            a_prev = ab[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
+            eps = self.unet(xt, torch.tensor([float(t)]))
+            x0 = ((xt - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, 1.0)
+            xt = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
+        return xt.reshape(-1, seeds, c, h, w).mean(1)
+
+    def ssim_distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """1 − local SSIM (Gaussian window σ = 1.5), per channel; 0 where the structure matches."""
+        c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # data range 2 ([-1, 1])
+        n, c, h, w = x.shape
+        x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
+        blur = self.ssim_window
+        mx, my = blur(x), blur(y)
+        vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        return (1 - ssim).reshape(n, c, h, w)
+
+    def anomaly_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        pixel = (x - recon).abs().mean(1, keepdim=True)
+        structure = self.ssim_distance(x, recon).mean(1, keepdim=True)
+        return self.smooth(pixel + self.config.ssim_weight * structure)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.to_unit(image)
+        amap = self.anomaly_map(x, self.reconstruct(x))
+        return amap, self.image_score(amap)
+
+
+def check_config(config: RDDPMConfig, spec: InputSpec) -> None:
+    problems = []
+    if config.loss not in LOSSES:
+        problems.append(f"--loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
+    if config.t0 is not None and not 1 <= config.t0 < T:
+        problems.append(f"--t0 {config.t0}: use a step in 1..{T - 1}, e.g. 250")
+    if config.steps is not None and not 1 <= config.steps <= (config.t0 or DEFAULT_T0):
+        problems.append(f"--steps {config.steps}: use 1..t0 DDIM steps, e.g. 4")
+    if config.seeds < 1:
+        problems.append(f"--seeds {config.seeds}: use at least 1")
+    if not 0 < config.keep <= 1:
+        problems.append(f"--keep {config.keep}: LTS keeps a share in (0, 1], e.g. 0.8")
+    if config.crop and (config.crop > min(spec.height, spec.width) or config.crop % 4):
+        problems.append(f"--crop {config.crop}: use a multiple of 4 up to the input size, or 0 for whole images")
+    if problems:
+        raise LinesideError("rddpm: " + "; ".join(problems))
+
+
+def build(config: dict, spec: InputSpec) -> RDDPMDetector:
+    return RDDPMDetector(RDDPMConfig.from_dict(config), spec).eval()
+
+
+def load_images(context, samples, what: str) -> torch.Tensor:
+    """All of a sample list as one uint8 tensor: small images, read once instead of every epoch."""
+    batches = [b["image"] for b in context.loader(samples, progress=f"rddpm: reading {what}")]
+    if not batches:
+        raise LinesideError(f"rddpm: no readable {what} images")
+    return torch.cat(batches)
+
+
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    if not size or size >= min(x.shape[-2:]):
+        return x
+    top = int(torch.randint(0, x.shape[-2] - size + 1, (1,), generator=generator))
+    left = int(torch.randint(0, x.shape[-1] - size + 1, (1,), generator=generator))
+    return x[..., top:top + size, left:left + size]
+
+
+def fit(model: RDDPMDetector, context) -> dict:
+    """Train the denoiser with the configured loss, then choose t0 and K on validation."""
+    from .rddpm_select import choose_inference
+
+    cfg = model.config
+    images = load_images(context, context.split.train, "train")
+    batch_size = int(context.options.get("batch_size") or 16)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ab = torch.tensor(model.alphas_cumprod, dtype=torch.float32)
+    loss_fn = RobustLoss(cfg.loss, delta=cfg.delta, keep=cfg.keep, timesteps=cfg.train_t_max + 1)
+    unet = model.unet.train()
+    ema = [p.detach().clone() for p in unet.parameters()]
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    started, steps, losses, epoch = time.perf_counter(), 0, [], 0
+    budget = cfg.max_minutes * 60
+    for epoch in range(1, cfg.epochs + 1):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(images), batch_size):
+            x0 = random_crop(model.to_unit(images[order[start:start + batch_size]]), cfg.crop, generator)
+            t = torch.randint(0, cfg.train_t_max + 1, (len(x0),), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            a = ab[t].view(-1, 1, 1, 1)
+            loss = loss_fn(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - noise, t)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for e, p in zip(ema, unet.parameters()):
+                    e.lerp_(p, 1 - min(cfg.ema, (1 + steps) / (10 + steps)))  # warm-up: early EMA tracks fast
+            steps += 1
+            losses.append(loss.item())
+            if time.perf_counter() - started > budget:
+                break
+        context.log(f"rddpm: epoch {epoch} ({steps} steps): {cfg.loss} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
+        if time.perf_counter() - started > budget:
+            context.log(f"rddpm: stopped at the {cfg.max_minutes:g}-minute budget")
+            break
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        for e, p in zip(ema, unet.parameters()):
+            p.copy_(e)
+    model.eval()
+    val = load_images(context, context.split.val, "validation") if context.split.val else images[:0]
+    selection = choose_inference(model, val, context.log)
+    cfg.t0, cfg.steps = model.t0, model.steps
+    return {"images": len(images), "contaminated": sum(s.label == 1 for s in context.split.train),
+            "epochs": epoch, "steps": steps, "train_seconds": round(seconds, 1),
+            "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 5),
+            "selection": selection, "config": asdict(cfg)}
