@@ -72,13 +72,14 @@ class CutPasteDetector(nn.Module):
         self.normalize = Normalize(mean=(0.5,) * c, std=(0.25,) * c, out_channels=c)
         with torch.random.fork_rng():  # reproducible random init from the seed
             torch.manual_seed(config.seed)
-            self.seg = SegmentationNet(c, config.base_channels)
+            # named `backbone` so `lineside export --precision fp16,int8` can find the network
+            self.backbone = SegmentationNet(c, config.base_channels)
         self.smooth = GaussianBlur(config.sigma)
         self.image_score = ImageScore(config.score, spec.height * spec.width)
 
     def logits(self, image: torch.Tensor) -> torch.Tensor:
         """uint8 or 0-255 float images → N×1×H×W defect logits (training uses these)."""
-        return self.seg(self.normalize(image))
+        return self.backbone(self.normalize(image))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.smooth(torch.sigmoid(self.logits(image)))

@@ -89,7 +89,7 @@ def train_bilevel(model, context) -> dict:
 
 def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -> float:
     """One hypergradient step on the synthesis; returns the unrolled validation loss."""
-    seg = model.seg
+    seg = model.backbone  # the whole segmentation net; named so the precision export can find it
     params = dict(seg.named_parameters())
     buffers = {k: v.clone() for k, v in seg.named_buffers()}  # the look-ahead leaves BN statistics alone
     x, m = synth(images)  # differentiable in the synthesis parameters
