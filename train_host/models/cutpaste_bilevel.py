@@ -106,11 +106,12 @@ def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -
 
 
 def validation_set(context, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drawn defects on the held-out good images; without any, on the last training images (overlap)."""
     samples = context.split.val or context.split.train[-VAL_IMAGES:]
     images = first_images(context, samples, VAL_IMAGES)
     if len(images) == 0:
         raise LinesideError("cutpaste needs some good images for its validation defects: the data has none; "
-                            "add images to train/good or lower --val-share less")
+                            "add images to train/good (and keep --val-share above 0)")
     return validation_defects(images, seed)
 
 
