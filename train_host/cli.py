@@ -30,6 +30,14 @@ def register(sub) -> None:
     common_train_options(rddpm)
     rddpm_options(rddpm)
     rddpm.set_defaults(handler=handler("train_host.train:main"))
+    cutpaste = families.add_parser("cutpaste", help="segmentation net trained from scratch on Cut&Paste defects, "
+                                   "optionally with learned (bi-level) synthesis",
+                                   description="DRAEM-style discriminative encoder-decoder trained on defects cut "
+                                   "and pasted from the station's own good images; --learned-synthesis tunes where "
+                                   "and how to paste by a validation hypergradient (docs/cutpaste.md).")
+    common_train_options(cutpaste)
+    cutpaste_options(cutpaste)
+    cutpaste.set_defaults(handler=handler("train_host.train:main"))
 
     ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
                         description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
@@ -106,6 +114,22 @@ def rx_options(p) -> None:
     p.add_argument("--shrinkage", help="covariance shrinkage: 'oas' or a weight in [0,1] (default: oas)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+
+
+def cutpaste_options(p) -> None:
+    p.add_argument("--learned-synthesis", action="store_true",
+                   help="learn placement and transform weights bi-level (default: fixed uniform synthesis)")
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training images (default: 5)")
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--lr", type=float, help="Adam learning rate of the network (default: 1e-3)")
+    p.add_argument("--synth-lr", type=float, help="Adam learning rate of the synthesis (default: 0.05)")
+    p.add_argument("--upper-every", type=int, help="lower steps per upper step (default: 2)")
+    p.add_argument("--inner-lr", type=float, help="SGD step ξ of the unrolled look-ahead (default: 0.01)")
+    p.add_argument("--synth-out", metavar="DIR",
+                   help="write synthesis samples before/after training and the placement map as PNGs to DIR")
+    p.add_argument("--base-channels", type=int, help="width of the network's first level (default: 16)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
 
 
 def adtr_options(p) -> None:

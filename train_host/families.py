@@ -15,6 +15,7 @@ FAMILIES = {
     "rx": "train_host.models.rx",
     "adtr": "train_host.models.adtr",
     "rddpm": "train_host.models.rddpm",
+    "cutpaste": "train_host.models.cutpaste",
 }
 
 

@@ -1,0 +1,198 @@
+"""Bi-level training: the network learns from synthetic defects, the synthesis learns to help it.
+
+Lower level: Adam steps on the segmentation network with focal + Dice loss on Cut&Paste
+defects (synthesis held constant). Upper level (``learned_synthesis``), every few lower
+steps: the hypergradient of a validation loss with respect to the synthesis parameters,
+by **one-step truncated unrolling, second order** (DARTS's second-order approximation,
+with the exact Hessian-vector product from autograd instead of DARTS's finite
+difference): w' = w − ξ ∇_w L_train(w, φ), then ∇_φ L_val(w'). First-order DARTS would
+give zero here — the validation loss does not depend on φ except through w'.
+
+Validation signal: drawn defects of a different family (scratches, noise blobs, dark
+spots; `validation_defects`) on the held-out good validation images, so the upper level
+cannot make its own task easy. Real labelled defects as the signal are not wired in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from edge_infer.errors import LinesideError
+
+from .cutpaste import focal_dice_loss
+from .cutpaste_synthesis import CutPasteSynthesis, validation_defects
+
+VAL_IMAGES = 32  # held-out validation defects the upper level scores against
+
+
+def train_bilevel(model, context) -> dict:
+    opts = context.options
+    learned = bool(opts.get("learned_synthesis"))
+    epochs = int(opts.get("epochs") or 5)
+    deadline = time.monotonic() + 60 * float(opts.get("max_minutes") or math.inf)
+    upper_every = int(opts.get("upper_every") or 2)
+    inner_lr = float(opts.get("inner_lr") or 0.01)
+    synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)))
+    val_x, val_m = validation_set(context, int(opts.get("seed", 0)))
+    preview = first_images(context, context.split.train, 8)
+    synth_out = Path(opts["synth_out"]) if opts.get("synth_out") else None
+    if synth_out:
+        save_synthesis_pngs(synth, preview, val_x, val_m, synth_out, "before")
+    net_opt = torch.optim.Adam(model.parameters(), lr=float(opts.get("lr") or 1e-3))
+    synth_opt = torch.optim.Adam(synth.parameters(), lr=float(opts.get("synth_lr") or 0.05))
+    steps, upper_steps, val_losses, losses, stopped = 0, 0, [], [], "epochs"
+    for epoch in range(epochs):
+        for batch in context.loader(context.split.train, shuffle=True, progress=f"cutpaste: epoch {epoch + 1}"):
+            model.train()
+            with torch.no_grad():
+                x, m = synth(batch["image"])
+            loss = focal_dice_loss(model.logits(x), m)
+            net_opt.zero_grad()
+            loss.backward()
+            net_opt.step()
+            losses.append(loss.item())
+            steps += 1
+            if learned and steps % upper_every == 0:
+                val_losses.append(upper_step(model, synth, synth_opt, batch["image"], val_x, val_m, inner_lr))
+                upper_steps += 1
+            if time.monotonic() > deadline:
+                stopped = "max_minutes"
+                break
+        context.log(f"cutpaste: epoch {epoch + 1}: mean loss {np.mean(losses[-50:]):.4f}"
+                    + (f", validation (unrolled) {np.mean(val_losses[-20:]):.4f}" if val_losses else ""))
+        if stopped == "max_minutes":
+            break
+    model.eval()
+    if synth_out:
+        save_synthesis_pngs(synth, preview, val_x, val_m, synth_out, "after")
+        context.log(f"cutpaste: wrote synthesis samples and the placement map to {synth_out}")
+    with torch.no_grad():
+        val_loss = float(focal_dice_loss(model.logits(val_x), val_m))
+    return {
+        "synthesis": "learned (bi-level)" if learned else "fixed (uniform placement and transforms)",
+        "hypergradient": "one-step truncated unrolling, second order (exact Hessian-vector product)"
+        if learned else None,
+        "validation_signal": "drawn scratches / noise blobs / dark spots on held-out good images",
+        "epochs_run": epoch + 1, "stopped_by": stopped, "lower_steps": steps, "upper_steps": upper_steps,
+        "final_train_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+        "validation_loss": round(val_loss, 4),
+        "transform_probabilities": synth.probabilities(),
+        "placement": placement_summary(synth, preview),
+    }
+
+
+def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -> float:
+    """One hypergradient step on the synthesis; returns the unrolled validation loss."""
+    seg = model.backbone  # the whole segmentation net; named so the precision export can find it
+    params = dict(seg.named_parameters())
+    buffers = {k: v.clone() for k, v in seg.named_buffers()}  # the look-ahead leaves BN statistics alone
+    x, m = synth(images)  # differentiable in the synthesis parameters
+    train_loss = focal_dice_loss(functional_call(seg, (params, buffers), (model.normalize(x),)), m)
+    grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=True)
+    unrolled = {k: p - inner_lr * g for (k, p), g in zip(params.items(), grads)}
+    val_loss = focal_dice_loss(functional_call(seg, (unrolled, buffers), (model.normalize(val_x),)), val_m)
+    hyper = torch.autograd.grad(val_loss, list(synth.parameters()), allow_unused=True)
+    synth_opt.zero_grad()
+    for p, g in zip(synth.parameters(), hyper):
+        p.grad = g
+    synth_opt.step()
+    return val_loss.item()
+
+
+def validation_set(context, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drawn defects on the held-out good images; without any, on the last training images (overlap)."""
+    samples = context.split.val or context.split.train[-VAL_IMAGES:]
+    images = first_images(context, samples, VAL_IMAGES)
+    if len(images) == 0:
+        raise LinesideError("cutpaste needs some good images for its validation defects: the data has none; "
+                            "add images to train/good (and keep --val-share above 0)")
+    return validation_defects(images, seed)
+
+
+def first_images(context, samples, count: int) -> torch.Tensor:
+    images = []
+    for batch in context.loader(samples[:count], batch_size=count):
+        images.append(batch["image"])
+    return torch.cat(images) if images else torch.zeros(0, context.spec.channels, context.spec.height,
+                                                         context.spec.width, dtype=torch.uint8)
+
+
+@torch.no_grad()
+def placement_summary(synth, images: torch.Tensor) -> dict:
+    """Where the placement map puts its mass, in numbers a person can read."""
+    prob = synth.placement_map(images)[:, 0]  # N×H×W, each sums to 1
+    n, h, w = prob.shape
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    band = ((ys < 0.1) | (ys > 0.9) | (xs < 0.1) | (xs > 0.9)).float()
+    gray = images.float().mean(1)
+    entropy = -(prob * prob.clamp_min(1e-12).log()).sum((1, 2)).mean()
+    return {
+        "entropy_share_of_uniform": round(float(entropy / math.log(h * w)), 4),
+        "centre_of_mass_yx": [round(float((prob * ys).sum((1, 2)).mean()), 3),
+                              round(float((prob * xs).sum((1, 2)).mean()), 3)],
+        "border_band_mass": round(float((prob * band).sum((1, 2)).mean()), 4),
+        "border_band_uniform": round(float(band.mean()), 4),
+        "corr_with_brightness": round(correlation(prob, gray), 3),
+        "corr_with_edges": round(correlation(prob, edge_strength(gray)), 3),
+    }
+
+
+def edge_strength(gray: torch.Tensor) -> torch.Tensor:
+    dy = torch.zeros_like(gray)
+    dx = torch.zeros_like(gray)
+    dy[:, 1:] = (gray[:, 1:] - gray[:, :-1]).abs()
+    dx[:, :, 1:] = (gray[:, :, 1:] - gray[:, :, :-1]).abs()
+    return dx + dy
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    denom = float(a.norm() * b.norm())
+    return float((a * b).sum()) / denom if denom > 0 else 0.0
+
+
+@torch.no_grad()
+def save_synthesis_pngs(synth, images, val_x, val_m, out: Path, tag: str) -> None:
+    """samples_{tag}.png (mask outlines in red), placement_{tag}.png, validation_defects.png."""
+    import cv2
+
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng():  # the same draws before and after learning
+        torch.manual_seed(0)
+        state = synth.rng.bit_generator.state
+        synth.defect_share, share = 1.0, synth.defect_share
+        x, m = synth(images)
+        synth.defect_share, synth.rng.bit_generator.state = share, state
+    cv2.imwrite(str(out / f"samples_{tag}.png"), tile([outlined(a, b) for a, b in zip(x, m)]))
+    prob = synth.placement_map(images)[:, 0]
+    heat = [cv2.applyColorMap(np.uint8(255 * (p / p.max()).numpy()), cv2.COLORMAP_JET) for p in prob]
+    cv2.imwrite(str(out / f"placement_{tag}.png"), tile([bgr(i) for i in images] + heat, columns=len(images)))
+    cv2.imwrite(str(out / "validation_defects.png"), tile([outlined(a, b) for a, b in zip(val_x[:8], val_m[:8])]))
+
+
+def bgr(image: torch.Tensor) -> np.ndarray:
+    a = image.float().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(np.repeat(a, 3, 2) if a.shape[2] == 1 else a[..., ::-1])
+
+
+def outlined(image: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    import cv2
+
+    a = bgr(image)
+    contours, _ = cv2.findContours(mask[0].numpy().astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return np.concatenate([a, cv2.drawContours(a.copy(), contours, -1, (0, 0, 255), 1)], axis=1)
+
+
+def tile(images: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    rows = []
+    for i in range(0, len(images), columns):
+        row = images[i:i + columns]
+        row += [np.zeros_like(images[0])] * (columns - len(row))
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
