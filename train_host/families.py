@@ -13,6 +13,8 @@ from edge_infer.errors import LinesideError
 
 FAMILIES = {
     "rx": "train_host.models.rx",
+    "dinov2-lora": "train_host.models.dinov2_lora",
+    "dinov2-knn": "train_host.models.dinov2_knn",
 }
 
 

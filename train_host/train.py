@@ -46,7 +46,10 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     if options.get("weights"):
         from .backbones import load_backbone_weights
 
-        weights_info = load_backbone_weights(model.backbone, options["weights"])
+        # A family whose checkpoints need key mapping (DINOv2's official layouts) brings its own loader.
+        loader = getattr(module, "load_weights", None)
+        weights_info = (loader(model, options["weights"]) if loader
+                        else load_backbone_weights(model.backbone, options["weights"]))
     context = TrainContext(split, spec, options, log)
     started = time.perf_counter()
     training = module.fit(model, context)
