@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .compose import check_image
 from .contextual import contextual, cutpaste
 from .structural import structural
 from .texture import texture
@@ -46,6 +47,7 @@ def synthesize(kind: str, image: np.ndarray, rng: np.random.Generator, donors: l
                **params) -> tuple[np.ndarray, np.ndarray]:
     if kind not in KINDS:
         raise ValueError(f"unknown anomaly kind {kind!r}: choose from {', '.join(KINDS)}")
+    check_image(image)
     if kind in NEEDS_DONORS:
         params["donors"] = donors
     return KINDS[kind](image, rng, **params)

@@ -22,6 +22,16 @@ def paste(image: np.ndarray, edited: np.ndarray, region: np.ndarray) -> tuple[np
     return out, changed(image, out)
 
 
+def tones(image: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per-channel values, or the first one for every channel when the image is gray in RGB,
+    so a gray station never gets coloured defects it could not have."""
+    return np.full_like(values, values.flat[0]) if is_gray(image) else values
+
+
+def is_gray(image: np.ndarray) -> bool:
+    return image.shape[0] == 1 or bool((image[0] == image[1]).all() and (image[1] == image[2]).all())
+
+
 def check_image(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"synthesis takes uint8 C×H×W images (C = 1 or 3), got {image.dtype} {image.shape}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .compose import paste, visible
+from .compose import paste, tones, visible
 
 SHAPES = ("shape", "cut", "scratch", "warp")
 
@@ -21,7 +21,8 @@ def structural(image: np.ndarray, rng: np.random.Generator, kind: str | None = N
 def _colour(image: np.ndarray, rng: np.random.Generator) -> tuple[float, ...]:
     """A tone far from the image's mean, so the defect is a contrast the detector can learn."""
     mean = image.reshape(image.shape[0], -1).mean(1)
-    return tuple(float((m + rng.choice([-1, 1]) * rng.uniform(60, 140)) % 256) for m in mean)
+    values = np.array([(m + rng.choice([-1, 1]) * rng.uniform(60, 140)) % 256 for m in mean])
+    return tuple(float(v) for v in tones(image, values))
 
 
 def _draw(image: np.ndarray, paint) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,8 @@ def _cut(image, rng):
     h, w = image.shape[1:]
     a, b = _point(rng, h, w), _point(rng, h, w)
     thickness = max(2, int(rng.uniform(0.015, 0.04) * min(h, w)))
-    colour = tuple(float(v) for v in rng.uniform(0, 40, image.shape[0])) if rng.random() < 0.7 else _colour(image, rng)
+    dark = tuple(float(v) for v in tones(image, rng.uniform(0, 40, image.shape[0])))
+    colour = dark if rng.random() < 0.7 else _colour(image, rng)
 
     def paint(canvas, region):
         cv2.line(canvas, a, b, colour, thickness)
