@@ -128,7 +128,8 @@ def dinov2_lora_options(p) -> None:
     p.add_argument("--ranks", type=int_tuple, help="ranks the auto sweep tries (default: 4,16,64)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the preset's, scaled with the rank)")
     p.add_argument("--epochs", type=int, help="training epochs (default: 10)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-4)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate of the LoRA adapters (default: 1e-4)")
+    p.add_argument("--head-lr", type=float, help="AdamW learning rate of the head (default: 1e-3)")
     p.add_argument("--per-kind", type=int, help="synthetic anomalies of each kind (default: 30)")
     p.add_argument("--kinds", type=lambda t: tuple(t.split(",")),
                    help="synthetic kinds (default: texture,structural,contextual,cutpaste)")

@@ -50,7 +50,8 @@ class DinoLoRAConfig:
     ranks: tuple[int, ...] = (4, 16, 64)
     sweep_epochs: int = 2
     epochs: int = 10
-    lr: float = 1e-4
+    lr: float = 1e-4  # AdamW, for the LoRA adapters
+    head_lr: float = 1e-3  # the freshly initialised head learns faster than adapters should move
     confidence_alpha: float = 1.0  # α in L = L_base·C − α·log C
     focal_gamma: float = 2.0
     per_kind: int = 30  # synthetic anomalies of each kind

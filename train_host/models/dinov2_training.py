@@ -87,7 +87,10 @@ def train_head(model, data: SegData, epochs: int, batch_size: int, seed: int, lo
     """AdamW over the head (and ``params``, e.g. LoRA's); frozen backbones get their tokens cached."""
     cfg = model.config
     cached = cache_tokens(model, data.images, batch_size) if frozen else None
-    optimiser = torch.optim.AdamW(list(model.head.parameters()) + list(params or []), lr=cfg.lr)
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr}]
+    if params:
+        groups.append({"params": list(params), "lr": cfg.lr})
+    optimiser = torch.optim.AdamW(groups)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     loss_value = float("nan")
