@@ -247,3 +247,15 @@ def test_lora_run_end_to_end_through_export(tmp_path):
     graph = onnx.load(str(bundle / "model.onnx")).graph
     names = [n.name for n in graph.node] + [t.name for t in graph.initializer]
     assert not [n for n in names if "lora" in n.lower()]  # no adapter ops reach the device
+
+
+def test_train_loads_an_official_checkpoint_through_the_cli(tmp_path):
+    data = make_mvtec(tmp_path / "cat", n_train=4, n_good=1, n_defect=1)
+    torch.save(meta_checkpoint(depth=2), tmp_path / "dinov2_vits14_pretrain.pth")
+    run = tmp_path / "knn"
+    assert cli(["train", "dinov2-knn", "--data", str(data), "--out", str(run), "--size", "56", "--depth", "2",
+                "--weights", str(tmp_path / "dinov2_vits14_pretrain.pth"), "--bank-size", "30"]) == 0
+    weights = json.loads((run / "run.json").read_text())["training"]["backbone_weights"]
+    assert weights["format"] == "meta" and weights["unexpected_keys"] == [] and weights["keys_loaded"] > 30
+    assert cli(["train", "dinov2-knn", "--data", str(data), "--out", str(tmp_path / "b"), "--size", "56",
+                "--depth", "3", "--weights", str(tmp_path / "dinov2_vits14_pretrain.pth")]) == 2  # 2-block file
