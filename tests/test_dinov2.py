@@ -10,13 +10,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from mvtec_fixture import make_mvtec
 
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
 from train_host.models import dinov2_knn, dinov2_lora
-from train_host.models.dinov2_backbone import build_vit, default_layers, load_dinov2_weights, patch_tokens
+from train_host.models.dinov2_backbone import (
+    build_vit,
+    default_layers,
+    load_dinov2_weights,
+    patch_tokens,
+)
 from train_host.models.dinov2_training import confidence_weighted_loss
 
 D = 384  # ViT-S width: official key sets are built at ViT-S shapes, two blocks
@@ -37,7 +42,7 @@ def nontrivial(vit, seed=0):
 def meta_checkpoint(depth=2, registers=False, seed=0):
     """Meta's dinov2_vits14[_reg4]_pretrain.pth names and shapes (37×37 grid at 518 px), random values."""
     g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.05  # noqa: E731
+    r = lambda *shape: torch.randn(*shape, generator=g) * 0.05
     state = {"cls_token": r(1, 1, D), "pos_embed": r(1, 1 + 37 * 37, D), "mask_token": r(1, D),
              "patch_embed.proj.weight": r(D, 3, 14, 14), "patch_embed.proj.bias": r(D),
              "norm.weight": 1 + r(D), "norm.bias": r(D)}
@@ -154,8 +159,7 @@ def test_merged_model_equals_adapted_model(preset):
 
 
 def test_lora_parameter_share_is_reported():
-    model, adapter = adapted("default")
-    report = adapter.report()
+    report = adapted("default")[1].report()
     assert report["lora_parameters"] == 2 * 16 * (D + 3 * D)  # A: r×D, B: 3D×r, per block
     # ViT-B, default rank 16 on qkv: under 1% of the backbone (ViT-S: 1.3%, see docs/dinov2.md)
     vitb = dinov2_lora.build({"backbone": "vitb14", "depth": 1, "layers": [0]}, SPEC)

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from mvtec_fixture import make_mvtec
 
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
 from train_host.synth import DEFAULT_KINDS, KINDS, PER_KIND, synthesize, synthesize_set
 from train_host.synth.structural import SHAPES, structural
 

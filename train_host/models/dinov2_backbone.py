@@ -124,7 +124,7 @@ def hf_to_meta(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _strip_hf_prefix(key: str) -> str:
-    return key[len("dinov2."):] if key.startswith("dinov2.") else key
+    return key.removeprefix("dinov2.")
 
 
 def is_hf_layout(state: dict) -> bool:

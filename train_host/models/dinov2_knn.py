@@ -19,7 +19,13 @@ from torch import nn
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
-from .dinov2_backbone import build_vit, check_layers, default_layers, load_dinov2_weights, patch_tokens
+from .dinov2_backbone import (
+    build_vit,
+    check_layers,
+    default_layers,
+    load_dinov2_weights,
+    patch_tokens,
+)
 from .layers import GaussianBlur, ImageScore, Normalize
 
 FAMILY = "dinov2-knn"
@@ -42,7 +48,7 @@ class DinoKNNConfig:
     bank_rows: int = 0  # set by fit: the bank actually kept
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DinoKNNConfig":
+    def from_dict(cls, d: dict) -> DinoKNNConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if d.get("layers") is not None:
             d["layers"] = tuple(d["layers"])

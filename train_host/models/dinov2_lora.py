@@ -24,7 +24,13 @@ from torch import nn
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
-from .dinov2_backbone import build_vit, check_layers, default_layers, load_dinov2_weights, patch_tokens
+from .dinov2_backbone import (
+    build_vit,
+    check_layers,
+    default_layers,
+    load_dinov2_weights,
+    patch_tokens,
+)
 from .layers import GaussianBlur, ImageScore, Normalize
 
 FAMILY = "dinov2-lora"
@@ -63,7 +69,7 @@ class DinoLoRAConfig:
     adapted: dict = field(default_factory=dict)  # what fit chose (filled in by training)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DinoLoRAConfig":
+    def from_dict(cls, d: dict) -> DinoLoRAConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for key in ("layers", "ranks", "kinds"):
             if d.get(key) is not None:

@@ -239,4 +239,4 @@ def merge_checked(model, adapter, images: torch.Tensor) -> dict:
     if not worst <= MERGE_TOLERANCE:
         raise LinesideError(f"the merged model differs from the adapted one by {worst:.2e} (relative) on real "
                             f"images, over {MERGE_TOLERANCE:g}: the run is not saved; report this")
-    return {"images": int(len(images)), "max_relative_error": worst, "tolerance": MERGE_TOLERANCE}
+    return {"images": len(images), "max_relative_error": worst, "tolerance": MERGE_TOLERANCE}
