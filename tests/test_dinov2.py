@@ -183,6 +183,13 @@ def test_confidence_cannot_buy_a_low_loss():
     assert float(cs[right.argmin()]) > best + 1
 
 
+def test_bad_options_get_clear_errors():
+    with pytest.raises(LinesideError, match="LoRA rank"):
+        dinov2_lora.build({**SMALL, "rank": "big"}, SPEC)
+    with pytest.raises(LinesideError, match="layers"):
+        dinov2_lora.build({"depth": 2, "layers": [5]}, SPEC)
+
+
 def test_zero_shot_is_an_honest_unfinished_error(tmp_path):
     model = dinov2_lora.build({**SMALL, "zero_shot": True}, SPEC)
     with pytest.raises(LinesideError, match="unfinished"):

@@ -77,6 +77,9 @@ class DinoLoRAConfig:
         config = cls(**d)
         if config.adapt not in ("lora", "baseline", "best"):
             raise LinesideError(f"adapt {config.adapt!r}: choose lora, baseline or best")
+        config.rank = str(config.rank)
+        if config.rank not in ("", "auto") and not (config.rank.isdigit() and int(config.rank) > 0):
+            raise LinesideError(f"LoRA rank {config.rank!r}: give a positive whole number or 'auto'")
         if config.preset not in PRESETS:
             raise LinesideError(f"LoRA preset {config.preset!r}: choose one of {', '.join(PRESETS)}")
         return config
