@@ -254,6 +254,11 @@ def test_lora_run_end_to_end_through_export(tmp_path):
     assert set(training["results"]) == {"baseline", "lora"} and training["kept"] in ("baseline", "lora")
     assert training["merge_check"]["max_relative_error"] <= 1e-4
     assert training["results"]["lora"]["lora_parameters"] == 2 * 16 * 4 * D
+    from train_host.run import load_run
+
+    trained, _ = load_run(run)  # what was saved is the trained head, not the initial one
+    fresh = dinov2_lora.build(record["config"], SPEC)
+    assert not torch.equal(trained.head.net[0].weight, fresh.head.net[0].weight)
     assert cli(["export", str(run), "--out", str(bundle)]) == 0
     graph = onnx.load(str(bundle / "model.onnx")).graph
     names = [n.name for n in graph.node] + [t.name for t in graph.initializer]

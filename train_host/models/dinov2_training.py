@@ -169,7 +169,8 @@ def fit_segmentation(model, context) -> dict:
         results["baseline"] = {**validate(model, val, batch_size), "seconds": round(time.perf_counter() - started, 1)}
         log(f"baseline: validation {results['baseline']}")
         baseline_state = copy.deepcopy(model.state_dict())
-        model.load_state_dict(initial)
+        if cfg.adapt == "best":  # LoRA starts from the same untrained head
+            model.load_state_dict(initial)
 
     if cfg.adapt in ("lora", "best"):
         rank = choose_rank(model, train, val, batch_size, log, record) if cfg.rank == "auto" else None
