@@ -39,6 +39,40 @@ def register(sub) -> None:
     cutpaste_options(cutpaste)
     cutpaste.set_defaults(handler=handler("train_host.train:main"))
 
+    lora = families.add_parser("dinov2-lora", help="DINOv2 ViT + LoRA + segmentation head, trained on synthetic "
+                               "anomalies, merged for export",
+                               description="Adapts a DINOv2 ViT to the station with LoRA on synthetic anomalies "
+                               "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
+                               "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
+                               "facebook/dinov2-* model.safetensors.")
+    common_train_options(lora)
+    dinov2_options(lora)
+    dinov2_lora_options(lora)
+    lora.set_defaults(handler=handler("train_host.train:main"))
+    knn = families.add_parser("dinov2-knn", help="DINOv2 patch features + memory bank (PatchCore-style coreset, "
+                              "kNN distance); no training",
+                              description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
+                              "features; the exported graph holds the bank and searches it as a matrix product.")
+    common_train_options(knn)
+    dinov2_options(knn)
+    dinov2_knn_options(knn)
+    knn.set_defaults(handler=handler("train_host.train:main"))
+
+    synth = sub.add_parser("synth", help="write synthetic anomalies and their masks to a folder to look at",
+                           description="Make synthetic anomalies (as dinov2-lora trains on) from a dataset's good "
+                           "training images; writes KIND_NNN.png, KIND_NNN_mask.png and KIND_NNN_overlay.png.")
+    synth.add_argument("--data", required=True, help="'elpv' or an MVTec-layout folder")
+    synth.add_argument("--out", required=True, help="folder to write the samples to")
+    synth.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
+    synth.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
+    synth.add_argument("--channels", type=int, default=3, choices=[1, 3], help="model input channels (default: 3)")
+    synth.add_argument("--kinds", help="comma-separated kinds (default: all registered: texture, structural, "
+                       "contextual, cutpaste, and confetti where present)")
+    synth.add_argument("--per-kind", type=int, default=30, help="samples of each kind (default: 30)")
+    synth.add_argument("--sources", type=int, default=50, help="good images to draw from (default: 50)")
+    synth.add_argument("--seed", type=int, default=0, help="seed; the same seed writes the same samples")
+    synth.set_defaults(handler=handler("train_host.synth.command:main"))
+
     ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
                         description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
                         "AUROC, AU-PRO (FPR 0.3 and 0.05) and SegF1 when masks exist.")
@@ -171,3 +205,37 @@ def rddpm_options(p) -> None:
     p.add_argument("--crop", type=int, help="train on random crops of this size, 0 for whole images (default: 32)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
+
+def dinov2_options(p) -> None:
+    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vits14)")
+    p.add_argument("--depth", type=int, help="keep only the first N blocks (quick experiments; default: all)")
+    p.add_argument("--layers", type=int_tuple, help="blocks whose patch tokens are used, comma-separated "
+                   "(default: lora three, knn two, in the second half of the network)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels")
+
+
+def dinov2_lora_options(p) -> None:
+    p.add_argument("--adapt", choices=["lora", "baseline", "best"],
+                   help="lora (default), baseline (frozen backbone + head), best (train both, keep the one that "
+                   "validates better)")
+    p.add_argument("--preset", choices=["default", "anomalyvfm"],
+                   help="default: rank 16 / alpha 32 on qkv; anomalyvfm: rank 64 on query, value, output")
+    p.add_argument("--rank", help="LoRA rank, or 'auto' for a validation sweep over --ranks")
+    p.add_argument("--ranks", type=int_tuple, help="ranks the auto sweep tries (default: 4,16,64)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default: the preset's, scaled with the rank)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: 10)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate of the LoRA adapters (default: 1e-4)")
+    p.add_argument("--head-lr", type=float, help="AdamW learning rate of the head (default: 1e-3)")
+    p.add_argument("--per-kind", type=int, help="synthetic anomalies of each kind (default: 30)")
+    p.add_argument("--kinds", type=lambda t: tuple(t.split(",")),
+                   help="synthetic kinds (default: texture,structural,contextual,cutpaste)")
+    p.add_argument("--zero-shot", action="store_true", default=None,
+                   help="train once over many stations and score new ones untrained (unfinished)")
+
+
+def dinov2_knn_options(p) -> None:
+    p.add_argument("--bank-size", type=int, help="most patch features in the memory bank (default: 4096)")
+    p.add_argument("--coreset", choices=["greedy", "random"], help="how the bank is thinned (default: greedy)")
+    p.add_argument("--shots", type=int, help="use only this many good images (few-shot; default: all)")
+    p.add_argument("--k", type=int, help="nearest neighbours averaged (default: 1)")

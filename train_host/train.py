@@ -47,10 +47,12 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     if options.get("weights"):
         from .backbones import load_backbone_weights
 
-        if not hasattr(model, "backbone"):
+        # A family whose checkpoints need key mapping (DINOv2's official layouts) brings its own loader.
+        loader = getattr(module, "load_weights", None)
+        if loader is None and not hasattr(model, "backbone"):
             raise LinesideError(f"the {family} family trains from scratch and has no backbone: drop --weights")
-
-        weights_info = load_backbone_weights(model.backbone, options["weights"])
+        weights_info = loader(model, options["weights"]) if loader else load_backbone_weights(model.backbone,
+                                                                                             options["weights"])
     context = TrainContext(split, spec, options, log)
     started = time.perf_counter()
     training = module.fit(model, context)

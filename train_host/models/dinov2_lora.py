@@ -1,0 +1,231 @@
+"""dinov2-lora: a DINOv2 ViT adapted with LoRA on synthetic anomalies, merged back for the edge.
+
+A light segmentation head reads the patch tokens of three blocks and predicts, per
+patch, an anomaly logit and a confidence. Training (see `dinov2_training.py`) uses the
+station's good images and synthetic anomalies made from them (`train_host.synth`), with
+the confidence-weighted loss of AnomalyVFM. LoRA (peft) adapts the attention of every
+block; after training the adapters are merged into the weights (``merge_and_unload``),
+the merge is checked against the adapted model on real images, and what is saved and
+exported is a plain ViT + head: no adapter op reaches the device.
+
+``adapt``: "lora" (default), "baseline" (frozen backbone, head only) or "best" (train
+both, keep whichever validates better on held-out synthetic anomalies; both results
+are recorded, because LoRA does not help every station).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_infer.errors import LinesideError
+from edge_infer.preprocess import InputSpec
+
+from .dinov2_backbone import (
+    build_vit,
+    check_layers,
+    default_layers,
+    load_dinov2_weights,
+    patch_tokens,
+)
+from .layers import GaussianBlur, ImageScore, Normalize
+
+FAMILY = "dinov2-lora"
+
+# Which linear layers get adapters, by preset. Regexes over module names (peft fullmatch), so
+# the patch embedding's "proj" is never caught by the attention's "proj".
+PRESETS = {
+    "default": {"rank": 16, "alpha": 32, "targets": r".*blocks\.\d+\.attn\.qkv"},  # field setting, MVTec AD 2
+    "anomalyvfm": {"rank": 64, "alpha": 64, "targets": r".*blocks\.\d+\.attn\.(qkv\.query|qkv\.value|proj)"},
+}
+
+
+@dataclass
+class DinoLoRAConfig:
+    backbone: str = "vits14"
+    depth: int | None = None  # keep only this many blocks (tests, quick experiments)
+    layers: tuple[int, ...] | None = None  # blocks the head reads; default: three in the second half
+    head_dim: int = 128
+    adapt: str = "lora"  # lora | baseline | best
+    preset: str = "default"  # default | anomalyvfm
+    rank: str = ""  # "" → the preset's; a number; or "auto" (validation sweep over `ranks`)
+    alpha: float | None = None  # LoRA alpha; default: the preset's (scaled with the rank)
+    ranks: tuple[int, ...] = (4, 16, 64)
+    sweep_epochs: int = 2
+    epochs: int = 10
+    lr: float = 1e-4  # AdamW, for the LoRA adapters
+    head_lr: float = 1e-3  # the freshly initialised head learns faster than adapters should move
+    confidence_alpha: float = 1.0  # α in L = L_base·C − α·log C
+    focal_gamma: float = 2.0
+    per_kind: int = 30  # synthetic anomalies of each kind
+    kinds: tuple[str, ...] = ("texture", "structural", "contextual", "cutpaste")
+    score: str = "max"  # or "topk:0.01"
+    sigma: float = 2.0
+    seed: int = 0
+    zero_shot: bool = False
+    adapted: dict = field(default_factory=dict)  # what fit chose (filled in by training)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DinoLoRAConfig:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("layers", "ranks", "kinds"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
+        config = cls(**d)
+        if config.adapt not in ("lora", "baseline", "best"):
+            raise LinesideError(f"adapt {config.adapt!r}: choose lora, baseline or best")
+        config.rank = str(config.rank)
+        if config.rank not in ("", "auto") and not (config.rank.isdigit() and int(config.rank) > 0):
+            raise LinesideError(f"LoRA rank {config.rank!r}: give a positive whole number or 'auto'")
+        if config.preset not in PRESETS:
+            raise LinesideError(f"LoRA preset {config.preset!r}: choose one of {', '.join(PRESETS)}")
+        return config
+
+
+class SegHead(nn.Module):
+    """Multi-layer patch tokens → per-patch anomaly logit and confidence logit c."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_dim, dim, 1), nn.GELU(),
+            nn.Conv2d(dim, dim, 3, padding=1), nn.GELU(),
+            nn.Conv2d(dim, 2, 1),
+        )
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(tokens)
+        return out[:, :1], out[:, 1:]
+
+
+class DinoSegDetector(nn.Module):
+    def __init__(self, config: DinoLoRAConfig, spec: InputSpec):
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.normalize = Normalize()
+        self.backbone = build_vit(config.backbone, spec.height, spec.width, config.depth, config.seed)
+        depth = len(self.backbone.blocks)
+        self.layers = check_layers(self.backbone, config.layers or default_layers(depth, 3))
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed + 1)
+            self.head = SegHead(self.backbone.embed_dim * len(self.layers), config.head_dim)
+        self.smooth = GaussianBlur(config.sigma)
+        self.image_score = ImageScore(config.score, spec.height * spec.width)
+
+    def tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """uint8 images → the chosen blocks' patch tokens, concatenated: N×(D·layers)×h×w."""
+        return torch.cat(patch_tokens(self.backbone, self.normalize(image), self.layers), dim=1)
+
+    def head_logits(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly and confidence logits at input resolution, N×1×H×W each."""
+        logit, conf = self.head(tokens)
+        size = (self.spec.height, self.spec.width)
+        return (F.interpolate(logit, size=size, mode="bilinear", align_corners=False),
+                F.interpolate(conf, size=size, mode="bilinear", align_corners=False))
+
+    def maps_from_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, _ = self.head_logits(tokens)
+        amap = self.smooth(torch.sigmoid(logit))
+        return amap, self.image_score(amap)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.maps_from_tokens(self.tokens(image))
+
+
+# ---------------------------------------------------------------- LoRA on the backbone
+
+
+class SplitQKV(nn.Module):
+    """timm's fused qkv as three linears, so adapters can target query and value alone."""
+
+    def __init__(self, qkv: nn.Linear):
+        super().__init__()
+        d, o = qkv.in_features, qkv.out_features // 3
+        bias = qkv.bias is not None
+        self.query, self.key, self.value = (nn.Linear(d, o, bias=bias) for _ in range(3))
+        with torch.no_grad():
+            for i, part in enumerate((self.query, self.key, self.value)):
+                part.weight.copy_(qkv.weight[i * o:(i + 1) * o])
+                if bias:
+                    part.bias.copy_(qkv.bias[i * o:(i + 1) * o])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.query(x), self.key(x), self.value(x)], dim=-1)
+
+    def fused(self) -> nn.Linear:
+        parts = (self.query, self.key, self.value)
+        linear = nn.Linear(self.query.in_features, 3 * self.query.out_features, bias=self.query.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(torch.cat([p.weight for p in parts]))
+            if linear.bias is not None:
+                linear.bias.copy_(torch.cat([p.bias for p in parts]))
+        return linear
+
+
+class LoRAAdapter:
+    """Adapters injected into a detector's backbone (in place), and their merge back into it."""
+
+    def __init__(self, model: DinoSegDetector, rank: int, alpha: float, targets: str, seed: int = 0):
+        from peft import LoraConfig
+        from peft.tuners.lora import LoraModel
+
+        self.model = model
+        self.base_params = sum(p.numel() for p in model.backbone.parameters())
+        if "qkv\\." in targets:
+            for block in model.backbone.blocks:
+                block.attn.qkv = SplitQKV(block.attn.qkv)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.lora = LoraModel(model.backbone, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
+                                                             lora_dropout=0.0), "default")
+        self.rank, self.alpha = rank, alpha
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.model.backbone.named_parameters() if "lora_" in n]
+
+    def report(self) -> dict:
+        trainable = sum(p.numel() for p in self.parameters())
+        return {"rank": self.rank, "alpha": self.alpha, "lora_parameters": trainable,
+                "backbone_parameters": self.base_params,
+                "share_of_backbone": round(trainable / self.base_params, 5)}
+
+    def merge(self) -> None:
+        """Fold the adapters into the weights; the backbone is a plain timm ViT again."""
+        self.lora.merge_and_unload()
+        for block in self.model.backbone.blocks:
+            if isinstance(block.attn.qkv, SplitQKV):
+                block.attn.qkv = block.attn.qkv.fused()
+
+
+def lora_settings(config: DinoLoRAConfig, rank: int | None = None) -> tuple[int, float, str]:
+    preset = PRESETS[config.preset]
+    if rank is None:
+        rank = int(config.rank) if config.rank not in ("", "auto") else preset["rank"]
+    alpha = config.alpha if config.alpha is not None else preset["alpha"] * rank / preset["rank"]
+    return rank, float(alpha), preset["targets"]
+
+
+# ---------------------------------------------------------------- family interface
+
+
+def build(config: dict, spec: InputSpec) -> DinoSegDetector:
+    return DinoSegDetector(DinoLoRAConfig.from_dict(config), spec).eval()
+
+
+def load_weights(model: DinoSegDetector, path) -> dict:
+    return load_dinov2_weights(model.backbone, path)
+
+
+def fit(model: DinoSegDetector, context) -> dict:
+    from .dinov2_training import fit_segmentation
+
+    if model.config.zero_shot:
+        raise LinesideError("the zero-shot option (train once on many stations, score a new one untrained) is "
+                            "unfinished: train on the station's own good images (drop --zero-shot)")
+    training = fit_segmentation(model, context)
+    model.config.adapted = {k: training[k] for k in ("kept", "rank", "alpha") if k in training}
+    training["config"] = asdict(model.config)
+    return training
