@@ -25,7 +25,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
 from ..backbones import feature_extractor
-from .layers import GaussianBlur, Normalize
+from .layers import GaussianBlur, Normalize, seeded
 
 FAMILY = "adtr"
 
@@ -99,8 +99,7 @@ class ADTRDetector(nn.Module):
         self.config = config
         self.spec = spec
         self.normalize = Normalize()
-        with torch.random.fork_rng():  # a random-init backbone is reproducible from the seed
-            torch.manual_seed(config.seed)
+        with seeded(config.seed):  # reproducible random init, global generator untouched
             self.backbone = feature_extractor(config.backbone, config.stages)
             reductions = self.backbone.feature_info.reduction()
             coarsest = max(reductions)

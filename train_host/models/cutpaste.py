@@ -17,7 +17,7 @@ from torch import nn
 
 from edge_infer.preprocess import InputSpec
 
-from .layers import GaussianBlur, ImageScore, Normalize
+from .layers import GaussianBlur, ImageScore, Normalize, seeded
 
 FAMILY = "cutpaste"
 
@@ -70,8 +70,7 @@ class CutPasteDetector(nn.Module):
         self.spec = spec
         c = spec.channels
         self.normalize = Normalize(mean=(0.5,) * c, std=(0.25,) * c, out_channels=c)
-        with torch.random.fork_rng():  # reproducible random init from the seed
-            torch.manual_seed(config.seed)
+        with seeded(config.seed):  # reproducible random init, global generator untouched
             # named `backbone` so `lineside export --precision fp16,int8` can find the network
             self.backbone = SegmentationNet(c, config.base_channels)
         self.smooth = GaussianBlur(config.sigma)

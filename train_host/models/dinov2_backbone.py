@@ -22,6 +22,8 @@ from torch import nn
 
 from edge_infer.errors import LinesideError
 
+from .layers import seeded
+
 PATCH = 14
 VARIANTS = {
     "vits14": "vit_small_patch14_dinov2",
@@ -51,8 +53,7 @@ def build_vit(backbone: str, height: int, width: int, depth: int | None = None, 
         raise LinesideError(f"DINOv2 needs an input size that is a multiple of {PATCH}, got {width}x{height}: "
                             f"use e.g. --size 224 or --size 448")
     kwargs = {"depth": depth} if depth else {}
-    with torch.random.fork_rng():  # random init reproducible from the seed, global RNG untouched
-        torch.manual_seed(seed)
+    with seeded(seed):  # reproducible random init, global generator untouched
         return timm.create_model(timm_name(backbone), pretrained=False, num_classes=0, img_size=(height, width),
                                  dynamic_img_size=True, **kwargs)
 

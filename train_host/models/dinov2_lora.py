@@ -31,7 +31,7 @@ from .dinov2_backbone import (
     load_dinov2_weights,
     patch_tokens,
 )
-from .layers import GaussianBlur, ImageScore, Normalize
+from .layers import GaussianBlur, ImageScore, Normalize, seeded
 
 FAMILY = "dinov2-lora"
 
@@ -109,8 +109,7 @@ class DinoSegDetector(nn.Module):
         self.backbone = build_vit(config.backbone, spec.height, spec.width, config.depth, config.seed)
         depth = len(self.backbone.blocks)
         self.layers = check_layers(self.backbone, config.layers or default_layers(depth, 3))
-        with torch.random.fork_rng():
-            torch.manual_seed(config.seed + 1)
+        with seeded(config.seed + 1):  # reproducible random init, global generator untouched
             self.head = SegHead(self.backbone.embed_dim * len(self.layers), config.head_dim)
         self.smooth = GaussianBlur(config.sigma)
         self.image_score = ImageScore(config.score, spec.height * spec.width)
@@ -177,8 +176,7 @@ class LoRAAdapter:
         if "qkv\\." in targets:
             for block in model.backbone.blocks:
                 block.attn.qkv = SplitQKV(block.attn.qkv)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded(seed):  # reproducible random init, global generator untouched
             self.lora = LoraModel(model.backbone, LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets,
                                                              lora_dropout=0.0), "default")
         self.rank, self.alpha = rank, alpha

@@ -6,6 +6,7 @@ They sit inside the exported graph, so the device feeds uint8 pixels and gets ra
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,17 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Random draws inside are reproducible from ``seed``; the global generator is left as it was.
+
+    Random-init backbones and heads use it, so a run rebuilt from its config is the same model.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        yield
 
 
 class Normalize(nn.Module):

@@ -19,7 +19,7 @@ from torch import nn
 from edge_infer.preprocess import InputSpec
 
 from ..backbones import feature_extractor
-from .layers import GaussianBlur, ImageScore, Normalize
+from .layers import GaussianBlur, ImageScore, Normalize, seeded
 
 FAMILY = "rx"
 
@@ -49,8 +49,7 @@ class RXDetector(nn.Module):
         self.config = config
         self.spec = spec
         self.normalize = Normalize()
-        with torch.random.fork_rng():  # a random-init backbone is reproducible from the seed
-            torch.manual_seed(config.seed)
+        with seeded(config.seed):  # reproducible random init, global generator untouched
             self.backbone = feature_extractor(config.backbone, config.layers)
         info = self.backbone.feature_info
         channels, reductions = info.channels(), info.reduction()
