@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_infer.backends.base import relative_error
 from edge_infer.backends.engine_meta import current_environment, engine_path, write_sidecar
 from edge_infer.backends.tensorrt import import_tensorrt
 from edge_infer.bundle import Bundle
 from edge_infer.errors import LinesideError
-from edge_infer.imageio import list_images, read_image
-from edge_infer.preprocess import preprocess
+from edge_infer.imageio import list_images
+from edge_infer.preprocess import load_inputs
 
 TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 0.15}  # max relative error vs onnxruntime on the CPU
 
@@ -183,12 +184,11 @@ def compare_with_onnxruntime(bundle: Bundle, precision: str, engine: Path, image
     max_batch = bundle.manifest.input.max_batch
     reference = OrtBackend(bundle.model_path(precision), bundle.input_spec, max_batch)
     with TensorRTBackend(engine, bundle.root, bundle.input_spec, max_batch) as trt_backend:
-        pairs = [(trt_backend.run(batch[i:i + max_batch]), reference.run(batch[i:i + max_batch]))
-                 for i in range(0, len(batch), max_batch)]
-    got = np.concatenate([p[0].score for p in pairs]), np.concatenate([p[0].anomaly_map for p in pairs])
-    ref = np.concatenate([p[1].score for p in pairs]), np.concatenate([p[1].anomaly_map for p in pairs])
+        got = trt_backend.run_all(batch)
+    ref = reference.run_all(batch)
     check = {"images": int(len(batch)), "source": source, "reference": "onnxruntime CPUExecutionProvider",
-             "score_rel_err": _rel(got[0], ref[0]), "map_rel_err": _rel(got[1], ref[1]), "tolerance": tolerance}
+             "score_rel_err": relative_error(got.score, ref.score),
+             "map_rel_err": relative_error(got.anomaly_map, ref.anomaly_map), "tolerance": tolerance}
     if not max(check["score_rel_err"], check["map_rel_err"]) <= tolerance:
         raise LinesideError(f"the {precision} engine disagrees with onnxruntime on {check['images']} images (score "
                             f"rel. error {check['score_rel_err']:.3g}, map {check['map_rel_err']:.3g} > {tolerance:g}): "
@@ -200,11 +200,10 @@ def check_batch(bundle: Bundle, images: str | None, count: int) -> tuple[np.ndar
     """Real images from ``images`` (a folder of the station's images), else labelled synthetic ones."""
     spec = bundle.input_spec
     if images:
-        paths = list_images(images)[:count]
-        arrays = [preprocess(read_image(p), spec) for p in paths]
-        if not arrays:
+        arrays, _ = load_inputs(list_images(images)[:count], spec)
+        if not len(arrays):
             raise LinesideError(f"no images in {images} for the engine check: give --images a folder of station images")
-        return np.stack(arrays), f"station ({images})"
+        return arrays, f"station ({images})"
     rng = np.random.default_rng(0)  # without station images: flat greys and smooth noise, said as such
     shape = (spec.channels, spec.height, spec.width)
     arrays = [np.full(shape, v, np.uint8) for v in (0, 64, 128, 192, 255)]
@@ -212,6 +211,3 @@ def check_batch(bundle: Bundle, images: str | None, count: int) -> tuple[np.ndar
     return np.stack(arrays[:max(count, 1)]), "synthetic (no --images given)"
 
 
-def _rel(value: np.ndarray, reference: np.ndarray) -> float:
-    scale = float(np.abs(reference).max()) or 1.0
-    return float(np.abs(value.astype(np.float64) - reference).max() / scale)

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from .errors import LinesideError
+from .imageio import read_image
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,24 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
     return np.stack([preprocess(im, spec) for im in images])
+
+
+def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
+    """Model inputs (N×C×H×W) for image files, and the indices of those that were readable.
+
+    For checks that need a handful of real images (parity, calibration sets): unreadable
+    files are left out here; the data loaders are where they are reported by path.
+    """
+    arrays, kept = [], []
+    for i, path in enumerate(paths):
+        try:
+            arrays.append(preprocess(read_image(path), spec))
+        except LinesideError:
+            continue
+        kept.append(i)
+    if not arrays:
+        return np.zeros((0, spec.channels, spec.height, spec.width), np.uint8), kept
+    return np.stack(arrays), kept
 
 
 def crop(image: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:

@@ -18,7 +18,7 @@ from .bundle import Bundle, Thresholds
 from .decide import Verdict, decide
 from .errors import ImageReadError, LinesideError
 from .imageio import IMAGE_SUFFIXES, list_images, read_image
-from .preprocess import preprocess
+from .preprocess import preprocess, preprocess_batch
 
 
 @dataclass
@@ -40,13 +40,7 @@ class Scorer:
 
     def run(self, images: list[np.ndarray]) -> ModelOutputs:
         """Raw outputs for decoded images of any count (split into the backend's batches)."""
-        maps, scores = [], []
-        for start in range(0, len(images), self.backend.max_batch):
-            batch = np.stack([preprocess(im, self.spec) for im in images[start : start + self.backend.max_batch]])
-            out = self.backend.run(batch)
-            maps.append(out.anomaly_map)
-            scores.append(out.score)
-        return ModelOutputs(np.concatenate(maps), np.concatenate(scores))
+        return self.backend.run_all(preprocess_batch(images, self.spec))
 
     def score_paths(self, paths: Iterable[Path], batch: int = 1, keep_maps: bool = False) -> Iterator[Scored]:
         """One Scored per path, in order; unreadable images become ERROR verdicts, never a crash."""

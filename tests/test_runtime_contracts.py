@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tiny_bundle import gray, make_tiny_bundle
+from tiny_bundle import gray
 from edge_infer.bundle import Bundle, Thresholds
 from edge_infer.decide import decide
 from edge_infer.errors import ImageReadError, LinesideError
@@ -96,3 +96,19 @@ def test_cli_score_json_and_clear_errors(tiny_bundle, tmp_path):
     assert json.loads(done.stdout)["status"] == "NG"
     missing = run("score", str(tmp_path / "nope"), str(tmp_path / "bright.png"))
     assert missing.returncode == 2 and "not a bundle" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_run_all_splits_into_the_graph_batches_and_load_inputs_skips_unreadable(tmp_path):
+    from edge_infer.preprocess import load_inputs
+    from tiny_bundle import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "b", max_batch=2)
+    levels = [10, 60, 110, 160, 210]
+    for i, level in enumerate(levels):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), gray(level))
+    (tmp_path / "9_corrupt.png").write_bytes(b"garbage")
+    images, kept = load_inputs(sorted(tmp_path.glob("*.png")), InputSpec(32, 32, 3))
+    assert images.shape == (5, 3, 32, 32) and kept == [0, 1, 2, 3, 4]
+    out = Scorer(bundle).backend.run_all(images)  # 5 images through a graph that takes at most 2
+    np.testing.assert_allclose(out.score, np.array(levels) / 255, rtol=1e-5)
+    assert out.anomaly_map.shape == (5, 1, 32, 32)

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_infer.backends import ModelOutputs
+from edge_infer.backends.base import relative_error
 from edge_infer.backends.ort import OrtBackend
 from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
 from edge_infer.errors import LinesideError
-from edge_infer.imageio import read_image
-from edge_infer.preprocess import InputSpec, preprocess
+from edge_infer.preprocess import InputSpec, load_inputs
 
 from .data import load_split
 from .run import load_run
@@ -93,11 +92,7 @@ def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: 
 def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, images: np.ndarray,
                  tolerance: float, max_batch: int = 8) -> dict:
     """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``."""
-    backend = OrtBackend(onnx_path, spec, max_batch=max_batch)
-    chunks = [images[i : i + max_batch] for i in range(0, len(images), max_batch)]
-    ort_outs = [backend.run(chunk) for chunk in chunks]
-    ort_out = ModelOutputs(np.concatenate([o.anomaly_map for o in ort_outs]),
-                           np.concatenate([o.score for o in ort_outs]))
+    ort_out = OrtBackend(onnx_path, spec, max_batch=max_batch).run_all(images)
     ref_map, ref_score = (t.numpy() for t in model(torch.from_numpy(images)))
     result = {
         "images": int(len(images)),
@@ -115,26 +110,16 @@ def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, image
     return result
 
 
-def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
-    scale = float(np.abs(reference).max()) or 1.0
-    return float(np.abs(value.astype(np.float64) - reference).max() / scale)
-
-
 def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) -> np.ndarray:
     """Real images for the parity check: validation (good) and test images of the run's data."""
     if not data:
         raise LinesideError("the run does not say where its images are: give --data DIR for the parity check")
     split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
     samples = split.val[: count // 2] + split.test[:: max(1, len(split.test) // max(1, count - count // 2))]
-    arrays = []
-    for sample in samples[:count]:
-        try:
-            arrays.append(preprocess(read_image(sample.path), spec))
-        except LinesideError:
-            continue
-    if not arrays:
+    images, _ = load_inputs([s.path for s in samples[:count]], spec)
+    if not len(images):
         raise LinesideError(f"no readable image in {data} for the parity check: give --data with real images")
-    return np.stack(arrays)
+    return images
 
 
 def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:

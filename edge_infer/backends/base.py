@@ -17,6 +17,12 @@ class ModelOutputs:
     score: np.ndarray  # float32, N
 
 
+def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude (parity checks)."""
+    scale = float(np.abs(reference).max()) or 1.0
+    return float(np.abs(value.astype(np.float64) - reference).max() / scale)
+
+
 class Backend(ABC):
     """One loaded model on one device. Implementations: OrtBackend, TensorRTBackend."""
 
@@ -30,6 +36,11 @@ class Backend(ABC):
         """Score a batch; refuses inputs that do not match the bundle's input spec."""
         self.check_input(images)
         return self._run(images)
+
+    def run_all(self, images: np.ndarray) -> ModelOutputs:
+        """Outputs for any number of images, run in batches of at most ``max_batch``."""
+        outs = [self.run(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        return ModelOutputs(np.concatenate([o.anomaly_map for o in outs]), np.concatenate([o.score for o in outs]))
 
     @abstractmethod
     def _run(self, images: np.ndarray) -> ModelOutputs:

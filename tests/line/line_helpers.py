@@ -4,7 +4,6 @@ camera is a function and whose GPIO is simulated."""
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from pathlib import Path
 

@@ -227,7 +227,7 @@ def real_images(val: SegData, val_goods: list, goods: list) -> torch.Tensor:
 @torch.no_grad()
 def merge_checked(model, adapter, images: torch.Tensor) -> dict:
     """Merge the adapters, and prove the merged model scores ``images`` as the adapted one did."""
-    from ..export import relative_error
+    from edge_infer.backends.base import relative_error
 
     model.eval()
     adapted_map, adapted_score = model(images)

@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge_infer.errors import LinesideError

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from edge_infer.backends.base import ModelOutputs
+from edge_infer.backends.base import ModelOutputs, relative_error
 from edge_infer.backends.ort import OrtBackend
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
@@ -40,14 +40,11 @@ class EvalSet:
 
 def score_graph(path: Path, spec: InputSpec, images: np.ndarray, batch: int = 8) -> ModelOutputs:
     """Run a graph over all images with the runtime's own CPU backend."""
-    backend = OrtBackend(path, spec, max_batch=batch)
-    outs = [backend.run(images[i:i + batch]) for i in range(0, len(images), batch)]
-    return ModelOutputs(np.concatenate([o.anomaly_map for o in outs]), np.concatenate([o.score for o in outs]))
+    return OrtBackend(path, spec, max_batch=batch).run_all(images)
 
 
 def compare(variant: ModelOutputs, reference: ModelOutputs, labels: np.ndarray) -> dict:
     """Error, rank agreement and AUROC of a variant against the FP32 reference outputs."""
-    from ..export import relative_error
 
     if not (np.isfinite(variant.score).all() and np.isfinite(variant.anomaly_map).all()):
         return {"finite": False, "score_rel_err": float("inf"), "map_rel_err": float("inf"), "spearman": None,

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge_infer.bundle import Bundle
 from edge_infer.errors import LinesideError
-from edge_infer.imageio import list_images, read_image
-from edge_infer.preprocess import InputSpec, preprocess
+from edge_infer.imageio import list_images
+from edge_infer.preprocess import InputSpec, load_inputs
 
 from ..data.records import Sample
 from . import PRECISIONS, VARIANT_FILES
@@ -127,13 +127,5 @@ def calibration_set(source: str, record: dict, spec: InputSpec, count: int) -> t
 
 
 def _read(samples, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
-    arrays, labels = [], []
-    for sample in samples:
-        try:
-            arrays.append(preprocess(read_image(sample.path), spec))
-        except LinesideError:
-            continue  # unreadable files are reported by the data loaders; here they are just left out
-        labels.append(int(sample.label))
-    if not arrays:
-        return np.zeros((0, spec.channels, spec.height, spec.width), np.uint8), []
-    return np.stack(arrays), labels
+    images, kept = load_inputs([s.path for s in samples], spec)
+    return images, [int(samples[i].label) for i in kept]
