@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .bundle import Bundle, Thresholds, sha256_file
-from .decide import Verdict, decide
+from .decide import Verdict
 from .drift import DriftMonitor
 from .errors import LinesideError
 from .preprocess import preprocess
@@ -107,24 +107,18 @@ class Model:
             ready.append(it)
         if not ready:
             return
-        t2 = time.perf_counter()
         try:
-            out = self.scorer.backend.run(np.stack(inputs))
+            out, verdicts = self.scorer.judge(np.stack(inputs))
         except Exception as exc:  # any backend failure is this batch's ERROR, not the server's end
             for it in ready:
                 it.verdict, it.image = Verdict("ERROR", reason=f"backend failure: {exc}"), None
             return
-        compute_ms = (time.perf_counter() - t2) * 1e3 / len(ready)
-        thresholds, sha = self.thresholds, self.info["manifest_sha256"]
-        for i, it in enumerate(ready):
-            t3 = time.perf_counter()
-            it.verdict = decide(float(out.score[i]), out.anomaly_map[i], thresholds)
+        sha = self.info["manifest_sha256"]
+        for i, (it, verdict) in enumerate(zip(ready, verdicts)):
             dec, pre = decode_ms[id(it)]
-            it.verdict.latency_ms = {
-                "queue": round((t_start - it.t_received) * 1e3, 3), "decode": round(dec, 3),
-                "preprocess": round(pre, 3), "compute": round(compute_ms, 3),
-                "postprocess": round((time.perf_counter() - t3) * 1e3, 3),
-            }
+            verdict.latency_ms = {"queue": round((t_start - it.t_received) * 1e3, 3), "decode": round(dec, 3),
+                                  "preprocess": round(pre, 3), **verdict.latency_ms}
+            it.verdict = verdict
             it.bundle_sha = sha
             if it.verdict.status == "OK":
                 self.drift.add(it.verdict.score)

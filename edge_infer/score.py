@@ -59,22 +59,29 @@ class Scorer:
         if pending:
             yield from self._score_pending(pending, keep_maps)
 
+    def judge(self, batch: np.ndarray) -> tuple[ModelOutputs, list[Verdict]]:
+        """Run a preprocessed batch and decide each image; verdicts carry compute and postprocess ms.
+
+        The one model-and-decision step: `score_paths` here and the server's pipeline both use it.
+        """
+        t0 = time.perf_counter()
+        out = self.backend.run(batch)
+        compute_ms = round((time.perf_counter() - t0) * 1e3 / len(batch), 3)
+        thresholds, verdicts = self.thresholds, []
+        for i in range(len(batch)):
+            t1 = time.perf_counter()
+            verdict = decide(float(out.score[i]), out.anomaly_map[i], thresholds)
+            verdict.latency_ms = {"compute": compute_ms, "postprocess": round((time.perf_counter() - t1) * 1e3, 3)}
+            verdicts.append(verdict)
+        return out, verdicts
+
     def _score_pending(self, pending, keep_maps: bool) -> Iterator[Scored]:
         t0 = time.perf_counter()
         batch = np.stack([preprocess(image, self.spec) for _, image, _ in pending])
-        t1 = time.perf_counter()
-        out = self.backend.run(batch)
-        t2 = time.perf_counter()
-        n = len(pending)
-        for i, (path, _, decode_ms) in enumerate(pending):
-            t3 = time.perf_counter()
-            verdict = decide(float(out.score[i]), out.anomaly_map[i], self.thresholds)
-            verdict.latency_ms = {
-                "decode": round(decode_ms, 3),
-                "preprocess": round((t1 - t0) * 1e3 / n, 3),
-                "compute": round((t2 - t1) * 1e3 / n, 3),
-                "postprocess": round((time.perf_counter() - t3) * 1e3, 3),
-            }
+        preprocess_ms = round((time.perf_counter() - t0) * 1e3 / len(pending), 3)
+        out, verdicts = self.judge(batch)
+        for i, ((path, _, decode_ms), verdict) in enumerate(zip(pending, verdicts)):
+            verdict.latency_ms = {"decode": round(decode_ms, 3), "preprocess": preprocess_ms, **verdict.latency_ms}
             yield Scored(str(path), verdict, out.anomaly_map[i] if keep_maps else None)
 
     def close(self) -> None:
