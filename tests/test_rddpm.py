@@ -170,3 +170,20 @@ def test_train_evaluate_export_score_end_to_end(run, category, tmp_path):
     np.testing.assert_allclose(onnx_scores, predict(model, samples, SPEC).scores, rtol=1e-3, atol=1e-5)
     defects = np.array([s.label for s in samples]) == 1
     assert onnx_scores[defects].mean() > onnx_scores[~defects].mean()
+
+
+@pytest.mark.slow
+def test_study_trains_at_a_fixed_step_count_and_counts_the_contaminants(category, tmp_path):
+    from train_host import rddpm_study
+
+    out = tmp_path / "study"
+    assert rddpm_study.main(["--data", str(category), "--out", str(out), "--levels", "0,0.1", "--size", "32",
+                             "--epochs", "2", "--batch-size", "8", "--threads", "1",
+                             "--set", "unet=tiny", "--set", "t0=50", "--set", "steps=2", "--set", "crop=0"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = {(r["contamination"], r["loss"]): r for r in results["runs"]}
+    assert set(runs) == {(0.0, "huber"), (0.0, "mse"), (0.1, "huber"), (0.1, "mse")}
+    assert {r["train_steps"] for r in runs.values()} == {2 * 3}  # 2 epochs of 3 batches of 8, whatever the clock
+    assert runs[(0.0, "huber")]["train_contaminated"] == 0
+    assert runs[(0.1, "huber")]["train_contaminated"] == runs[(0.1, "mse")]["train_contaminated"] == 2
+    assert "| 10% | huber | 2 |" in (out / "report.md").read_text()

@@ -42,7 +42,12 @@ def parse(argv):
     p.add_argument("--levels", default="0,0.05,0.1", help="contamination shares, comma-separated")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
-    p.add_argument("--max-minutes", type=float, default=4.0, help="training budget per run")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training images per run: a fixed step "
+                   "count, so runs compare at equal training whatever else the machine is doing")
+    p.add_argument("--max-minutes", type=float, default=24 * 60.0, help="wall-clock cap per run (default: none in "
+                   "practice; a cap makes runs on a shared machine get different step counts)")
+    p.add_argument("--losses", help="train only these of the robust loss and mse (comma-separated), e.g. to run "
+                   "the two halves of a study side by side in two folders")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--test-limit", type=int, help="evaluate on a seeded subset of this many test images")
     p.add_argument("--seed", type=int, default=0)
@@ -78,12 +83,12 @@ def main(argv=None) -> int:
         test = subsample_both_classes(test, args.test_limit, args.seed)
     results = {"data": args.data, "spec": spec.to_dict(), "test_images": len(test),
                "test_defects": sum(s.label for s in test), "robust": args.robust,
-               "max_minutes": args.max_minutes, "runs": []}
+               "epochs": args.epochs, "max_minutes": args.max_minutes, "runs": []}
     for level in levels:
         split = load_split(args.data, seed=args.seed, contamination=level)
-        for loss in (args.robust, "mse"):
+        for loss in (args.losses.split(",") if args.losses else (args.robust, "mse")):
             run_dir = out / f"c{level:g}_{loss}"
-            config = {"loss": loss, "max_minutes": args.max_minutes, **extra_config(args.set)}
+            config = {"loss": loss, "epochs": args.epochs, "max_minutes": args.max_minutes, **extra_config(args.set)}
             if not (run_dir / "run.json").is_file():
                 options = {"batch_size": args.batch_size, "seed": args.seed, "data": args.data,
                            "contamination": level}
@@ -139,7 +144,7 @@ def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | No
 def report(results: dict) -> str:
     lines = [f"# rddpm: {results['robust']} vs MSE under contamination ({results['data']})", "",
              f"Input {results['spec']['height']}x{results['spec']['width']}x{results['spec']['channels']}, "
-             f"{results['max_minutes']} min training budget per run; one common test set of "
+             f"{results.get('epochs')} epochs per run (cap {results['max_minutes']} min); one common test set of "
              f"{results['test_images']} images ({results['test_defects']} defective).", "",
              "| contamination | loss | train defects | image AUROC | image AUPRC | t0 | K | train s | steps |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
