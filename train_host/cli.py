@@ -207,7 +207,8 @@ def rddpm_options(p) -> None:
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
 
 def dinov2_options(p) -> None:
-    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vits14)")
+    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14; with vits14 the default LoRA "
+                   "is 1.36%% of the backbone)")
     p.add_argument("--depth", type=int, help="keep only the first N blocks (quick experiments; default: all)")
     p.add_argument("--layers", type=int_tuple, help="blocks whose patch tokens are used, comma-separated "
                    "(default: lora three, knn two, in the second half of the network)")

@@ -25,6 +25,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
 from .dinov2_backbone import (
+    DEFAULT_BACKBONE,
     build_vit,
     check_layers,
     default_layers,
@@ -45,7 +46,7 @@ PRESETS = {
 
 @dataclass
 class DinoLoRAConfig:
-    backbone: str = "vits14"
+    backbone: str = DEFAULT_BACKBONE
     depth: int | None = None  # keep only this many blocks (tests, quick experiments)
     layers: tuple[int, ...] | None = None  # blocks the head reads; default: three in the second half
     head_dim: int = 128
