@@ -205,10 +205,13 @@ def test_bad_options_get_clear_errors():
         dinov2_lora.build({**SMALL, "layers": [5]}, SPEC)
 
 
-def test_zero_shot_is_an_honest_unfinished_error(tmp_path):
+def test_zero_shot_fit_refuses_a_single_station_split(tmp_path):
+    from train_host.data import load_split
+
+    split = load_split(make_mvtec(tmp_path / "cat", n_train=4, n_good=1, n_defect=1))
     model = dinov2_lora.build({**SMALL, "zero_shot": True}, SPEC)
-    with pytest.raises(LinesideError, match="unfinished"):
-        dinov2_lora.fit(model, context=None)
+    with pytest.raises(LinesideError, match="two or more stations"):
+        dinov2_lora.fit(model, Context(split, SPEC))
 
 
 def test_greedy_coreset_covers_every_cluster():

@@ -45,7 +45,7 @@ def register(sub) -> None:
                                "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
                                "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
                                "facebook/dinov2-* model.safetensors.")
-    common_train_options(lora)
+    common_train_options(lora, stations=True)
     dinov2_options(lora)
     dinov2_lora_options(lora)
     lora.set_defaults(handler=handler("train_host.train:main"))
@@ -117,9 +117,14 @@ def precision_options(p) -> None:
     p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")
 
 
-def common_train_options(p) -> None:
-    p.add_argument("--data", required=True, help="'elpv' (pip install elpv-dataset; CC BY-NC-SA, non-commercial) "
-                   "or a folder in MVTec AD / MVTec AD 2 layout")
+def common_train_options(p, stations: bool = False) -> None:
+    """``stations``: --data may repeat (a family with a zero-shot mode trains across several stations)."""
+    data_help = "'elpv' (pip install elpv-dataset; CC BY-NC-SA, non-commercial) or a folder in MVTec AD / AD 2 layout"
+    if stations:
+        p.add_argument("--data", required=True, action="append", help=data_help + "; with --zero-shot repeat it, "
+                       "once per station: --data DIR1 --data DIR2 ...")
+    else:
+        p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
     p.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
@@ -232,7 +237,9 @@ def dinov2_lora_options(p) -> None:
     p.add_argument("--kinds", type=lambda t: tuple(t.split(",")),
                    help="synthetic kinds (default: texture,structural,contextual,cutpaste)")
     p.add_argument("--zero-shot", action="store_true", default=None,
-                   help="train once over many stations and score new ones untrained (unfinished)")
+                   help="train once on synthetic anomalies over several stations (--data given once per station); "
+                   "score a new station untrained: `lineside evaluate RUN --data NEW`, `lineside export RUN --out B "
+                   "--data NEW` (its threshold comes from NEW's good images)")
 
 
 def dinov2_knn_options(p) -> None:
