@@ -212,8 +212,7 @@ def rddpm_options(p) -> None:
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
 
 def dinov2_options(p) -> None:
-    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14; with vits14 the default LoRA "
-                   "is 1.36%% of the backbone)")
+    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14)")
     p.add_argument("--depth", type=int, help="keep only the first N blocks (quick experiments; default: all)")
     p.add_argument("--layers", type=int_tuple, help="blocks whose patch tokens are used, comma-separated "
                    "(default: lora three, knn two, in the second half of the network)")
@@ -226,7 +225,8 @@ def dinov2_lora_options(p) -> None:
                    help="lora (default), baseline (frozen backbone + head), best (train both, keep the one that "
                    "validates better)")
     p.add_argument("--preset", choices=["default", "anomalyvfm"],
-                   help="default: rank 16 / alpha 32 on qkv; anomalyvfm: rank 64 on query, value, output")
+                   help="default: rank 16 / alpha 32 on qkv (0.69%% of ViT-B, 1.36%% of ViT-S); anomalyvfm: rank 64 on "
+                   "query, value, output")
     p.add_argument("--rank", help="LoRA rank, or 'auto' for a validation sweep over --ranks")
     p.add_argument("--ranks", type=int_tuple, help="ranks the auto sweep tries (default: 4,16,64)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the preset's, scaled with the rank)")
