@@ -45,7 +45,7 @@ def register(sub) -> None:
                                "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
                                "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
                                "facebook/dinov2-* model.safetensors.")
-    common_train_options(lora)
+    common_train_options(lora, stations=True)
     dinov2_options(lora)
     dinov2_lora_options(lora)
     lora.set_defaults(handler=handler("train_host.train:main"))
@@ -117,9 +117,14 @@ def precision_options(p) -> None:
     p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")
 
 
-def common_train_options(p) -> None:
-    p.add_argument("--data", required=True, help="'elpv' (pip install elpv-dataset; CC BY-NC-SA, non-commercial) "
-                   "or a folder in MVTec AD / MVTec AD 2 layout")
+def common_train_options(p, stations: bool = False) -> None:
+    """``stations``: --data may repeat (a family with a zero-shot mode trains across several stations)."""
+    data_help = "'elpv' (pip install elpv-dataset; CC BY-NC-SA, non-commercial) or a folder in MVTec AD / AD 2 layout"
+    if stations:
+        p.add_argument("--data", required=True, action="append", help=data_help + "; with --zero-shot repeat it, "
+                       "once per station: --data DIR1 --data DIR2 ...")
+    else:
+        p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
     p.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
@@ -207,7 +212,7 @@ def rddpm_options(p) -> None:
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
 
 def dinov2_options(p) -> None:
-    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vits14)")
+    p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14)")
     p.add_argument("--depth", type=int, help="keep only the first N blocks (quick experiments; default: all)")
     p.add_argument("--layers", type=int_tuple, help="blocks whose patch tokens are used, comma-separated "
                    "(default: lora three, knn two, in the second half of the network)")
@@ -220,7 +225,8 @@ def dinov2_lora_options(p) -> None:
                    help="lora (default), baseline (frozen backbone + head), best (train both, keep the one that "
                    "validates better)")
     p.add_argument("--preset", choices=["default", "anomalyvfm"],
-                   help="default: rank 16 / alpha 32 on qkv; anomalyvfm: rank 64 on query, value, output")
+                   help="default: rank 16 / alpha 32 on qkv (0.69%% of ViT-B, 1.36%% of ViT-S); anomalyvfm: rank 64 on "
+                   "query, value, output")
     p.add_argument("--rank", help="LoRA rank, or 'auto' for a validation sweep over --ranks")
     p.add_argument("--ranks", type=int_tuple, help="ranks the auto sweep tries (default: 4,16,64)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: the preset's, scaled with the rank)")
@@ -231,7 +237,9 @@ def dinov2_lora_options(p) -> None:
     p.add_argument("--kinds", type=lambda t: tuple(t.split(",")),
                    help="synthetic kinds (default: texture,structural,contextual,cutpaste)")
     p.add_argument("--zero-shot", action="store_true", default=None,
-                   help="train once over many stations and score new ones untrained (unfinished)")
+                   help="train once on synthetic anomalies over several stations (--data given once per station); "
+                   "score a new station untrained: `lineside evaluate RUN --data NEW`, `lineside export RUN --out B "
+                   "--data NEW` (its threshold comes from NEW's good images)")
 
 
 def dinov2_knn_options(p) -> None:

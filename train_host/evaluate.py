@@ -9,14 +9,14 @@ from edge_infer.bundle import write_json_atomic
 from .data import load_split
 from .infer import predict
 from .metrics import evaluate_scores
-from .run import load_run
+from .run import load_run, run_data
 from .train import set_threads
 
 
 def main(args) -> int:
     set_threads(args.threads)
     model, record = load_run(args.run)
-    data = args.data or record["data"].get("data")
+    data = run_data(record, args.data, args.run)
     split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0),
                        limit=args.limit)
     metrics = evaluate_model(model, record, split, batch_size=args.batch_size)

@@ -22,8 +22,8 @@ from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec, load_inputs
 
 from .data import load_split
-from .run import load_run
-from .train import set_threads
+from .run import load_run, run_data
+from .train import set_threads, summarise
 
 OPSET = 18
 
@@ -56,6 +56,9 @@ def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch
     """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for."""
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
+    if record["data"].get("zero_shot"):
+        data = run_data(record, data, run)
+        record = new_station_scale(model, record, data, spec)
     prepare_out(out, force)
     export_onnx(model, spec, out / "model.onnx", max_batch)
     images = parity_batch(data or record["data"].get("data"), record, spec, parity_images)
@@ -122,6 +125,30 @@ def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) ->
     return images
 
 
+def new_station_scale(model: torch.nn.Module, record: dict, data: str, spec: InputSpec, count: int = 200) -> dict:
+    """A zero-shot run's record with the score scale of the station it is exported for.
+
+    The normalisation and the provisional threshold come from the validation good scores;
+    for a run trained on other stations those would be the wrong station's. They are
+    replaced by the scores of the new station's own good images (train and validation
+    parts, up to ``count``, evenly spaced), which the run never trained on.
+    """
+    from .infer import predict
+
+    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
+    goods = [s for s in split.train + split.val if s.label == 0]
+    goods = goods[:: max(1, len(goods) // count)][:count]
+    scores = predict(model, goods, spec, progress="good images of the new station").scores
+    if not len(scores):
+        raise LinesideError(f"no readable good image in {data}: a zero-shot bundle takes its threshold from the "
+                            "new station's good images; give --data with the station's train/good images")
+    training = dict(record["training"])
+    training["training_stations_good_scores"] = training.pop("validation_good_scores", None)
+    training["validation_good_scores"] = {**summarise(scores), "source": f"good images of {data} (the new station, "
+                                          "not trained on)"}
+    return {**record, "training": training}
+
+
 def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:
     from lineside import __version__
 
@@ -147,7 +174,8 @@ def provisional_thresholds(record: dict) -> Thresholds:
     if not good:
         return Thresholds(provenance={"method": "none", "note": "no validation images: run `lineside calibrate`"})
     return Thresholds(image=good["q99"], provenance={
-        "method": "provisional: 99th percentile of validation good scores", "images": good["n"],
+        "method": f"provisional: 99th percentile of {good.get('source', 'validation good scores')}",
+        "images": good["n"],
         "note": "set the station's threshold with `lineside calibrate`"})
 
 

@@ -58,3 +58,15 @@ def load_run(run: str | Path):
         raise LinesideError(f"{weights} does not match the hash in {RECORD}: the run was altered; train again")
     load_model(model, str(weights))
     return model.eval(), record
+
+
+def run_data(record: dict, data: str | None, run: str | Path = "RUN") -> str:
+    """The dataset to score a run on: ``data`` if given, else the run's own; a zero-shot run has none."""
+    data = data or record["data"].get("data")
+    if data:
+        return data
+    stations = [s.get("name", s.get("data")) for s in record["data"].get("stations", [])]
+    if stations:
+        raise LinesideError(f"{run} was trained zero-shot on the stations {', '.join(stations)}: give --data DIR, "
+                            "the station to score (it needs no training of its own)")
+    raise LinesideError(f"{run} does not say which images it was trained on: give --data DIR")

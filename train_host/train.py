@@ -24,8 +24,7 @@ COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "se
 def main(args) -> int:
     set_threads(args.threads)
     spec = input_spec(args)
-    split = load_split(args.data, val_share=args.val_share, seed=args.seed,
-                       contamination=args.contamination, limit=args.limit)
+    split = training_split(args)
     out = Path(args.out)
     print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
     config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
@@ -68,6 +67,21 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
     save_run(out, family, config_used, spec, model, split.info, training)
     return training
+
+
+def training_split(args):
+    """One station's split; or, for --zero-shot, the union of several stations' (--data repeated)."""
+    datas = args.data if isinstance(args.data, list) else [args.data]
+    options = {"val_share": args.val_share, "seed": args.seed, "contamination": args.contamination,
+               "limit": args.limit}
+    if getattr(args, "zero_shot", None):
+        from .data.stations import load_stations
+
+        return load_stations(datas, **options)
+    if len(datas) > 1:
+        raise LinesideError(f"--data was given {len(datas)} times ({' '.join(datas)}): one station per run, or add "
+                            "--zero-shot to train once across all of them")
+    return load_split(datas[0], **options)
 
 
 def summarise(scores: np.ndarray) -> dict:

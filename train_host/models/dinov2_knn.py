@@ -20,6 +20,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
 from .dinov2_backbone import (
+    DEFAULT_BACKBONE,
     build_vit,
     check_layers,
     default_layers,
@@ -33,7 +34,7 @@ FAMILY = "dinov2-knn"
 
 @dataclass
 class DinoKNNConfig:
-    backbone: str = "vits14"
+    backbone: str = DEFAULT_BACKBONE
     depth: int | None = None
     layers: tuple[int, ...] | None = None  # default: two blocks in the second half
     aggregate: int = 3  # local averaging of patch features (PatchCore), 1 = none

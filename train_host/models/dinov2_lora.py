@@ -25,6 +25,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
 from .dinov2_backbone import (
+    DEFAULT_BACKBONE,
     build_vit,
     check_layers,
     default_layers,
@@ -45,7 +46,7 @@ PRESETS = {
 
 @dataclass
 class DinoLoRAConfig:
-    backbone: str = "vits14"
+    backbone: str = DEFAULT_BACKBONE
     depth: int | None = None  # keep only this many blocks (tests, quick experiments)
     layers: tuple[int, ...] | None = None  # blocks the head reads; default: three in the second half
     head_dim: int = 128
@@ -220,9 +221,10 @@ def load_weights(model: DinoSegDetector, path) -> dict:
 def fit(model: DinoSegDetector, context) -> dict:
     from .dinov2_training import fit_segmentation
 
-    if model.config.zero_shot:
-        raise LinesideError("the zero-shot option (train once on many stations, score a new one untrained) is "
-                            "unfinished: train on the station's own good images (drop --zero-shot)")
+    stations = len(context.split.info.get("stations", []))
+    if model.config.zero_shot and stations < 2:
+        raise LinesideError(f"zero-shot training needs the good images of two or more stations, got {stations}: "
+                            "`lineside train dinov2-lora --zero-shot --data DIR1 --data DIR2 ...`")
     training = fit_segmentation(model, context)
     model.config.adapted = {k: training[k] for k in ("kept", "rank", "alpha") if k in training}
     training["config"] = asdict(model.config)

@@ -23,6 +23,7 @@ from ..synth import synthesize_set
 
 CACHE_LIMIT_BYTES = 2 << 30  # cache frozen-backbone tokens only below this size
 MERGE_TOLERANCE = 1e-4
+SHARE_NOTE = 0.01  # adapters above this share of the backbone get a note in the log (not an error)
 
 
 @dataclass
@@ -64,6 +65,22 @@ def read_images(context, samples) -> list[np.ndarray]:
     for batch in context.loader(samples, shuffle=False):
         images.extend(batch["image"].numpy())
     return images
+
+
+def station_goods(context, part: str) -> list[list[np.ndarray]]:
+    """The split's ``part`` ("train" or "val") read as images, one list per station (one station: one list)."""
+    from ..data.stations import station_slices
+
+    samples = getattr(context.split, part)
+    return [read_images(context, samples[where]) if samples[where] else []
+            for where in station_slices(context.split.info, part, len(samples))]
+
+
+def stations_seg_data(groups: list[list[np.ndarray]], per_kind: int, kinds, seed: int) -> SegData:
+    """``seg_data`` per station, concatenated: contextual patches come from the same station, and
+    every station gets ``per_kind`` of each kind. The first station's seed is ``seed`` itself."""
+    parts = [seg_data(goods, per_kind, kinds, seed + 101 * k) for k, goods in enumerate(groups)]
+    return SegData(*(torch.cat([getattr(d, f) for d in parts]) for f in ("images", "masks", "labels")))
 
 
 def seg_data(goods: list[np.ndarray], per_kind: int, kinds, seed: int, donors_from=None) -> SegData:
@@ -149,17 +166,26 @@ def fit_segmentation(model, context) -> dict:
 
     cfg, log = model.config, context.log
     batch_size = int(context.options.get("batch_size", 16))
-    goods = read_images(context, context.split.train)
-    if len(goods) < 2:
-        raise LinesideError(f"dinov2-lora needs at least two good training images, found {len(goods)}")
-    train = seg_data(goods, cfg.per_kind, cfg.kinds, cfg.seed)
-    val_goods = read_images(context, context.split.val) if context.split.val else []
-    val_source = "validation split" if len(val_goods) >= 2 else "training images (no validation split)"
-    val = seg_data(val_goods if len(val_goods) >= 2 else goods, max(2, cfg.per_kind // 3), cfg.kinds, cfg.seed + 1)
-    log(f"dinov2-lora: {len(train)} training images ({int(train.labels.sum())} synthetic anomalies), "
+    train_groups, val_groups = station_goods(context, "train"), station_goods(context, "val")
+    if min(len(g) for g in train_groups) < 2:
+        raise LinesideError(f"dinov2-lora needs at least two good training images per station, found "
+                            f"{[len(g) for g in train_groups]}")
+    train = stations_seg_data(train_groups, cfg.per_kind, cfg.kinds, cfg.seed)
+    # held-out synthetic anomalies from each station's validation images (its training images if it has too few)
+    own_val = all(len(g) >= 2 for g in val_groups)
+    val_source = "validation split" if own_val else "training images (no validation split)"
+    val = stations_seg_data(val_groups if own_val else train_groups, max(2, cfg.per_kind // 3), cfg.kinds,
+                            cfg.seed + 1)
+    goods = [im for group in train_groups for im in group]
+    val_goods = [im for group in val_groups for im in group] if own_val else []
+    stations = f" over {len(train_groups)} stations" if len(train_groups) > 1 else ""
+    log(f"dinov2-lora: {len(train)} training images ({int(train.labels.sum())} synthetic anomalies){stations}, "
         f"{len(val)} validation images from the {val_source}")
     record = {"train_images": len(train), "synthetic_anomalies": int(train.labels.sum()),
               "validation": {"images": len(val), "source": val_source}, "epochs": cfg.epochs}
+    if len(train_groups) > 1:
+        record["stations"] = {"count": len(train_groups), "good_images": [len(g) for g in train_groups],
+                              "validation_good_images": [len(g) for g in val_groups]}
     initial = copy.deepcopy(model.state_dict())
     results = {}
 
@@ -180,6 +206,9 @@ def fit_segmentation(model, context) -> dict:
         report = adapter.report()
         log(f"LoRA rank {rank}, alpha {alpha:g}: {report['lora_parameters']:,} trainable parameters "
             f"= {100 * report['share_of_backbone']:.2f}% of the backbone's {report['backbone_parameters']:,}")
+        if report["share_of_backbone"] > SHARE_NOTE:
+            log(f"note: these adapters are {100 * report['share_of_backbone']:.2f}% of the {cfg.backbone} backbone, "
+                f"over the {100 * SHARE_NOTE:g}% the default aims for (vitb14 at rank 16: 0.69%)")
         train_head(model, train, cfg.epochs, batch_size, cfg.seed, log, params=adapter.parameters(),
                    frozen=False, desc=f"LoRA r{rank}")
         record["merge_check"] = merge_checked(model, adapter, real_images(val, val_goods, goods))
