@@ -133,6 +133,9 @@ def common_train_options(p) -> None:
     p.add_argument("--limit", type=int, help="use at most this many images per split part (quick runs)")
     p.add_argument("--contamination", type=float, default=0.0,
                    help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
+    p.add_argument("--val-defects", type=int, default=0,
+                   help="move this many labelled defect images from test into validation, for families that "
+                   "validate on real defects (cutpaste); the test set then excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 

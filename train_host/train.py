@@ -18,16 +18,18 @@ from .infer import predict
 from .run import save_run
 
 COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "seed", "val_share", "limit",
-          "contamination", "threads", "family", "command", "handler"}
+          "contamination", "val_defects", "threads", "family", "command", "handler"}
 
 
 def main(args) -> int:
     set_threads(args.threads)
     spec = input_spec(args)
     split = load_split(args.data, val_share=args.val_share, seed=args.seed,
-                       contamination=args.contamination, limit=args.limit)
+                       contamination=args.contamination, limit=args.limit, val_defects=args.val_defects)
     out = Path(args.out)
-    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
+    held = f" (+{len(split.val_defects)} defect)" if split.val_defects else ""
+    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation{held}, "
+          f"{len(split.test)} test images")
     config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
     train_run(args.family, config, spec, split, out, options=vars(args))
     print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
