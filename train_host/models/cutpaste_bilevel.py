@@ -88,8 +88,9 @@ def train_bilevel(model, context) -> dict:
         "hypergradient": "one-step truncated unrolling, second order (exact Hessian-vector product)"
         if learned else None,
         "validation_signal": vset.signal,
-        "validation_used_for": ("upper level" if learned else "nothing in training")
-        + (" and choosing the epoch kept (validation image AUROC)" if best is not None else ""),
+        "validation_used_for": " and ".join(
+            (["the upper level's hypergradient"] if learned else [])
+            + (["choosing the epoch kept (validation image AUROC)"] if best is not None else [])) or "reporting only",
         "epochs_run": epoch + 1, "stopped_by": stopped, "lower_steps": steps, "upper_steps": upper_steps,
         "validation_auroc_per_epoch": epoch_aurocs or None,
         "epoch_kept": best[1] if best is not None else epoch + 1,
@@ -142,7 +143,7 @@ def polarity_summary(synth, images: torch.Tensor, draws: int = 4) -> dict:
             changes += [float((o - i.float())[m].mean()) for o, i, m in zip(out, images, inside) if m.any()]
         synth.defect_share, synth.rng.bit_generator.state = share, state
     return {
-        "expected_log2_gain": round(float(probs["gain"] @ torch.tensor(GAINS).log2()), 3),
+        "expected_gain": round(float(probs["gain"] @ torch.tensor(GAINS)), 3),
         "expected_brightness_shift": round(float(probs["brightness"] @ torch.tensor(BRIGHTNESS)), 2),
         "mean_change_inside_masks": round(float(np.mean(changes)), 2) if changes else None,
         "darker_share": round(float(np.mean([c < 0 for c in changes])), 3) if changes else None,

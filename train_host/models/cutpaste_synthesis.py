@@ -6,7 +6,7 @@ dimmed, brightened or blurred in place), then scaled by a gain, brightness-shift
 blurred; a footprint (an ellipse of random aspect, at a chosen scale and angle) is pasted
 at a location sampled from a placement map. The mask is that footprint, exactly: pixels
 outside it are untouched. Gains and shifts are symmetric (as many darkening options as
-brightening ones, log-symmetric gains): the fixed baseline has no polarity, and the learned
+brightening ones, gains with mean 1): the fixed baseline has no polarity, and the learned
 synthesis can find one from the validation signal.
 
 What the upper level can learn (all relaxed with straight-through Gumbel-softmax, so the
@@ -37,7 +37,7 @@ from .layers import GaussianBlur
 SCALES = (0.08, 0.14, 0.22, 0.32)  # footprint long side, as a share of the image's shorter side
 ANGLES = (0, 45, 90, 135)  # footprint angle in degrees; the content turns by the matching quarter
 SOURCES = ("other", "self")  # another image of the batch (rolled, turned), or the target in place
-GAINS = (0.5, 0.71, 1.0, 1.41, 2.0)  # multiplicative gain of the content: log-symmetric, dims as much as it brightens
+GAINS = (0.5, 0.75, 1.0, 1.25, 1.5)  # multiplicative gain of the content: mean 1, dims as much as it brightens
 BRIGHTNESS = (-60.0, -30.0, 0.0, 30.0, 60.0)  # shift of the pasted content, in 0-255 pixel units
 BLURS = (0.0, 1.0, 2.0)  # Gaussian σ of the pasted content, pixels
 BLENDS = ("alpha", "poisson")
@@ -110,6 +110,9 @@ class CutPasteSynthesis(nn.Module):
         strength = picks["strength"] @ torch.tensor(STRENGTHS)
         blend = picks["blend"]
         clone = poisson_clone(content.detach(), target, mask)
+        # a gradient-domain blend of the region into itself would undo its gain and shift (an
+        # invisible defect with a mask): pastes from the target itself blend by alpha only
+        clone = torch.where(picks["source"][:, 1].view(n, 1, 1, 1).bool(), content, clone)
         alpha = strength.view(n, 1, 1, 1) * soft_mask
         out_alpha = target * (1 - alpha) + alpha * content
         out_poisson = target * (1 - alpha) + alpha * clone
