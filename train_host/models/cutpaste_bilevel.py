@@ -154,6 +154,7 @@ def polarity_summary(synth, images: torch.Tensor, draws: int = 4) -> dict:
 def placement_summary(synth, images: torch.Tensor) -> dict:
     """Where the placement map puts its mass, in numbers a person can read."""
     prob = synth.placement_map(images)[:, 0]  # N×H×W, each sums to 1
+    logits = synth.placement(images.float())[:, 0]
     n, h, w = prob.shape
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     band = ((ys < 0.1) | (ys > 0.9) | (xs < 0.1) | (xs > 0.9)).float()
@@ -161,6 +162,7 @@ def placement_summary(synth, images: torch.Tensor) -> dict:
     entropy = -(prob * prob.clamp_min(1e-12).log()).sum((1, 2)).mean()
     return {
         "entropy_share_of_uniform": round(float(entropy / math.log(h * w)), 4),
+        "logit_std_within_image": round(float(logits.flatten(1).std(1).mean()), 5),  # 0: exactly uniform
         "centre_of_mass_yx": [round(float((prob * ys).sum((1, 2)).mean()), 3),
                               round(float((prob * xs).sum((1, 2)).mean()), 3)],
         "border_band_mass": round(float((prob * band).sum((1, 2)).mean()), 4),
@@ -188,6 +190,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def save_synthesis_pngs(synth, images, vset: ValidationSet, out: Path, tag: str) -> None:
     """samples_{tag}.png (mask outlines in red), placement_{tag}.png, validation_defects.png."""
     import cv2
+    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():  # the same draws before and after learning
@@ -197,6 +200,7 @@ def save_synthesis_pngs(synth, images, vset: ValidationSet, out: Path, tag: str)
         x, m = synth(images)
         synth.defect_share, synth.rng.bit_generator.state = share, state
     cv2.imwrite(str(out / f"samples_{tag}.png"), tile([outlined(a, b) for a, b in zip(x, m)]))
+    save_file({k: v.detach().contiguous() for k, v in synth.state_dict().items()}, str(out / f"synthesis_{tag}.safetensors"))
     prob = synth.placement_map(images)[:, 0]
     heat = [cv2.applyColorMap(np.uint8(255 * (p / p.max()).numpy()), cv2.COLORMAP_JET) for p in prob]
     cv2.imwrite(str(out / f"placement_{tag}.png"), tile([bgr(i) for i in images] + heat, columns=len(images)))
