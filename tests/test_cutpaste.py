@@ -15,7 +15,7 @@ from mvtec_fixture import make_mvtec
 from train_host.data import load_split
 from train_host.models import cutpaste
 from train_host.context import TrainContext
-from train_host.models.cutpaste_bilevel import polarity_summary, upper_step
+from train_host.models.cutpaste_bilevel import polarity_summary, synthesis_optimizer, upper_step
 from train_host.models.cutpaste_synthesis import BRIGHTNESS, GAINS, CutPasteSynthesis
 from train_host.models.cutpaste_validation import ValidationSet, build_validation, synthetic_family
 
@@ -79,6 +79,19 @@ def test_placement_map_gets_the_validation_hypergradient_and_one_step_changes_sy
         assert synth.logits[name].grad.abs().sum() > 0
     moved = [k for k, v in synth.named_parameters() if not torch.equal(v, before[k])]
     assert "placement.head.weight" in moved and "logits.scale" in moved
+
+
+def test_placement_stays_alive_over_upper_steps_at_the_default_learning_rates():
+    # at Adam lr 0.05 the bounded placement logits saturated within ~10 steps: exactly uniform, no gradient
+    torch.manual_seed(0)
+    model, synth = cutpaste.build({"base_channels": 4}, SPEC).train(), synthesis()
+    vset = ValidationSet(good_images(4, seed=3).float(), torch.tensor([0.0, 0.0, 1.0, 1.0]), None, "real defects")
+    opt = synthesis_optimizer(synth, {})
+    assert [g["lr"] for g in opt.param_groups] == [0.005, 0.05]
+    for _ in range(12):
+        upper_step(model, synth, opt, good_images(4), vset, inner_lr=0.01)
+    logits = synth.placement(good_images(4).float())
+    assert logits.flatten(1).std(1).min() > 1e-4 and logits.abs().max() < 2.9
 
 
 def test_synthetic_validation_family_comes_from_train_host_synth_with_exact_masks():
