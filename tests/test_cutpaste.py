@@ -6,20 +6,38 @@ import json
 import numpy as np
 import pytest
 import torch
+from mvtec_fixture import make_mvtec
 
 from edge_infer.bundle import Bundle
 from edge_infer.preprocess import InputSpec
 from edge_infer.score import Scorer
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
+from train_host.context import TrainContext
 from train_host.data import load_split
 from train_host.models import cutpaste
-from train_host.context import TrainContext
-from train_host.models.cutpaste_bilevel import polarity_summary, synthesis_optimizer, upper_step
+from train_host.models.cutpaste_bilevel import (
+    polarity_summary,
+    synthesis_optimizer,
+    upper_step,
+)
 from train_host.models.cutpaste_synthesis import BRIGHTNESS, GAINS, CutPasteSynthesis
-from train_host.models.cutpaste_validation import ValidationSet, build_validation, synthetic_family
+from train_host.models.cutpaste_validation import (
+    ValidationSet,
+    build_validation,
+    synthetic_family,
+)
 
 SPEC = InputSpec(64, 64, 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small tensors: on a shared 2-core CPU a second torch thread only adds contention
+    # (12 upper steps: ~2 s with one thread, ~160 s with two under load 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def good_images(n=6, seed=0):
@@ -150,7 +168,7 @@ def test_train_evaluate_export_score_end_to_end(tmp_path):
     run, synth_dir, bundle_dir = tmp_path / "run", tmp_path / "synth", tmp_path / "bundle"
     assert cli(["train", "cutpaste", "--data", str(data), "--out", str(run), "--size", "64", "--channels", "1",
                 "--base-channels", "4", "--epochs", "2", "--batch-size", "8", "--learned-synthesis",
-                "--upper-every", "1", "--synth-out", str(synth_dir), "--threads", "2", "--val-defects", "2"]) == 0
+                "--upper-every", "1", "--synth-out", str(synth_dir), "--threads", "1", "--val-defects", "2"]) == 0
     record = json.loads((run / "run.json").read_text())
     training = record["training"]
     assert training["upper_steps"] >= 1 and training["synthesis"].startswith("learned")

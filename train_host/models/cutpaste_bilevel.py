@@ -167,7 +167,7 @@ def placement_summary(synth, images: torch.Tensor) -> dict:
     """Where the placement map puts its mass, in numbers a person can read."""
     prob = synth.placement_map(images)[:, 0]  # N×H×W, each sums to 1
     logits = synth.placement(images.float())[:, 0]
-    n, h, w = prob.shape
+    _, h, w = prob.shape
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     band = ((ys < 0.1) | (ys > 0.9) | (xs < 0.1) | (xs > 0.9)).float()
     gray = images.float().mean(1)
