@@ -72,7 +72,7 @@ def test_mvtec_ad_split_contents(tmp_path):
     assert all(s.label == 1 and s.mask_path.name == f"{s.path.stem}_mask.png" for s in by_class["scratch"])
     assert by_class["crack"][0].mask_path is None and by_class["crack"][0].label == 1
     assert split.has_masks
-    assert split.info["counts"] == {"train_good": 8, "train_contaminated": 0, "val": 2,
+    assert split.info["counts"] == {"train_good": 8, "train_contaminated": 0, "val": 2, "val_defect": 0,
                                     "test_good": 3, "test_defect": 3, "test_with_mask": 2}
 
 
@@ -108,6 +108,36 @@ def test_contamination_moves_defects_into_train(tmp_path):
     assert [s for s in dirty.train if s.label == 0] == clean.train
     with pytest.raises(LinesideError, match="contamination 0.5 asks for 9 defect images"):
         load_split(root, val_share=0.1, contamination=0.5)
+
+
+def test_val_defects_move_out_of_test_and_never_overlap_contamination(tmp_path):
+    root = mvtec_ad(tmp_path / "d", n_train=20)
+    for i in range(2, 6):  # more defects, so contamination and val_defects both have some to take
+        write(root / "test/scratch" / f"{i:03d}.png", square=(5, 5, 8))
+    clean = load_split(root, val_share=0.1)
+    split = load_split(root, val_share=0.1, contamination=0.1, val_defects=3)  # 2 contaminants, 3 held
+    held = {s.path for s in split.val_defects}
+    assert len(held) == 3 and all(s.label == 1 for s in split.val_defects)
+    assert held.isdisjoint({s.path for s in split.test}) and held.isdisjoint({s.path for s in split.train})
+    assert len(split.test) == len(clean.test) - 2 - 3 and {s.label for s in split.test} == {0, 1}
+    assert split.val == clean.val  # val stays the good hold-out for every other family
+    assert split.info["val_defects"] == 3 and split.info["counts"]["val_defect"] == 3
+    assert split.info["fingerprint"] != load_split(root, val_share=0.1, contamination=0.1).info["fingerprint"]
+    assert [s.path for s in load_split(root, val_share=0.1, contamination=0.1, val_defects=3).val_defects] \
+        == [s.path for s in split.val_defects]  # seeded
+    assert clean.val_defects == [] and clean.info["val_defects"] == 0
+    with pytest.raises(LinesideError, match="would leave the test set with no defect images"):
+        load_split(root, val_share=0.1, val_defects=7)  # all 7 defects
+    with pytest.raises(LinesideError, match="val_defects must be 0 or more"):
+        load_split(root, val_defects=-1)
+
+
+def test_elpv_val_defects_come_from_test_only():
+    base, split = load_split("elpv"), load_split("elpv", val_defects=20)
+    assert len(split.val_defects) == 20 and {s.label for s in split.val_defects} == {1}
+    assert split.info["counts"]["test_defect"] == base.info["counts"]["test_defect"] - 20
+    assert {s.path for s in split.val_defects} <= {s.path for s in base.test if s.label == 1}
+    assert split.train == base.train and split.val == base.val
 
 
 def test_limit_caps_each_list_and_keeps_both_classes(tmp_path):

@@ -138,6 +138,9 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--limit", type=int, help="use at most this many images per split part (quick runs)")
     p.add_argument("--contamination", type=float, default=0.0,
                    help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
+    p.add_argument("--val-defects", type=int, default=0,
+                   help="move this many labelled defect images from test into validation, for families that "
+                   "validate on real defects (cutpaste); the test set then excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
 
 
@@ -161,7 +164,9 @@ def cutpaste_options(p) -> None:
     p.add_argument("--epochs", type=int, default=5, help="passes over the training images (default: 5)")
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     p.add_argument("--lr", type=float, help="Adam learning rate of the network (default: 1e-3)")
-    p.add_argument("--synth-lr", type=float, help="Adam learning rate of the synthesis (default: 0.05)")
+    p.add_argument("--synth-lr", type=float, help="Adam learning rate of the transform weights (default: 0.05)")
+    p.add_argument("--placement-lr", type=float, help="Adam learning rate of the placement U-Net "
+                   "(default: a tenth of --synth-lr)")
     p.add_argument("--upper-every", type=int, help="lower steps per upper step (default: 2)")
     p.add_argument("--inner-lr", type=float, help="SGD step ξ of the unrolled look-ahead (default: 0.01)")
     p.add_argument("--synth-out", metavar="DIR",

@@ -17,8 +17,10 @@ def main(args) -> int:
     set_threads(args.threads)
     model, record = load_run(args.run)
     data = run_data(record, args.data, args.run)
+    # the same val_defects on the run's own data, so the defects it validated on stay out of its test set
+    held = record["data"].get("val_defects", 0) if data == record["data"].get("data") else 0
     split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0),
-                       limit=args.limit)
+                       limit=args.limit, val_defects=held)
     metrics = evaluate_model(model, record, split, batch_size=args.batch_size)
     print(format_metrics(metrics))
     if args.json:

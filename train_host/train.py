@@ -18,7 +18,7 @@ from .infer import predict
 from .run import save_run
 
 COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "seed", "val_share", "limit",
-          "contamination", "threads", "family", "command", "handler"}
+          "contamination", "val_defects", "threads", "family", "command", "handler"}
 
 
 def main(args) -> int:
@@ -26,7 +26,9 @@ def main(args) -> int:
     spec = input_spec(args)
     split = training_split(args)
     out = Path(args.out)
-    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test images")
+    held = f" (+{len(split.val_defects)} defect)" if split.val_defects else ""
+    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation{held}, "
+          f"{len(split.test)} test images")
     config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
     train_run(args.family, config, spec, split, out, options=vars(args))
     print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
@@ -77,11 +79,14 @@ def training_split(args):
     if getattr(args, "zero_shot", None):
         from .data.stations import load_stations
 
+        if getattr(args, "val_defects", 0):
+            raise LinesideError("--val-defects holds out labelled defects of the station being trained; a "
+                                "--zero-shot run has no station of its own: drop --val-defects")
         return load_stations(datas, **options)
     if len(datas) > 1:
         raise LinesideError(f"--data was given {len(datas)} times ({' '.join(datas)}): one station per run, or add "
                             "--zero-shot to train once across all of them")
-    return load_split(datas[0], **options)
+    return load_split(datas[0], **options, val_defects=getattr(args, "val_defects", 0))
 
 
 def summarise(scores: np.ndarray) -> dict:

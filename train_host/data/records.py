@@ -32,6 +32,9 @@ class Split:
     val: list[Sample]  # held-out good images: thresholds and model selection use these
     test: list[Sample]  # good + defective images for evaluation
     info: dict = field(default_factory=dict)  # provenance for run records and manifests
+    # a few labelled defects moved out of test (``val_defects``): a validation signal for the
+    # families that can use one; kept apart from `val` so `val` stays good-only for everyone else
+    val_defects: list[Sample] = field(default_factory=list)
 
     @property
     def has_masks(self) -> bool:
@@ -39,14 +42,17 @@ class Split:
 
 
 def load_split(data: str | Path, val_share: float = 0.1, seed: int = 0,
-               contamination: float = 0.0, limit: int | None = None) -> Split:
+               contamination: float = 0.0, limit: int | None = None, val_defects: int = 0) -> Split:
     """`data == "elpv"` → the ELPV solar cells; otherwise an MVTec AD / AD 2 category folder.
 
     contamination: move round(contamination × train size) defect images (at least one when
     contamination > 0) from test into train; they keep label 1 so experiments can count them.
     limit: cap train (before contamination), val and test each, keeping both classes in test.
+    val_defects: move this many labelled defect images (seeded, never the contaminants) from
+    test into `Split.val_defects`, so a family may validate on real defects that the test
+    set then never contains. The test set keeps at least one defect.
     """
-    _check_options(val_share, contamination, limit)
+    _check_options(val_share, contamination, limit, val_defects)
     if str(data) == "elpv":
         from .elpv import load_elpv
 
@@ -56,10 +62,13 @@ def load_split(data: str | Path, val_share: float = 0.1, seed: int = 0,
 
         split = load_mvtec(Path(data), val_share, seed)
     split.info["data"] = str(data)  # what to pass to load_split again (evaluate, export)
-    return _finish(split, seed, contamination, limit)
+    return _finish(split, seed, contamination, limit, val_defects)
 
 
-def _check_options(val_share: float, contamination: float, limit: int | None) -> None:
+def _check_options(val_share: float, contamination: float, limit: int | None, val_defects: int = 0) -> None:
+    if val_defects < 0:
+        raise LinesideError(f"val_defects must be 0 or more, got {val_defects}: e.g. 20 moves 20 labelled "
+                            "defect images from test into validation")
     if not 0.0 <= val_share < 1.0:
         raise LinesideError(f"val_share must be in [0, 1), got {val_share}: e.g. 0.1 holds out 10% of train/good")
     if not 0.0 <= contamination < 1.0:
@@ -69,8 +78,8 @@ def _check_options(val_share: float, contamination: float, limit: int | None) ->
         raise LinesideError(f"limit must be at least 2 (test keeps one good and one defect), got {limit}")
 
 
-def _finish(split: Split, seed: int, contamination: float, limit: int | None) -> Split:
-    """Apply limit and contamination, then record counts and a fingerprint of the lists."""
+def _finish(split: Split, seed: int, contamination: float, limit: int | None, n_val_defects: int = 0) -> Split:
+    """Apply limit, contamination and val_defects, then record counts and a fingerprint of the lists."""
     train, val, test = split.train, split.val, split.test
     if limit is not None:
         train = subsample(train, limit, seed, salt=1)
@@ -80,12 +89,29 @@ def _finish(split: Split, seed: int, contamination: float, limit: int | None) ->
         moved_paths = {s.path for s in moved}
         test = [s for s in test if s.path not in moved_paths]
         train = sorted(train + moved, key=lambda s: str(s.path))
+    val_defects = validation_defects(test, n_val_defects, seed)  # after contamination: never the same images
+    if val_defects:
+        held = {s.path for s in val_defects}
+        test = [s for s in test if s.path not in held]
     if limit is not None:
         test = subsample_both_classes(test, limit, seed)
     info = dict(split.info)
-    info.update(seed=seed, contamination=contamination, limit=limit, counts=count(train, val, test),
-                fingerprint=fingerprint(train, val, test))
-    return Split(split.name, train, val, test, info)
+    parts = (train, val, test, val_defects) if val_defects else (train, val, test)  # old fingerprints unchanged
+    info.update(seed=seed, contamination=contamination, limit=limit, val_defects=len(val_defects),
+                counts=count(train, val, test, val_defects), fingerprint=fingerprint(*parts))
+    return Split(split.name, train, val, test, info, val_defects)
+
+
+def validation_defects(test: list[Sample], n: int, seed: int) -> list[Sample]:
+    """The labelled defect images (seeded choice) that move from test into validation."""
+    if n <= 0:
+        return []
+    defects = [s for s in test if s.label == 1]
+    if n >= len(defects):
+        raise LinesideError(
+            f"val_defects {n} would leave the test set with no defect images (it has {len(defects)}): "
+            f"use at most {max(0, len(defects) - 1)}, or add defect images to the data")
+    return subsample(defects, n, seed, salt=6)
 
 
 def contaminants(train: list[Sample], test: list[Sample], share: float, seed: int) -> list[Sample]:
@@ -125,11 +151,12 @@ def subsample_both_classes(test: list[Sample], limit: int, seed: int) -> list[Sa
     return sorted(picked, key=lambda s: str(s.path))
 
 
-def count(train: list[Sample], val: list[Sample], test: list[Sample]) -> dict:
+def count(train: list[Sample], val: list[Sample], test: list[Sample], val_defects: list[Sample] = ()) -> dict:
     return {
         "train_good": sum(s.label == 0 for s in train),
         "train_contaminated": sum(s.label == 1 for s in train),
         "val": len(val),
+        "val_defect": len(val_defects),
         "test_good": sum(s.label == 0 for s in test),
         "test_defect": sum(s.label == 1 for s in test),
         "test_with_mask": sum(s.mask_path is not None for s in test),

@@ -8,13 +8,15 @@ with the exact Hessian-vector product from autograd instead of DARTS's finite
 difference): w' = w − ξ ∇_w L_train(w, φ), then ∇_φ L_val(w'). First-order DARTS would
 give zero here — the validation loss does not depend on φ except through w'.
 
-Validation signal: drawn defects of a different family (scratches, noise blobs, dark
-spots; `validation_defects`) on the held-out good validation images, so the upper level
-cannot make its own task easy. Real labelled defects as the signal are not wired in.
+Validation signal (`cutpaste_validation`): real labelled defects next to held-out good
+images where the split has some (``--val-defects``; they also choose the epoch kept), else
+a held-out synthetic family different from Cut&Paste, so the upper level cannot make its
+own task easy.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -23,12 +25,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from edge_infer.errors import LinesideError
-
 from .cutpaste import focal_dice_loss
-from .cutpaste_synthesis import CutPasteSynthesis, validation_defects
-
-VAL_IMAGES = 32  # held-out validation defects the upper level scores against
+from .cutpaste_synthesis import BRIGHTNESS, GAINS, CutPasteSynthesis
+from .cutpaste_validation import ValidationSet, build_validation, validation_auroc
 
 
 def train_bilevel(model, context) -> dict:
@@ -39,14 +38,17 @@ def train_bilevel(model, context) -> dict:
     upper_every = int(opts.get("upper_every") or 2)
     inner_lr = float(opts.get("inner_lr") or 0.01)
     synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)))
-    val_x, val_m = validation_set(context, int(opts.get("seed", 0)))
+    vset = build_validation(context, int(opts.get("seed", 0)))
+    context.log(f"cutpaste: validation signal: {vset.signal}")
     preview = first_images(context, context.split.train, 8)
     synth_out = Path(opts["synth_out"]) if opts.get("synth_out") else None
     if synth_out:
-        save_synthesis_pngs(synth, preview, val_x, val_m, synth_out, "before")
+        save_synthesis_pngs(synth, preview, vset, synth_out, "before")
     net_opt = torch.optim.Adam(model.parameters(), lr=float(opts.get("lr") or 1e-3))
-    synth_opt = torch.optim.Adam(synth.parameters(), lr=float(opts.get("synth_lr") or 0.05))
+    synth_opt = synthesis_optimizer(synth, opts)
+    synth_lr, placement_lr = (g["lr"] for g in reversed(synth_opt.param_groups))
     steps, upper_steps, val_losses, losses, stopped = 0, 0, [], [], "epochs"
+    epoch_aurocs, best = [], None  # real defects choose the epoch kept: (auroc, epoch, state)
     for epoch in range(epochs):
         for batch in context.loader(context.split.train, shuffle=True, progress=f"cutpaste: epoch {epoch + 1}"):
             model.train()
@@ -59,35 +61,60 @@ def train_bilevel(model, context) -> dict:
             losses.append(loss.item())
             steps += 1
             if learned and steps % upper_every == 0:
-                val_losses.append(upper_step(model, synth, synth_opt, batch["image"], val_x, val_m, inner_lr))
+                val_losses.append(upper_step(model, synth, synth_opt, batch["image"], vset, inner_lr))
                 upper_steps += 1
             if time.monotonic() > deadline:
                 stopped = "max_minutes"
                 break
+        auroc = validation_auroc(model, vset) if vset.real else None
+        if auroc is not None:
+            epoch_aurocs.append(round(auroc, 4))
+            if best is None or auroc >= best[0]:  # ties: the later, longer-trained epoch
+                best = (auroc, epoch + 1, copy.deepcopy(model.state_dict()))
         context.log(f"cutpaste: epoch {epoch + 1}: mean loss {np.mean(losses[-50:]):.4f}"
-                    + (f", validation (unrolled) {np.mean(val_losses[-20:]):.4f}" if val_losses else ""))
+                    + (f", validation (unrolled) {np.mean(val_losses[-20:]):.4f}" if val_losses else "")
+                    + (f", validation image AUROC {auroc:.4f}" if auroc is not None else ""))
         if stopped == "max_minutes":
             break
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
     if synth_out:
-        save_synthesis_pngs(synth, preview, val_x, val_m, synth_out, "after")
+        save_synthesis_pngs(synth, preview, vset, synth_out, "after")
         context.log(f"cutpaste: wrote synthesis samples and the placement map to {synth_out}")
     with torch.no_grad():
-        val_loss = float(focal_dice_loss(model.logits(val_x), val_m))
+        val_loss = float(vset.loss(model, model.logits(vset.images)))
     return {
         "synthesis": "learned (bi-level)" if learned else "fixed (uniform placement and transforms)",
         "hypergradient": "one-step truncated unrolling, second order (exact Hessian-vector product)"
         if learned else None,
-        "validation_signal": "drawn scratches / noise blobs / dark spots on held-out good images",
+        "validation_signal": vset.signal,
+        "validation_used_for": " and ".join(
+            (["the upper level's hypergradient"] if learned else [])
+            + (["choosing the epoch kept (validation image AUROC)"] if best is not None else [])) or "reporting only",
+        "synthesis_lr": {"transforms": synth_lr, "placement": placement_lr} if learned else None,
         "epochs_run": epoch + 1, "stopped_by": stopped, "lower_steps": steps, "upper_steps": upper_steps,
+        "validation_auroc_per_epoch": epoch_aurocs or None,
+        "epoch_kept": best[1] if best is not None else epoch + 1,
         "final_train_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "validation_loss": round(val_loss, 4),
         "transform_probabilities": synth.probabilities(),
+        "polarity": polarity_summary(synth, preview),
         "placement": placement_summary(synth, preview),
     }
 
 
-def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -> float:
+def synthesis_optimizer(synth, opts: dict) -> torch.optim.Adam:
+    """Adam over the synthesis: transform weights at ``synth_lr``, the placement U-Net slower."""
+    synth_lr = float(opts.get("synth_lr") or 0.05)
+    # the placement U-Net gets a tenth: at 0.05 its bounded logits saturate within ~10 upper
+    # steps (3·tanh at ±3 everywhere: exactly uniform, zero gradient), as on ELPV and random textures
+    placement_lr = float(opts.get("placement_lr") or synth_lr / 10)
+    return torch.optim.Adam([{"params": synth.placement.parameters(), "lr": placement_lr},
+                             {"params": synth.logits.parameters()}], lr=synth_lr)
+
+
+def upper_step(model, synth, synth_opt, images, vset: ValidationSet, inner_lr: float) -> float:
     """One hypergradient step on the synthesis; returns the unrolled validation loss."""
     seg = model.backbone  # the whole segmentation net; named so the precision export can find it
     params = dict(seg.named_parameters())
@@ -96,23 +123,13 @@ def upper_step(model, synth, synth_opt, images, val_x, val_m, inner_lr: float) -
     train_loss = focal_dice_loss(functional_call(seg, (params, buffers), (model.normalize(x),)), m)
     grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=True)
     unrolled = {k: p - inner_lr * g for (k, p), g in zip(params.items(), grads)}
-    val_loss = focal_dice_loss(functional_call(seg, (unrolled, buffers), (model.normalize(val_x),)), val_m)
+    val_loss = vset.loss(model, functional_call(seg, (unrolled, buffers), (model.normalize(vset.images),)))
     hyper = torch.autograd.grad(val_loss, list(synth.parameters()), allow_unused=True)
     synth_opt.zero_grad()
     for p, g in zip(synth.parameters(), hyper):
         p.grad = g
     synth_opt.step()
     return val_loss.item()
-
-
-def validation_set(context, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drawn defects on the held-out good images; without any, on the last training images (overlap)."""
-    samples = context.split.val or context.split.train[-VAL_IMAGES:]
-    images = first_images(context, samples, VAL_IMAGES)
-    if len(images) == 0:
-        raise LinesideError("cutpaste needs some good images for its validation defects: the data has none; "
-                            "add images to train/good (and keep --val-share above 0)")
-    return validation_defects(images, seed)
 
 
 def first_images(context, samples, count: int) -> torch.Tensor:
@@ -124,16 +141,40 @@ def first_images(context, samples, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def polarity_summary(synth, images: torch.Tensor, draws: int = 4) -> dict:
+    """Whether the synthesis darkens or brightens: expected gain and shift, and measured change in masks."""
+    probs = {k: synth.logits[k].detach().softmax(0) for k in ("gain", "brightness")}
+    changes = []
+    with torch.random.fork_rng():  # leave the training draws alone
+        torch.manual_seed(1)
+        state, share = synth.rng.bit_generator.state, synth.defect_share
+        synth.defect_share = 1.0
+        for _ in range(draws):
+            out, mask = synth(images)
+            inside = mask.expand_as(out).bool()
+            changes += [float((o - i.float())[m].mean()) for o, i, m in zip(out, images, inside) if m.any()]
+        synth.defect_share, synth.rng.bit_generator.state = share, state
+    return {
+        "expected_gain": round(float(probs["gain"] @ torch.tensor(GAINS)), 3),
+        "expected_brightness_shift": round(float(probs["brightness"] @ torch.tensor(BRIGHTNESS)), 2),
+        "mean_change_inside_masks": round(float(np.mean(changes)), 2) if changes else None,
+        "darker_share": round(float(np.mean([c < 0 for c in changes])), 3) if changes else None,
+    }
+
+
+@torch.no_grad()
 def placement_summary(synth, images: torch.Tensor) -> dict:
     """Where the placement map puts its mass, in numbers a person can read."""
     prob = synth.placement_map(images)[:, 0]  # N×H×W, each sums to 1
-    n, h, w = prob.shape
+    logits = synth.placement(images.float())[:, 0]
+    _, h, w = prob.shape
     ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
     band = ((ys < 0.1) | (ys > 0.9) | (xs < 0.1) | (xs > 0.9)).float()
     gray = images.float().mean(1)
     entropy = -(prob * prob.clamp_min(1e-12).log()).sum((1, 2)).mean()
     return {
         "entropy_share_of_uniform": round(float(entropy / math.log(h * w)), 4),
+        "logit_std_within_image": round(float(logits.flatten(1).std(1).mean()), 5),  # 0: exactly uniform
         "centre_of_mass_yx": [round(float((prob * ys).sum((1, 2)).mean()), 3),
                               round(float((prob * xs).sum((1, 2)).mean()), 3)],
         "border_band_mass": round(float((prob * band).sum((1, 2)).mean()), 4),
@@ -158,9 +199,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def save_synthesis_pngs(synth, images, val_x, val_m, out: Path, tag: str) -> None:
+def save_synthesis_pngs(synth, images, vset: ValidationSet, out: Path, tag: str) -> None:
     """samples_{tag}.png (mask outlines in red), placement_{tag}.png, validation_defects.png."""
     import cv2
+    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng():  # the same draws before and after learning
@@ -170,10 +212,14 @@ def save_synthesis_pngs(synth, images, val_x, val_m, out: Path, tag: str) -> Non
         x, m = synth(images)
         synth.defect_share, synth.rng.bit_generator.state = share, state
     cv2.imwrite(str(out / f"samples_{tag}.png"), tile([outlined(a, b) for a, b in zip(x, m)]))
+    save_file({k: v.detach().contiguous() for k, v in synth.state_dict().items()}, str(out / f"synthesis_{tag}.safetensors"))
     prob = synth.placement_map(images)[:, 0]
     heat = [cv2.applyColorMap(np.uint8(255 * (p / p.max()).numpy()), cv2.COLORMAP_JET) for p in prob]
     cv2.imwrite(str(out / f"placement_{tag}.png"), tile([bgr(i) for i in images] + heat, columns=len(images)))
-    cv2.imwrite(str(out / "validation_defects.png"), tile([outlined(a, b) for a, b in zip(val_x[:8], val_m[:8])]))
+    # the validation set's defects (masks outlined where it has them)
+    defects = vset.images[vset.labels == 1][:8]
+    masks = vset.masks[vset.labels == 1][:8] if vset.masks is not None else torch.zeros_like(defects[:, :1])
+    cv2.imwrite(str(out / "validation_defects.png"), tile([outlined(a, b) for a, b in zip(defects, masks)]))
 
 
 def bgr(image: torch.Tensor) -> np.ndarray:

@@ -1,9 +1,13 @@
 """Parameterised Cut&Paste: defects cut from the station's own images, pasted where a learned map says.
 
 Every sample is built from a batch of good images: the content is another image of the batch
-(rolled by a random offset, rotated, brightness-shifted, blurred), and a footprint (an ellipse
-of random aspect, at a chosen scale and angle) is pasted at a location sampled from a
-placement map. The mask is that footprint, exactly: pixels outside it are untouched.
+(rolled by a random offset, rotated) or the target itself (a photometric defect: the region
+dimmed, brightened or blurred in place), then scaled by a gain, brightness-shifted and
+blurred; a footprint (an ellipse of random aspect, at a chosen scale and angle) is pasted
+at a location sampled from a placement map. The mask is that footprint, exactly: pixels
+outside it are untouched. Gains and shifts are symmetric (as many darkening options as
+brightening ones, gains with mean 1): the fixed baseline has no polarity, and the learned
+synthesis can find one from the validation signal.
 
 What the upper level can learn (all relaxed with straight-through Gumbel-softmax, so the
 forward pass is a hard, exact sample and the backward pass sees the soft probabilities):
@@ -11,8 +15,8 @@ forward pass is a hard, exact sample and the backward pass sees the soft probabi
 - **placement**: a small U-Net maps each target image to logits over its pixels; the paste
   centre is a Gumbel-softmax sample over them. The mask is the footprint convolved with the
   (straight-through) one-hot centre, so gradients reach every pixel's logit.
-- **importance weights** over discrete transforms: scale, rotation, brightness shift, blur,
-  blend mode (alpha, or OpenCV's Poisson seamlessClone — a constant for autograd; the blend
+- **importance weights** over discrete transforms and sources: source (another image or the
+  target itself), scale, rotation, gain, brightness shift, blur, blend mode (alpha, or OpenCV's Poisson seamlessClone — a constant for autograd; the blend
   logits still get the gradient of the difference between the two results) and strength.
 
 With ``learned=False`` (the baseline) the same module samples uniformly and is not updated.
@@ -32,13 +36,15 @@ from .layers import GaussianBlur
 
 SCALES = (0.08, 0.14, 0.22, 0.32)  # footprint long side, as a share of the image's shorter side
 ANGLES = (0, 45, 90, 135)  # footprint angle in degrees; the content turns by the matching quarter
+SOURCES = ("other", "self")  # another image of the batch (rolled, turned), or the target in place
+GAINS = (0.5, 0.75, 1.0, 1.25, 1.5)  # multiplicative gain of the content: mean 1, dims as much as it brightens
 BRIGHTNESS = (-60.0, -30.0, 0.0, 30.0, 60.0)  # shift of the pasted content, in 0-255 pixel units
 BLURS = (0.0, 1.0, 2.0)  # Gaussian σ of the pasted content, pixels
 BLENDS = ("alpha", "poisson")
 STRENGTHS = (0.4, 0.7, 1.0)  # how far pasted pixels move towards the content
 PLACEMENT_LIMIT = 3.0  # bound on placement logits (see PlacementNet.forward)
-CHOICES = {"scale": SCALES, "angle": ANGLES, "brightness": BRIGHTNESS, "blur": BLURS, "blend": BLENDS,
-           "strength": STRENGTHS}
+CHOICES = {"source": SOURCES, "scale": SCALES, "angle": ANGLES, "gain": GAINS, "brightness": BRIGHTNESS,
+           "blur": BLURS, "blend": BLENDS, "strength": STRENGTHS}
 
 
 class PlacementNet(nn.Module):
@@ -104,6 +110,9 @@ class CutPasteSynthesis(nn.Module):
         strength = picks["strength"] @ torch.tensor(STRENGTHS)
         blend = picks["blend"]
         clone = poisson_clone(content.detach(), target, mask)
+        # a gradient-domain blend of the region into itself would undo its gain and shift (an
+        # invisible defect with a mask): pastes from the target itself blend by alpha only
+        clone = torch.where(picks["source"][:, 1].view(n, 1, 1, 1).bool(), content, clone)
         alpha = strength.view(n, 1, 1, 1) * soft_mask
         out_alpha = target * (1 - alpha) + alpha * content
         out_poisson = target * (1 - alpha) + alpha * clone
@@ -135,16 +144,19 @@ class CutPasteSynthesis(nn.Module):
         return torch.einsum("nsakl,ns,na->nkl", torch.from_numpy(bank), picks["scale"], picks["angle"])
 
     def content(self, target: torch.Tensor, picks: dict) -> torch.Tensor:
-        """What gets pasted: another image of the batch, shifted, turned, brightened and blurred."""
+        """What gets pasted: another image of the batch (shifted, turned) or the target in place,
+        then gained, brightness-shifted and blurred."""
         n, c, h, w = target.shape
-        source = target.roll(1, dims=0) if n > 1 else target
+        other = target.roll(1, dims=0) if n > 1 else target
         dy, dx = (int(v) for v in self.rng.integers(0, [h, w]))
-        source = source.roll((dy, dx), dims=(2, 3))
+        other = other.roll((dy, dx), dims=(2, 3))
         if h == w:  # quarter turns only where the image is square
-            turned = torch.stack([source.rot90(q, dims=(2, 3)) for q in range(len(ANGLES))], 1)
-            source = torch.einsum("nqchw,nq->nchw", turned, picks["angle"])
+            turned = torch.stack([other.rot90(q, dims=(2, 3)) for q in range(len(ANGLES))], 1)
+            other = torch.einsum("nqchw,nq->nchw", turned, picks["angle"])
+        source = torch.einsum("nschw,ns->nchw", torch.stack([other, target], 1), picks["source"])
+        gain = picks["gain"] @ torch.tensor(GAINS)
         shift = picks["brightness"] @ torch.tensor(BRIGHTNESS)
-        source = source + shift.view(n, 1, 1, 1)
+        source = source * gain.view(n, 1, 1, 1) + shift.view(n, 1, 1, 1)
         blurred = torch.stack([blur(source.reshape(n * c, 1, h, w)).view(n, c, h, w) for blur in self.blurs], 1)
         return torch.einsum("nbchw,nb->nchw", blurred, picks["blur"]).clamp(0, 255)
 
@@ -183,35 +195,3 @@ def poisson_clone(content: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 def to_bgr(image: torch.Tensor) -> np.ndarray:
     a = image.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
     return np.ascontiguousarray(np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a[..., ::-1])
-
-
-def validation_defects(images: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A held-out set of a DIFFERENT family than Cut&Paste, so the upper level can't make its task easy.
-
-    Drawn, not cut: thin scratches (bright or dark polylines), noise blobs and soft dark spots,
-    each with its exact mask. Every image gets one defect.
-    """
-    rng = np.random.default_rng(seed)
-    out, masks = [], []
-    for image in images:
-        a = image.float().permute(1, 2, 0).numpy().copy()
-        h, w = a.shape[:2]
-        m = np.zeros((h, w), np.uint8)
-        kind = rng.integers(3)
-        if kind == 0:
-            points = np.cumsum(rng.normal(0, max(2, h / 12), (5, 2)), 0) + rng.uniform(0.2, 0.8, 2) * [w, h]
-            cv2.polylines(m, [points.astype(np.int32)], False, 1, thickness=int(rng.integers(1, 3)))
-            value = float(rng.choice([20.0, 235.0]))
-            a[m > 0] = value
-        else:
-            centre = tuple(int(v) for v in rng.uniform(0.15, 0.85, 2) * [w, h])
-            axes = tuple(int(v) for v in rng.uniform(0.04, 0.12, 2) * min(h, w) + 1)
-            cv2.ellipse(m, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            inside = m > 0
-            if kind == 1:
-                a[inside] = rng.normal(128, 60, (int(inside.sum()), a.shape[2]))
-            else:
-                a[inside] *= rng.uniform(0.3, 0.6)
-        out.append(torch.from_numpy(np.clip(a, 0, 255)).permute(2, 0, 1))
-        masks.append(torch.from_numpy(m).float()[None])
-    return torch.stack(out), torch.stack(masks)

@@ -95,7 +95,7 @@ def evaluation_set(data: str | None, record: dict, spec: InputSpec, limit: int |
     if not data:
         raise LinesideError("the run does not say where its images are: give --data for the accuracy checks")
     split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0),
-                       limit=limit)
+                       limit=limit, val_defects=record["data"].get("val_defects", 0))
     images, labels = _read(split.test, spec)
     if not len(images):
         raise LinesideError(f"no readable test image in {data}: the variants cannot be checked; give --data")
