@@ -208,14 +208,14 @@ def test_fp16_graph_is_half_precision_but_keeps_the_head_and_the_bank_search_fp3
         assert head and all(dtype[name] == onnx.TensorProto.FLOAT for name in head)
 
 
+@pytest.mark.parametrize("exported", ["dinov2-knn"], indirect=True)  # the distance search is knn's
 def test_a_naive_fp16_conversion_of_the_knn_graph_would_break(results):
     """Why the search stays FP32: converting the whole knn graph to FP16 (the converter's defaults)
     overflows on these features, while the bundle's FP16 variant matched PyTorch above."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     family, bundle, _, (_, ref_score), graphs = results
-    if family != "dinov2-knn":
-        pytest.skip("the distance search is knn's")
+    assert family == "dinov2-knn"
     naive = convert_float_to_float16(onnx.load(str(bundle.model_path("fp32"))), keep_io_types=True)
     path = bundle.root / "naive.fp16.onnx"
     onnx.save(naive, str(path))
