@@ -214,8 +214,9 @@ def test_train_with_defect_crops_records_them(tmp_path):
     run = tmp_path / "run"
     args = ["train", "cutpaste", "--data", str(data), "--out", str(run), "--size", "64", "--channels", "1",
             "--base-channels", "4", "--epochs", "1", "--batch-size", "8", "--learned-synthesis", "--upper-every", "1",
-            "--threads", "1", "--defect-crops"]
+            "--threads", "1", "--synth-out", str(tmp_path / "synth"), "--defect-crops"]
     assert cli(args + [str(crops_dir)]) == 0
+    assert (tmp_path / "synth" / "samples_after.png").is_file()
     training = json.loads((run / "run.json").read_text())["training"]
     assert training["upper_steps"] >= 1
     record = training["defect_crops"]

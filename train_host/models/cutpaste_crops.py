@@ -143,7 +143,8 @@ def turn(image: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray,
         return weighted, coverage
     h, w = coverage.shape
     d = math.ceil(math.hypot(h, w)) + 2  # a canvas the turned box fits in
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, 1.0)
+    # clockwise on screen, as cv2.ellipse turns the ellipse footprints (getRotationMatrix2D's is anticlockwise)
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), -angle, 1.0)
     matrix[:, 2] += ((d - w) / 2, (d - h) / 2)
     weighted = cv2.warpAffine(weighted, matrix, (d, d), flags=cv2.INTER_LINEAR).reshape(d, d, -1)
     coverage = cv2.warpAffine(coverage, matrix, (d, d), flags=cv2.INTER_LINEAR)
