@@ -3,24 +3,32 @@
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from mvtec_fixture import make_mvtec
 
 from edge_infer.bundle import Bundle
+from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 from edge_infer.score import Scorer
 from lineside.cli import main as cli
 from train_host.context import TrainContext
-from train_host.data import load_split
+from train_host.data import load_split, read_mask
 from train_host.models import cutpaste
 from train_host.models.cutpaste_bilevel import (
     polarity_summary,
     synthesis_optimizer,
     upper_step,
 )
-from train_host.models.cutpaste_synthesis import BRIGHTNESS, GAINS, CutPasteSynthesis
+from train_host.models.cutpaste_crops import DefectCrops, load_defect_crops
+from train_host.models.cutpaste_synthesis import (
+    BRIGHTNESS,
+    GAINS,
+    SOURCES,
+    CutPasteSynthesis,
+)
 from train_host.models.cutpaste_validation import (
     ValidationSet,
     build_validation,
@@ -46,9 +54,9 @@ def good_images(n=6, seed=0):
     return (smooth * 255).round().to(torch.uint8)
 
 
-def synthesis(blend: str | None = None, **certain: int) -> CutPasteSynthesis:
+def synthesis(blend: str | None = None, crops: DefectCrops | None = None, **certain: int) -> CutPasteSynthesis:
     """Every sample a defect; ``blend`` and each ``certain`` transform (name=option index) all but fixed."""
-    synth = CutPasteSynthesis(1, seed=1)
+    synth = CutPasteSynthesis(1, seed=1, crops=crops)
     synth.defect_share = 1.0
     if blend:
         certain["blend"] = 0 if blend == "alpha" else 1
@@ -59,17 +67,164 @@ def synthesis(blend: str | None = None, **certain: int) -> CutPasteSynthesis:
     return synth
 
 
+def bright_crops(n=3) -> DefectCrops:
+    """n 64×64 crops: a textured 14×6 (rows × columns: 6×14) bright defect (200-255) on a dark background."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.zeros(n, 1, 64, 64, dtype=torch.uint8)
+    masks = torch.zeros(n, 1, 64, 64, dtype=torch.bool)
+    for i in range(n):
+        y, x = 10 + 7 * i, 20 + 5 * i
+        images[i, :, y:y + 6, x:x + 14] = torch.randint(200, 256, (1, 6, 14), generator=g, dtype=torch.uint8)
+        masks[i, :, y:y + 6, x:x + 14] = True
+    return DefectCrops(images, masks, [f"crop{i}.png" for i in range(n)])
+
+
 @pytest.mark.parametrize("blend", ["alpha", "poisson"])
-def test_masks_exactly_match_pasted_pixels(blend):
+@pytest.mark.parametrize("with_crops", [False, True])
+def test_masks_exactly_match_pasted_pixels(blend, with_crops):
     torch.manual_seed(0)
-    images = good_images()
-    out, mask = synthesis(blend)(images)
+    images = good_images(8)
+    out, mask = synthesis(blend, crops=bright_crops() if with_crops else None)(images)
     assert set(mask.unique().tolist()) <= {0.0, 1.0}
     assert (mask.flatten(1).sum(1) > 0).all()  # every sample got a defect
     outside = mask == 0
     assert torch.equal(out[outside], images.float()[outside])  # nothing changes outside the mask
     changed = (out - images.float()).abs() > 0.5
     assert changed[mask.bool()].float().mean() > 0.5  # and most pixels inside it do
+
+
+def test_default_synthesis_is_unchanged_without_defect_crops():
+    # the same draws as before defect crops existed (values computed on the code before them, 53dcec7)
+    assert SOURCES == ("other", "self")
+    torch.manual_seed(0)
+    synth = CutPasteSynthesis(1, seed=1)
+    assert len(synth.logits["source"]) == 2 and "defect" not in synth.probabilities()["source"]
+    with torch.no_grad():
+        out, mask = synth(good_images(8))
+        assert mask.flatten(1).sum(1).int().tolist() == [0, 347, 0, 0, 84, 0, 222, 182]
+        np.testing.assert_allclose(out.flatten(1).sum(1).numpy(), [498375.0, 513470.3, 509293.0, 505401.0,
+                                                                   510899.0, 505616.0, 510302.0, 505424.3], atol=1.0)
+        out, mask = synth(good_images(8, seed=1))
+        assert mask.flatten(1).sum(1).int().tolist() == [0, 0, 46, 75, 0, 0, 37, 0]
+
+
+def test_defect_source_pastes_the_crops_own_mask_and_pixels():
+    crops = bright_crops()
+    # source "defect" (index 2), scale 0.22 (14 px at 64: the crops' own size), angle 0, gain 1, no shift,
+    # no blur, full strength, alpha blend: the crop's defect pixels copied exactly
+    synth = synthesis("alpha", crops=crops, source=2, scale=2, angle=0, gain=2, brightness=2, blur=0, strength=2)
+    assert synth.probabilities()["source"]["defect"] > 0.99
+    images = good_images(8) // 3  # ≤ 85: every pasted (≥ 200) pixel differs from what it covers
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out, mask = synth(images)
+    changed = (out != images.float()).any(1, keepdim=True)
+    assert torch.equal(changed, mask.bool())  # the mask is exactly the pixels pasted
+    crop_blocks = {tuple(c[m].tolist()) for c, m in zip(crops.images[:, 0], crops.masks[:, 0])}
+    inside = 0
+    for o, m in zip(out[:, 0], mask[:, 0].bool()):
+        assert 0 < m.sum() <= 84
+        assert set(o[m].round().tolist()) <= {v for b in crop_blocks for v in b}  # only the crops' pixel values
+        if m.sum() == 84:  # pasted whole (not cut at the border): a 6×14 block equal to one crop's block
+            ys, xs = torch.nonzero(m, as_tuple=True)
+            assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (6, 14)
+            assert tuple(o[m].round().to(torch.uint8).tolist()) in crop_blocks
+            inside += 1
+    assert inside > 0
+    # turned 90° and scaled to 0.32 (20 px): still only the crop's footprint changes, now upright
+    turned = synthesis("alpha", crops=crops, source=2, scale=3, angle=2, gain=2, brightness=2, blur=0, strength=2)
+    with torch.no_grad():
+        out, mask = turned(images)
+    assert torch.equal((out != images.float()).any(1, keepdim=True), mask.bool())
+    ys, xs = torch.nonzero(mask[0, 0], as_tuple=True)
+    assert ys.max() - ys.min() + 1 > xs.max() - xs.min() + 1 and out[mask.bool()].min() >= 199
+
+
+def test_defect_source_weight_gets_the_hypergradient():
+    torch.manual_seed(0)
+    model = cutpaste.build({"base_channels": 4}, SPEC).train()
+    synth = synthesis(crops=bright_crops())
+    val_x, val_m = synthetic_family(good_images(seed=1), seed=2)
+    vset = ValidationSet(val_x, torch.ones(len(val_x)), val_m, "synthetic family")
+    upper_step(model, synth, torch.optim.Adam(synth.parameters(), lr=0.05), good_images(), vset, inner_lr=0.05)
+    assert synth.logits["source"].grad.shape == (3,) and synth.logits["source"].grad[2] != 0
+
+
+def write_crop_folder(folder, n=3):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image, mask = rng.integers(0, 120, (48, 48), dtype=np.uint8), np.zeros((48, 48), np.uint8)
+        image[10 + i:20 + i, 8:30], mask[10 + i:20 + i, 8:30] = 250, 255
+        cv2.imwrite(str(folder / f"d{i}.png"), image)
+        cv2.imwrite(str(folder / f"d{i}_mask.png"), mask)
+    cv2.imwrite(str(folder / "lonely.png"), image)  # no mask
+    (folder / "broken.png").write_bytes(b"not a png")  # unreadable, with a mask
+    cv2.imwrite(str(folder / "broken_mask.png"), mask)
+    return folder
+
+
+def test_defect_crops_load_with_their_masks_and_report_what_they_skip(tmp_path):
+    split = load_split(make_mvtec(tmp_path / "cells", n_train=4, n_good=2, n_defect=2), val_share=0.25)
+    folder = write_crop_folder(tmp_path / "crops")
+    logged = []
+    crops = load_defect_crops(folder, SPEC, split, logged.append)
+    assert [p.rsplit("/", 1)[1] for p in crops.paths] == ["d0.png", "d1.png", "d2.png"]
+    assert crops.images.shape == (3, 1, 64, 64) and crops.images.dtype == torch.uint8
+    for image, mask, path in zip(crops.images, crops.masks, crops.paths):
+        assert torch.equal(mask[0], torch.from_numpy(read_mask(path.replace(".png", "_mask.png"), SPEC)))
+        assert image[mask].float().mean() > 225 and image[~mask].float().mean() < 130
+    skipped = dict(crops.skipped)
+    assert set(skipped) == {str(folder / "lonely.png"), str(folder / "broken.png")}
+    assert "no mask" in skipped[str(folder / "lonely.png")]
+    assert any("lonely.png" in line for line in logged) and any("broken.png" in line for line in logged)
+    # an MVTec category's test/<defect>/: masks from its ground_truth/<defect>/
+    other = make_mvtec(tmp_path / "other", n_train=2, n_good=1, n_defect=3, seed=1)
+    crops = load_defect_crops(other / "test" / "scratch", SPEC, split, logged.append)
+    assert len(crops.paths) == 3 and not crops.skipped
+    gt = other / "ground_truth" / "scratch" / "000_mask.png"
+    assert torch.equal(crops.masks[0, 0], torch.from_numpy(read_mask(gt, SPEC)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cv2.imwrite(str(empty / "x.png"), np.zeros((8, 8), np.uint8))  # no mask
+    (empty / "y.png").write_bytes(b"not a png")  # unreadable
+    cv2.imwrite(str(empty / "y_mask.png"), np.full((8, 8), 255, np.uint8))
+    with pytest.raises(LinesideError, match="no usable defect crop.*2 skipped.*X_mask.png"):
+        load_defect_crops(empty, SPEC, split, logged.append)
+    assert any(str(empty / "y.png") in line for line in logged)
+
+
+def test_defect_crops_from_the_runs_test_or_validation_defects_are_refused(tmp_path):
+    data = make_mvtec(tmp_path / "cells", n_train=4, n_good=2, n_defect=4)
+    split = load_split(data, val_share=0.25, val_defects=2)
+    with pytest.raises(LinesideError, match=r"4 crop image\(s\).*test set.*--val-defects.*leak"):
+        load_defect_crops(data / "test" / "scratch", SPEC, split, print)
+    held = tmp_path / "held"  # the validation defects alone, reached through another path
+    held.mkdir()
+    for s in split.val_defects:
+        (held / s.path.name).symlink_to(s.path)
+        (held / f"{s.path.stem}_mask.png").symlink_to(s.mask_path)
+    with pytest.raises(LinesideError, match=r"2 crop image\(s\).*--val-defects"):
+        load_defect_crops(held, SPEC, split, print)
+
+
+def test_train_with_defect_crops_records_them(tmp_path):
+    data = make_mvtec(tmp_path / "cells", n_train=10, n_good=2, n_defect=2)
+    crops_dir = make_mvtec(tmp_path / "other", n_train=2, n_good=1, n_defect=3, seed=1) / "test" / "scratch"
+    run = tmp_path / "run"
+    args = ["train", "cutpaste", "--data", str(data), "--out", str(run), "--size", "64", "--channels", "1",
+            "--base-channels", "4", "--epochs", "1", "--batch-size", "8", "--learned-synthesis", "--upper-every", "1",
+            "--threads", "1", "--synth-out", str(tmp_path / "synth"), "--defect-crops"]
+    assert cli(args + [str(crops_dir)]) == 0
+    assert (tmp_path / "synth" / "samples_after.png").is_file()
+    training = json.loads((run / "run.json").read_text())["training"]
+    assert training["upper_steps"] >= 1
+    record = training["defect_crops"]
+    assert record["used"] == 3 and record["skipped"] == 0 and record["folder"] == str(crops_dir)
+    weights = training["transform_probabilities"]["source"]
+    assert set(weights) == {"other", "self", "defect"} and record["source_weight"] == weights["defect"]
+    assert weights["defect"] != round(1 / 3, 3)  # learned: moved from the uniform start
+    assert cli(args + [str(data / "test" / "scratch")]) == 2  # the run's own test defects: refused
 
 
 def test_no_defect_samples_are_left_untouched():

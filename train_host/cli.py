@@ -169,6 +169,10 @@ def cutpaste_options(p) -> None:
                    "(default: a tenth of --synth-lr)")
     p.add_argument("--upper-every", type=int, help="lower steps per upper step (default: 2)")
     p.add_argument("--inner-lr", type=float, help="SGD step ξ of the unrolled look-ahead (default: 0.01)")
+    p.add_argument("--defect-crops", metavar="DIR",
+                   help="real defect crops as a third paste source: DIR holds defect images with masks "
+                   "(X.png + X_mask.png, or an MVTec category's test/<defect>/ with ground_truth/<defect>/); "
+                   "never the run's test or --val-defects images")
     p.add_argument("--synth-out", metavar="DIR",
                    help="write synthesis samples before/after training and the placement map as PNGs to DIR")
     p.add_argument("--base-channels", type=int, help="width of the network's first level (default: 16)")

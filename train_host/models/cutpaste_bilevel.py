@@ -26,7 +26,8 @@ import torch
 from torch.func import functional_call
 
 from .cutpaste import focal_dice_loss
-from .cutpaste_synthesis import BRIGHTNESS, GAINS, CutPasteSynthesis
+from .cutpaste_crops import load_defect_crops
+from .cutpaste_synthesis import BRIGHTNESS, DEFECT, GAINS, CutPasteSynthesis
 from .cutpaste_validation import ValidationSet, build_validation, validation_auroc
 
 
@@ -37,7 +38,12 @@ def train_bilevel(model, context) -> dict:
     deadline = time.monotonic() + 60 * float(opts.get("max_minutes") or math.inf)
     upper_every = int(opts.get("upper_every") or 2)
     inner_lr = float(opts.get("inner_lr") or 0.01)
-    synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)))
+    crops = None
+    if opts.get("defect_crops"):  # real defect crops: a third source the importance weights choose
+        crops = load_defect_crops(opts["defect_crops"], context.spec, context.split, context.log)
+        context.log(f"cutpaste: {len(crops.paths)} defect crops from {opts['defect_crops']}"
+                    + (f" ({len(crops.skipped)} skipped)" if crops.skipped else ""))
+    synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)), crops=crops)
     vset = build_validation(context, int(opts.get("seed", 0)))
     context.log(f"cutpaste: validation signal: {vset.signal}")
     preview = first_images(context, context.split.train, 8)
@@ -99,6 +105,8 @@ def train_bilevel(model, context) -> dict:
         "final_train_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "validation_loss": round(val_loss, 4),
         "transform_probabilities": synth.probabilities(),
+        "defect_crops": {**crops.record(opts["defect_crops"]),
+                         "source_weight": synth.probabilities()["source"][DEFECT]} if crops is not None else None,
         "polarity": polarity_summary(synth, preview),
         "placement": placement_summary(synth, preview),
     }
