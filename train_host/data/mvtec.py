@@ -114,7 +114,7 @@ def _good_samples(folder: Path) -> list[Sample]:
 def _test_samples(test_dir: Path, gt_dir: Path) -> list[Sample]:
     classes = sorted(p for p in test_dir.iterdir() if p.is_dir() and p.name != "ground_truth")
     samples = [
-        Sample(path, 0 if cls.name == GOOD else 1, cls.name, _find_mask(gt_dir / cls.name, path.stem))
+        Sample(path, 0 if cls.name == GOOD else 1, cls.name, find_mask(gt_dir / cls.name, path.stem))
         for cls in classes
         for path in list_images(cls)
     ]
@@ -126,7 +126,7 @@ def _test_samples(test_dir: Path, gt_dir: Path) -> list[Sample]:
     return samples
 
 
-def _find_mask(folder: Path, stem: str) -> Path | None:
+def find_mask(folder: Path, stem: str) -> Path | None:
     for name in (f"{stem}_mask", stem):
         for suffix in MASK_SUFFIXES:
             candidate = folder / f"{name}{suffix}"

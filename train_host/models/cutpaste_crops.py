@@ -29,7 +29,7 @@ import torch
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import list_images
 from edge_infer.preprocess import InputSpec
-from train_host.data.mvtec import MASK_SUFFIXES, _find_mask
+from ..data.mvtec import MASK_SUFFIXES, find_mask
 from train_host.data.records import Sample, Split
 
 KEEP_COVERAGE = 0.25  # a resampled pixel is defect where its coverage is ≥ this share of the strongest one
@@ -94,7 +94,7 @@ def crop_samples(folder: Path) -> tuple[list[Sample], list[tuple[str, str]]]:
             continue  # a mask beside its image
         mask = next((m for m in (folder / f"{path.stem}_mask{s}" for s in MASK_SUFFIXES) if m.is_file()), None)
         if mask is None and ground_truth is not None:
-            mask = _find_mask(ground_truth, path.stem)
+            mask = find_mask(ground_truth, path.stem)
         if mask is None:
             where = f" or {ground_truth}/{path.stem}_mask.png" if ground_truth is not None else ""
             skipped.append((str(path), f"no mask: expected {folder}/{path.stem}_mask.png{where}"))
