@@ -30,7 +30,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.imageio import list_images
 from edge_infer.preprocess import InputSpec
 from ..data.mvtec import MASK_SUFFIXES, find_mask
-from train_host.data.records import Sample, Split
+from ..data.records import Sample, Split
 
 KEEP_COVERAGE = 0.25  # a resampled pixel is defect where its coverage is ≥ this share of the strongest one
 
