@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mvtec_fixture import make_mvtec
+from vit_fixture import nontrivial
 
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
@@ -28,15 +29,6 @@ D = 384  # ViT-S width: official key sets are built at ViT-S shapes, two blocks
 SPEC = InputSpec(56, 56, 3)
 SMALL = {"backbone": "vits14", "depth": 2, "layers": [0, 1]}  # fast; the default backbone is vitb14
 
-
-def nontrivial(vit, seed=0):
-    """LayerScale gammas of a trained model's size, so every block really transforms its input."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vit.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(0.3 + 0.7 * torch.rand(p.shape, generator=g))
-    return vit
 
 
 def meta_checkpoint(depth=2, registers=False, seed=0):

@@ -21,6 +21,7 @@ import onnx
 import pytest
 import torch
 from mvtec_fixture import make_mvtec
+from vit_fixture import nontrivial
 from scipy.stats import spearmanr
 
 from edge_infer.backends.base import relative_error
@@ -44,14 +45,6 @@ D = 384  # ViT-S width
 FEATURE_SCALE = 10.0
 
 
-def nontrivial_gammas(vit, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in vit.named_parameters():
-            if name.endswith("gamma"):
-                p.copy_(0.3 + 0.7 * torch.rand(p.shape, generator=g))
-
-
 def images_of(samples):
     images, kept = load_inputs([s.path for s in samples], SPEC)
     return images, np.array([samples[i].label for i in kept])
@@ -68,7 +61,7 @@ class Context:
 def lora_model(split):
     """Gammas set, random adapters merged in, then the head trained briefly on synthetic anomalies."""
     model = dinov2_lora.build(SMALL, SPEC)
-    nontrivial_gammas(model.backbone)
+    nontrivial(model.backbone)
     rank, alpha, targets = dinov2_lora.lora_settings(model.config)
     adapter = dinov2_lora.LoRAAdapter(model, rank, alpha, targets)
     g = torch.Generator().manual_seed(1)
@@ -89,7 +82,7 @@ def lora_model(split):
 def knn_model(split):
     """Gammas set, and features large enough that ‖f‖² passes FP16's largest value, 65504 (FEATURE_SCALE)."""
     model = dinov2_knn.build({**SMALL, "bank_size": 200, "sigma": 1.0}, SPEC)
-    nontrivial_gammas(model.backbone)
+    nontrivial(model.backbone)
     with torch.no_grad():
         model.backbone.norm.weight.mul_(FEATURE_SCALE)
     dinov2_knn.fit(model, Context(split))
