@@ -10,53 +10,33 @@ def register(sub) -> None:
                            description="Fit a detector family on the defect-free training images of a dataset "
                            "and save the run (run.json + weights.safetensors).")
     families = train.add_subparsers(dest="family", metavar="FAMILY", required=True)
-    rx = families.add_parser("rx", help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
-                             description="Closed-form fit, streamed over the training set.")
-    common_train_options(rx)
-    rx_options(rx)
-    rx.set_defaults(handler=handler("train_host.train:main"))
-    adtr = families.add_parser("adtr", help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
-                               description="A frozen EfficientNet-B4's five stages (720 channels) are "
-                               "reconstructed by a transformer with learned decoder queries; the error is the "
-                               "anomaly map. Features are cached once; the paper's schedule (500 epochs, "
-                               "lr x0.1 at 80%%) is the default, --epochs / --max-minutes shorten it.")
-    common_train_options(adtr)
-    adtr_options(adtr)
-    adtr.set_defaults(handler=handler("train_host.train:main"))
-    rddpm = families.add_parser("rddpm", help="few-step diffusion reconstruction trained with a robust loss",
-                                description="Train a compact UNet denoiser (robust regression: Huber, LTS, Tukey; "
-                                "MSE baseline), choose t0 and K on validation, score by reconstruction. "
-                                "Small inputs train fastest on a CPU: e.g. --size 64 --channels 1.")
-    common_train_options(rddpm)
-    rddpm_options(rddpm)
-    rddpm.set_defaults(handler=handler("train_host.train:main"))
-    cutpaste = families.add_parser("cutpaste", help="segmentation net trained from scratch on Cut&Paste defects, "
-                                   "optionally with learned (bi-level) synthesis",
-                                   description="DRAEM-style discriminative encoder-decoder trained on defects cut "
-                                   "and pasted from the station's own good images; --learned-synthesis tunes where "
-                                   "and how to paste by a validation hypergradient (docs/cutpaste.md).")
-    common_train_options(cutpaste)
-    cutpaste_options(cutpaste)
-    cutpaste.set_defaults(handler=handler("train_host.train:main"))
-
-    lora = families.add_parser("dinov2-lora", help="DINOv2 ViT + LoRA + segmentation head, trained on synthetic "
-                               "anomalies, merged for export",
-                               description="Adapts a DINOv2 ViT to the station with LoRA on synthetic anomalies "
-                               "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
-                               "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
-                               "facebook/dinov2-* model.safetensors.")
-    common_train_options(lora, stations=True)
-    dinov2_options(lora)
-    dinov2_lora_options(lora)
-    lora.set_defaults(handler=handler("train_host.train:main"))
-    knn = families.add_parser("dinov2-knn", help="DINOv2 patch features + memory bank (PatchCore-style coreset, "
-                              "kNN distance); no training",
-                              description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
-                              "features; the exported graph holds the bank and searches it as a matrix product.")
-    common_train_options(knn)
-    dinov2_options(knn)
-    dinov2_knn_options(knn)
-    knn.set_defaults(handler=handler("train_host.train:main"))
+    family = family_adder(families)
+    family("rx", [rx_options], help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
+           description="Closed-form fit, streamed over the training set.")
+    family("adtr", [adtr_options], help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
+           description="A frozen EfficientNet-B4's five stages (720 channels) are "
+           "reconstructed by a transformer with learned decoder queries; the error is the "
+           "anomaly map. Features are cached once; the paper's schedule (500 epochs, "
+           "lr x0.1 at 80%%) is the default, --epochs / --max-minutes shorten it.")
+    family("rddpm", [rddpm_options], help="few-step diffusion reconstruction trained with a robust loss",
+           description="Train a compact UNet denoiser (robust regression: Huber, LTS, Tukey; "
+           "MSE baseline), choose t0 and K on validation, score by reconstruction. "
+           "Small inputs train fastest on a CPU: e.g. --size 64 --channels 1.")
+    family("cutpaste", [cutpaste_options], help="segmentation net trained from scratch on Cut&Paste defects, "
+           "optionally with learned (bi-level) synthesis",
+           description="DRAEM-style discriminative encoder-decoder trained on defects cut "
+           "and pasted from the station's own good images; --learned-synthesis tunes where "
+           "and how to paste by a validation hypergradient (docs/cutpaste.md).")
+    family("dinov2-lora", [dinov2_options, dinov2_lora_options], stations=True,
+           help="DINOv2 ViT + LoRA + segmentation head, trained on synthetic anomalies, merged for export",
+           description="Adapts a DINOv2 ViT to the station with LoRA on synthetic anomalies "
+           "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
+           "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
+           "facebook/dinov2-* model.safetensors.")
+    family("dinov2-knn", [dinov2_options, dinov2_knn_options],
+           help="DINOv2 patch features + memory bank (PatchCore-style coreset, kNN distance); no training",
+           description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
+           "features; the exported graph holds the bank and searches it as a matrix product.")
 
     synth = sub.add_parser("synth", help="write synthetic anomalies and their masks to a folder to look at",
                            description="Make synthetic anomalies (as dinov2-lora trains on) from a dataset's good "
@@ -115,6 +95,19 @@ def precision_options(p) -> None:
     p.add_argument("--auroc-tolerance", type=float, default=1.0,
                    help="AUROC points a variant may lose against FP32 before it is refused (default: 1)")
     p.add_argument("--eval-limit", type=int, help="evaluate variants on at most this many images per split part")
+
+
+def family_adder(families):
+    """``family(name, option_adders, stations=False, **parser_text)``: one `train FAMILY` subcommand."""
+
+    def add(name: str, option_adders, stations: bool = False, **text) -> None:
+        p = families.add_parser(name, **text)
+        common_train_options(p, stations)
+        for add_options in option_adders:
+            add_options(p)
+        p.set_defaults(handler=handler("train_host.train:main"))
+
+    return add
 
 
 def common_train_options(p, stations: bool = False) -> None:
