@@ -209,9 +209,11 @@ def rddpm_options(p) -> None:
     p.add_argument("--epochs", type=int, help="passes over the training images (default: 200)")
     p.add_argument("--max-minutes", type=float, help="training wall-clock budget in minutes (default: 5)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
-    p.add_argument("--crop", type=int, help="train on random N×N crops (cheaper steps, no global context); default 0: whole images")
+    p.add_argument("--crop", type=int, help="train on random N×N crops (cheaper steps, no global context); "
+                   "default 0: whole images")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
+
 
 def dinov2_options(p) -> None:
     p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14)")

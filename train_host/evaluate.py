@@ -6,10 +6,9 @@ from pathlib import Path
 
 from edge_infer.bundle import write_json_atomic
 
-from .data import load_split
 from .infer import predict
 from .metrics import evaluate_scores
-from .run import load_run, run_data
+from .run import load_run, run_data, run_split
 from .train import set_threads
 
 
@@ -17,10 +16,7 @@ def main(args) -> int:
     set_threads(args.threads)
     model, record = load_run(args.run)
     data = run_data(record, args.data, args.run)
-    # the same val_defects on the run's own data, so the defects it validated on stay out of its test set
-    held = record["data"].get("val_defects", 0) if data == record["data"].get("data") else 0
-    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0),
-                       limit=args.limit, val_defects=held)
+    split = run_split(record, data, args.limit)
     metrics = evaluate_model(model, record, split, batch_size=args.batch_size)
     print(format_metrics(metrics))
     if args.json:

@@ -21,8 +21,7 @@ from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec, load_inputs
 
-from .data import load_split
-from .run import load_run, run_data
+from .run import load_run, run_data, run_split
 from .train import set_threads, summarise
 
 OPSET = 18
@@ -117,7 +116,7 @@ def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) ->
     """Real images for the parity check: validation (good) and test images of the run's data."""
     if not data:
         raise LinesideError("the run does not say where its images are: give --data DIR for the parity check")
-    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
+    split = run_split(record, data)
     samples = split.val[: count // 2] + split.test[:: max(1, len(split.test) // max(1, count - count // 2))]
     images, _ = load_inputs([s.path for s in samples[:count]], spec)
     if not len(images):
@@ -135,7 +134,7 @@ def new_station_scale(model: torch.nn.Module, record: dict, data: str, spec: Inp
     """
     from .infer import predict
 
-    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
+    split = run_split(record, data)
     goods = [s for s in split.train + split.val if s.label == 0]
     goods = goods[:: max(1, len(goods) // count)][:count]
     scores = predict(model, goods, spec, progress="good images of the new station").scores

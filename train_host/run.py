@@ -70,3 +70,14 @@ def run_data(record: dict, data: str | None, run: str | Path = "RUN") -> str:
         raise LinesideError(f"{run} was trained zero-shot on the stations {', '.join(stations)}: give --data DIR, "
                             "the station to score (it needs no training of its own)")
     raise LinesideError(f"{run} does not say which images it was trained on: give --data DIR")
+
+
+def run_split(record: dict, data: str, limit: int | None = None):
+    """``data`` split as the run split its own: the same validation share and seed, and, on the run's own
+    data, the same ``val_defects`` held out, so the defects it validated on are never scored as test images."""
+    from .data import load_split
+
+    info = record["data"]
+    held = info.get("val_defects", 0) if data == info.get("data") else 0
+    return load_split(data, val_share=info.get("val_share", 0.1), seed=info.get("seed", 0), limit=limit,
+                      val_defects=held)

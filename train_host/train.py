@@ -79,14 +79,14 @@ def training_split(args):
     if getattr(args, "zero_shot", None):
         from .data.stations import load_stations
 
-        if getattr(args, "val_defects", 0):
+        if args.val_defects:
             raise LinesideError("--val-defects holds out labelled defects of the station being trained; a "
                                 "--zero-shot run has no station of its own: drop --val-defects")
         return load_stations(datas, **options)
     if len(datas) > 1:
         raise LinesideError(f"--data was given {len(datas)} times ({' '.join(datas)}): one station per run, or add "
                             "--zero-shot to train once across all of them")
-    return load_split(datas[0], **options, val_defects=getattr(args, "val_defects", 0))
+    return load_split(datas[0], **options, val_defects=args.val_defects)
 
 
 def summarise(scores: np.ndarray) -> dict:

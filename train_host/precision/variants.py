@@ -89,13 +89,12 @@ def add_variants(bundle: Bundle, record: dict, data: str | None, options: Varian
 
 def evaluation_set(data: str | None, record: dict, spec: InputSpec, limit: int | None) -> EvalSet:
     """The run's test split (good and defective images), preprocessed as the runtime does."""
-    from ..data import load_split
+    from ..run import run_split
 
     data = data or record["data"].get("data")
     if not data:
         raise LinesideError("the run does not say where its images are: give --data for the accuracy checks")
-    split = load_split(data, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0),
-                       limit=limit, val_defects=record["data"].get("val_defects", 0))
+    split = run_split(record, data, limit)
     images, labels = _read(split.test, spec)
     if not len(images):
         raise LinesideError(f"no readable test image in {data}: the variants cannot be checked; give --data")
@@ -111,9 +110,9 @@ def calibration_set(source: str, record: dict, spec: InputSpec, count: int) -> t
         paths = list_images(folder)
         kind = "folder of good images"
     else:
-        from ..data import load_split
+        from ..run import run_split
 
-        split = load_split(source, val_share=record["data"].get("val_share", 0.1), seed=record["data"].get("seed", 0))
+        split = run_split(record, source)
         paths = [s.path for s in split.train if s.label == 0]
         kind = "training split (good images)"
     chosen = paths[:: max(1, len(paths) // count)][:count]
