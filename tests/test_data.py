@@ -110,6 +110,18 @@ def test_contamination_moves_defects_into_train(tmp_path):
         load_split(root, val_share=0.1, contamination=0.5)
 
 
+def test_a_contaminated_run_is_never_scored_on_the_defects_it_trained_on(tmp_path):
+    from train_host.run import run_split
+
+    root = mvtec_ad(tmp_path / "d", n_train=20)
+    dirty = load_split(root, val_share=0.1, contamination=0.15)
+    record = {"data": {"data": str(root), "val_share": 0.1, "seed": 0, "contamination": 0.15}}
+    again = run_split(record, str(root))
+    trained = {s.path for s in dirty.train}
+    assert [s.path for s in again.test] == [s.path for s in dirty.test]
+    assert trained.isdisjoint(s.path for s in again.test)
+
+
 def test_val_defects_move_out_of_test_and_never_overlap_contamination(tmp_path):
     root = mvtec_ad(tmp_path / "d", n_train=20)
     for i in range(2, 6):  # more defects, so contamination and val_defects both have some to take

@@ -211,6 +211,8 @@ def rddpm_options(p) -> None:
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--crop", type=int, help="train on random N×N crops (cheaper steps, no global context); "
                    "default 0: whole images")
+    p.add_argument("--feature-weight", type=float, help="weight of the feature-level term (random-init ResNet-18 "
+                   "features of input vs reconstruction) beside the pixel residual; 0 turns it off (default: 1)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
 

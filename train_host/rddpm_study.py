@@ -52,6 +52,8 @@ def parse(argv):
     p.add_argument("--test-limit", type=int, help="evaluate on a seeded subset of this many test images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
+    p.add_argument("--refit", action="store_true", help="redo the post-training steps (map statistics, t0/K "
+                   "choice) of runs already in --out with the current code, keeping their trained UNets")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="another rddpm config value for every run, e.g. --set unet=small")
     return p.parse_args(argv)
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
                 options = {"batch_size": args.batch_size, "seed": args.seed, "data": args.data,
                            "contamination": level}
                 train_run("rddpm", config, spec, split, run_dir, options)
+            elif args.refit:
+                refit(run_dir, args.batch_size)
             model, record = load_run(run_dir)
             started = time.perf_counter()
             metrics = evaluate_model(model, record, replace(split, test=test), batch_size=32)
@@ -107,6 +111,35 @@ def main(argv=None) -> int:
             (out / "report.md").write_text(report(results))
             print(report(results), flush=True)
     return 0
+
+
+def refit(run_dir: Path, batch_size: int = 16, log=print) -> None:
+    """Redo a run's map statistics and t0/K choice with the current code; its trained UNet is kept as it is,
+    so a change to those post-training steps is measured without training again."""
+    from dataclasses import asdict
+
+    from safetensors.torch import load_file
+
+    from .infer import predict
+    from .models import rddpm
+    from .run import read_record, run_split, save_run
+    from .context import TrainContext
+    from .train import summarise
+
+    record = read_record(run_dir)
+    spec = InputSpec.from_dict(record["input"])
+    given = record["training"]["selection"].get("method") == "given"
+    model = rddpm.build({**record["config"], **({} if given else {"t0": None, "steps": None})}, spec)
+    weights = load_file(str(run_dir / record["weights"]))
+    prefix = "unet." if any(k.startswith("unet.") for k in weights) else "backbone."  # "unet." before 2026-11-23
+    model.backbone.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
+    split = run_split(record, record["data"]["data"])
+    context = TrainContext(split, spec, {"batch_size": batch_size}, log)
+    selection = rddpm.finish(model, context, rddpm.load_images(context, split.train, "train"))
+    training = {**record["training"], "selection": selection, "config": asdict(model.config),
+                "refit": "map statistics and t0/K redone by rddpm_study --refit; the UNet is the trained one"}
+    training["validation_good_scores"] = summarise(predict(model, split.val, spec, batch_size).scores)
+    save_run(run_dir, "rddpm", asdict(model.config), spec, model, record["data"], training)
 
 
 def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | None) -> int:

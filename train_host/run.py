@@ -74,10 +74,12 @@ def run_data(record: dict, data: str | None, run: str | Path = "RUN") -> str:
 
 def run_split(record: dict, data: str, limit: int | None = None):
     """``data`` split as the run split its own: the same validation share and seed, and, on the run's own
-    data, the same ``val_defects`` held out, so the defects it validated on are never scored as test images."""
+    data, the same ``val_defects`` and ``contamination`` taken out of test, so neither the defects it validated
+    on nor those it trained on are scored as test images."""
     from .data import load_split
 
     info = record["data"]
-    held = info.get("val_defects", 0) if data == info.get("data") else 0
+    own = data == info.get("data")
     return load_split(data, val_share=info.get("val_share", 0.1), seed=info.get("seed", 0), limit=limit,
-                      val_defects=held)
+                      val_defects=info.get("val_defects", 0) if own else 0,
+                      contamination=info.get("contamination", 0.0) if own else 0.0)

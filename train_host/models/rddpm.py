@@ -5,8 +5,9 @@ good images, with the regression made robust (robust_losses.py: Huber, least tri
 squares, Tukey; MSE is the baseline), so defects hidden among the "good" images pull the
 model less. Inference noises the input part-way, to step t0, with noise fixed in the graph
 (one draw per seed), runs K deterministic DDIM steps back to a clean image, and compares
-input and reconstruction: absolute pixel difference plus a local-SSIM structural term,
-smoothed, with the image score the max or top-k mean of the map. The K steps are a Python
+input and reconstruction: the smoothed pixel residual plus a feature-level term (the distance
+between random-init ResNet-18 features of the two), each standardised per pixel by the median
+and MAD of the training images' maps, with the image score the max or top-k mean of the map. The K steps are a Python
 loop over constant timesteps, so ONNX export unrolls them into one graph that takes only
 ``image``. t0 and K are chosen after training on the validation good images and synthetic
 anomalies made from them (rddpm_select.py), unless given.
@@ -19,12 +20,14 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
-from .layers import GaussianBlur, ImageScore
+from ..backbones import feature_extractor
+from .layers import GaussianBlur, ImageScore, seeded
 from .robust_losses import LOSSES, RobustLoss
 from .unet import UNet, UNetConfig
 
@@ -48,7 +51,10 @@ class RDDPMConfig:
     lr: float = 1e-3
     ema: float = 0.995  # decay of the weight average used for inference
     crop: int = 0  # 0: whole images (the layout of the part is context); N: random N×N crops, ~4× cheaper per step
-    ssim_weight: float = 1.0  # structural term's weight beside the pixel difference
+    feature_weight: float = 1.0  # feature-level term (random-init ResNet-18, stages 1-2) beside the pixel residual; 0: off
+    feature_size: int = 128  # the features see the image scaled up until its shorter side is at least this
+    normalize: bool = True  # standardise each map pixel by the median/MAD of the training images' maps
+    norm_images: int = 256  # training images those statistics are taken from
     sigma: float = 2.0  # smoothing of the anomaly map, in pixels
     score: str = "topk:0.01"
     val_images: int = 64  # validation good images (and as many synthetic anomalies) for choosing t0, K
@@ -80,17 +86,26 @@ class RDDPMDetector(nn.Module):
         super().__init__()
         check_config(config, spec)
         self.config, self.spec = config, spec
-        self.unet = UNet(UNetConfig.preset(config.unet, spec.channels))
-        if spec.height % self.unet.multiple or spec.width % self.unet.multiple:
-            raise LinesideError(f"rddpm's {config.unet} UNet needs --size a multiple of {self.unet.multiple}, "
+        # Named `backbone`: the precision machinery lowers the nodes using backbone.* weights to FP16/INT8 (the
+        # K unrolled UNet calls and the DDIM updates between them); the map and the score stay FP32.
+        self.backbone = UNet(UNetConfig.preset(config.unet, spec.channels))
+        if spec.height % self.backbone.multiple or spec.width % self.backbone.multiple:
+            raise LinesideError(f"rddpm's {config.unet} UNet needs --size a multiple of {self.backbone.multiple}, "
                                 f"got {spec.height}x{spec.width}: e.g. --size 64")
         self.alphas_cumprod = linear_alphas_cumprod()
         generator = torch.Generator().manual_seed(config.seed)
         noise = torch.randn(config.seeds, spec.channels, spec.height, spec.width, generator=generator)
         self.register_buffer("noise", noise, persistent=False)  # regenerated from the seed: fixed in the graph
-        self.ssim_window = GaussianBlur(1.5)
         self.smooth = GaussianBlur(config.sigma)
         self.image_score = ImageScore(config.score, spec.height * spec.width)
+        parts = spec.channels + (1 if config.feature_weight else 0)
+        if config.feature_weight:
+            with seeded(config.seed):  # random but fixed: saved with the weights, no pretrained file needed
+                self.features = feature_extractor("resnet18", (1, 2))
+            scale = max(1.0, config.feature_size / min(spec.height, spec.width))
+            self.feature_input = (round(spec.height * scale), round(spec.width * scale))
+        self.register_buffer("map_center", torch.zeros(1, parts, spec.height, spec.width))
+        self.register_buffer("map_scale", torch.ones(1, parts, spec.height, spec.width))
         self.set_inference(config.t0 or DEFAULT_T0, config.steps or DEFAULT_STEPS)
 
     def set_inference(self, t0: int, steps: int) -> None:
@@ -111,26 +126,66 @@ class RDDPMDetector(nn.Module):
         for i, t in enumerate(self.timesteps):
             a_t = ab[t]
             a_prev = ab[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
-            eps = self.unet(xt, torch.tensor([float(t)]))
+            eps = self.backbone(xt, torch.tensor([float(t)]))
             x0 = ((xt - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, 1.0)
             xt = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
         return xt.reshape(-1, seeds, c, h, w).mean(1)
 
-    def ssim_distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """1 − local SSIM (Gaussian window σ = 1.5), per channel; 0 where the structure matches."""
-        c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2  # data range 2 ([-1, 1])
+    def feature_distance(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """RMS over channels of the difference between the two images' ResNet features, at the input's size."""
+        dist = (self.feature_stack(x) - self.feature_stack(recon)).pow(2).mean(1, keepdim=True).sqrt()
+        return F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def feature_stack(self, x: torch.Tensor) -> torch.Tensor:
+        """Stages 1 and 2 of the ResNet on the first stage's grid, channels stacked."""
+        if x.shape[1] != 3:
+            x = x.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+        if tuple(x.shape[-2:]) != self.feature_input:
+            x = F.interpolate(x, size=self.feature_input, mode="bilinear", align_corners=False)
+        first, *rest = self.features(x)
+        grid = first.shape[-2:]
+        return torch.cat([first] + [F.interpolate(f, size=grid, mode="bilinear", align_corners=False) for f in rest], 1)
+
+    def map_parts(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        """N×(C+1)×H×W: the smoothed signed residual per channel, then the smoothed feature distance."""
         n, c, h, w = x.shape
-        x, y = x.reshape(n * c, 1, h, w), y.reshape(n * c, 1, h, w)
-        blur = self.ssim_window
-        mx, my = blur(x), blur(y)
-        vx, vy, cov = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-        ssim = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        return (1 - ssim).reshape(n, c, h, w)
+        parts = [self.smooth((x - recon).reshape(n * c, 1, h, w)).reshape(n, c, h, w)]
+        if self.config.feature_weight:
+            parts.append(self.smooth(self.feature_distance(x, recon)))
+        return torch.cat(parts, 1)
 
     def anomaly_map(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        pixel = (x - recon).abs().mean(1, keepdim=True)
-        structure = self.ssim_distance(x, recon).mean(1, keepdim=True)
-        return self.smooth(pixel + self.config.ssim_weight * structure)
+        """|z| of the residual (darker and brighter both count) + w·z of the feature distance (only larger counts)."""
+        z = (self.map_parts(x, recon) - self.map_center) / self.map_scale
+        c = x.shape[1]
+        amap = z[:, :c].abs().mean(1, keepdim=True)
+        if self.config.feature_weight:
+            amap = amap + self.config.feature_weight * z[:, c:].clamp(min=0)
+        return amap
+
+    @torch.no_grad()
+    def fit_map_statistics(self, images: torch.Tensor, batch_size: int = 16) -> None:
+        """Per-pixel median and MAD of the map parts over good images, at the current t0 and K.
+
+        Busbars, borders and textured areas reconstruct worse than flat ones on every image;
+        standardising each pixel by its own spread over good images keeps them from dominating
+        the map. Median and MAD rather than mean and std: defects hidden among the training
+        images do not move them.
+        """
+        if not self.config.normalize or not len(images):
+            return
+        self.map_center.zero_()
+        self.map_scale.fill_(1.0)
+        parts = []
+        for i in range(0, len(images), batch_size):
+            x = self.to_unit(images[i:i + batch_size])
+            parts.append(self.map_parts(x, self.reconstruct(x)))
+        parts = torch.cat(parts)
+        center = parts.median(0, keepdim=True).values
+        mad = 1.4826 * (parts - center).abs().median(0, keepdim=True).values
+        floor = 0.1 * mad.mean((2, 3), keepdim=True) + 1e-6  # a pixel that never varies must not explode
+        self.map_center.copy_(center)
+        self.map_scale.copy_(torch.maximum(mad, floor))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.to_unit(image)
@@ -178,15 +233,13 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch
 
 def fit(model: RDDPMDetector, context) -> dict:
     """Train the denoiser with the configured loss, then choose t0 and K on validation."""
-    from .rddpm_select import choose_inference
-
     cfg = model.config
     images = load_images(context, context.split.train, "train")
     batch_size = int(context.options.get("batch_size") or 16)
     generator = torch.Generator().manual_seed(cfg.seed)
     ab = torch.tensor(model.alphas_cumprod, dtype=torch.float32)
     loss_fn = RobustLoss(cfg.loss, delta=cfg.delta, keep=cfg.keep, timesteps=cfg.train_t_max + 1)
-    unet = model.unet.train()
+    unet = model.backbone.train()
     ema = [p.detach().clone() for p in unet.parameters()]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     started, steps, losses, epoch = time.perf_counter(), 0, [], 0
@@ -218,10 +271,21 @@ def fit(model: RDDPMDetector, context) -> dict:
         for e, p in zip(ema, unet.parameters()):
             p.copy_(e)
     model.eval()
-    val = load_images(context, context.split.val, "validation") if context.split.val else images[:0]
-    selection = choose_inference(model, val, context.log)
-    cfg.t0, cfg.steps = model.t0, model.steps
+    selection = finish(model, context, images)
     return {"images": len(images), "contaminated": sum(s.label == 1 for s in context.split.train),
             "epochs": epoch, "steps": steps, "train_seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 5),
             "selection": selection, "config": asdict(cfg)}
+
+
+def finish(model: RDDPMDetector, context, train_images: torch.Tensor) -> dict:
+    """After the denoiser is trained: choose t0 and K on validation and take the map statistics from a
+    seeded subset of the training images; both go into the model's config. Returns what was tried."""
+    from .rddpm_select import choose_inference
+
+    cfg = model.config
+    val = load_images(context, context.split.val, "validation") if context.split.val else train_images[:0]
+    pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.norm_images]
+    selection = choose_inference(model, val, train_images[pick.sort().values], context.log)
+    cfg.t0, cfg.steps = model.t0, model.steps
+    return selection

@@ -3,7 +3,9 @@
 The station's validation images are all good, so anomalies are made from them: a bright or
 dark soft blob, or a thin bright or dark scratch, drawn at a random place (generic shapes,
 not any dataset's defects). Each candidate setting scores the good images and their
-corrupted copies; the image AUROC between the two ranks the settings. t0 is chosen first at
+corrupted copies; the image AUROC between the two ranks the settings. Each setting first takes
+its per-pixel map statistics from the training images (``fit_map_statistics``), as the
+final model does. t0 is chosen first at
 the cheapest K, then the smallest K whose AUROC is within ``TOLERANCE`` of the best K —
 latency grows linearly with K, so this is the best AUROC per millisecond that does not give
 up accuracy. Test labels are never looked at.
@@ -47,23 +49,30 @@ def scores(model, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
     return np.concatenate([model(images[i:i + batch_size])[1].numpy() for i in range(0, len(images), batch_size)])
 
 
-def validation_auroc(model, good: torch.Tensor, bad: torch.Tensor, t0: int, steps: int) -> float:
+def use(model, t0: int, steps: int, norm_images: torch.Tensor) -> None:
     model.set_inference(t0, steps)
+    model.fit_map_statistics(norm_images)
+
+
+def validation_auroc(model, good: torch.Tensor, bad: torch.Tensor, norm_images: torch.Tensor, t0: int,
+                     steps: int) -> float:
+    use(model, t0, steps, norm_images)
     values = np.concatenate([scores(model, good), scores(model, bad)])
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
     return float(roc_auc_score(labels, values))
 
 
-def choose_inference(model, val_images: torch.Tensor, log=print) -> dict:
-    """Set model's t0 and K (those the config leaves open) from validation; returns what was tried."""
+def choose_inference(model, val_images: torch.Tensor, norm_images: torch.Tensor, log=print) -> dict:
+    """Set model's t0 and K (those the config leaves open) from validation, and its map statistics from
+    ``norm_images`` (good training images); returns what was tried."""
     cfg = model.config
     fixed_t0, fixed_k = cfg.t0, cfg.steps
     if fixed_t0 is not None and fixed_k is not None:
-        model.set_inference(fixed_t0, fixed_k)
+        use(model, fixed_t0, fixed_k, norm_images)
         return {"method": "given", "t0": fixed_t0, "steps": fixed_k}
     if len(val_images) < 2:
         log("rddpm: fewer than 2 validation images: t0 and K keep their defaults (give --t0 and --steps)")
-        model.set_inference(fixed_t0 or model.t0, fixed_k or model.steps)
+        use(model, fixed_t0 or model.t0, fixed_k or model.steps, norm_images)
         return {"method": "defaults (no validation images)", "t0": model.t0, "steps": model.steps}
     pick = torch.randperm(len(val_images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.val_images]
     good = val_images[pick.sort().values]
@@ -71,7 +80,7 @@ def choose_inference(model, val_images: torch.Tensor, log=print) -> dict:
     tried = []
 
     def trial(t0: int, k: int) -> float:
-        auroc = validation_auroc(model, good, bad, t0, k)
+        auroc = validation_auroc(model, good, bad, norm_images, t0, k)
         tried.append({"t0": t0, "steps": k, "auroc": round(auroc, 4)})
         log(f"rddpm: validation t0={t0} K={k}: synthetic-anomaly AUROC {auroc:.4f}")
         return auroc
@@ -86,7 +95,7 @@ def choose_inference(model, val_images: torch.Tensor, log=print) -> dict:
         by_k = {first_k: by_t0[t0], **{k: trial(t0, k) for k in cfg.steps_grid if k != first_k and k <= t0}}
         best = max(by_k.values())
         k = min(k for k, v in by_k.items() if v >= best - TOLERANCE)
-    model.set_inference(t0, k)
+    use(model, t0, k, norm_images)
     log(f"rddpm: chose t0={t0}, K={k} on {len(good)} validation images + {len(bad)} synthetic anomalies")
     return {"method": "validation good images + synthetic anomalies", "images": 2 * len(good),
             "t0": t0, "steps": k, "tried": tried}
