@@ -241,3 +241,16 @@ def test_study_trains_at_a_fixed_step_count_and_counts_the_contaminants(category
     assert runs[(0.0, "huber")]["train_contaminated"] == 0
     assert runs[(0.1, "huber")]["train_contaminated"] == runs[(0.1, "mse")]["train_contaminated"] == 2
     assert "| 10% | huber | 2 |" in (out / "report.md").read_text()
+
+    # --refit redoes the map statistics on the trained UNet: same weights, same scores, the refit recorded
+    from train_host.run import read_record
+
+    before = json.loads((out / "results.json").read_text())["runs"]
+    weights = (out / "c0.1_mse" / "weights.safetensors").read_bytes()
+    assert rddpm_study.main(["--data", str(category), "--out", str(out), "--levels", "0.1", "--losses", "mse",
+                             "--size", "32", "--epochs", "2", "--batch-size", "8", "--threads", "1", "--refit",
+                             "--set", "unet=tiny", "--set", "t0=50", "--set", "steps=2", "--set", "crop=0"]) == 0
+    assert "refit" in read_record(out / "c0.1_mse")["training"]
+    assert (out / "c0.1_mse" / "weights.safetensors").read_bytes() == weights  # deterministic: nothing moved
+    after = json.loads((out / "results.json").read_text())["runs"]
+    assert after[0]["image_auroc"] == next(r for r in before if r["run"].endswith("c0.1_mse"))["image_auroc"]

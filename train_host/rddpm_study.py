@@ -120,11 +120,10 @@ def refit(run_dir: Path, batch_size: int = 16, log=print) -> None:
 
     from safetensors.torch import load_file
 
-    from .infer import predict
-    from .models import rddpm
-    from .run import read_record, run_split, save_run
     from .context import TrainContext
-    from .train import summarise
+    from .models import rddpm
+    from .run import read_record, run_split
+    from .train import save_fitted
 
     record = read_record(run_dir)
     spec = InputSpec.from_dict(record["input"])
@@ -133,13 +132,13 @@ def refit(run_dir: Path, batch_size: int = 16, log=print) -> None:
     weights = load_file(str(run_dir / record["weights"]))
     prefix = "unet." if any(k.startswith("unet.") for k in weights) else "backbone."  # "unet." before 2026-11-23
     model.backbone.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
-    split = run_split(record, record["data"]["data"])
+    split = run_split(record, record["data"]["data"], limit=record["data"].get("limit"))
     context = TrainContext(split, spec, {"batch_size": batch_size}, log)
     selection = rddpm.finish(model, context, rddpm.load_images(context, split.train, "train"))
     training = {**record["training"], "selection": selection, "config": asdict(model.config),
                 "refit": "map statistics and t0/K redone by rddpm_study --refit; the UNet is the trained one"}
-    training["validation_good_scores"] = summarise(predict(model, split.val, spec, batch_size).scores)
-    save_run(run_dir, "rddpm", asdict(model.config), spec, model, record["data"], training)
+    save_fitted(run_dir, "rddpm", asdict(model.config), spec, model, split, training, batch_size, log,
+                context.skipped)
 
 
 def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | None) -> int:

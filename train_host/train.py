@@ -59,16 +59,23 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
     training = module.fit(model, context)
     model.eval()
     training.update(seconds=round(time.perf_counter() - started, 1), backbone_weights=weights_info)
-    val = predict(model, split.val, spec, options["batch_size"], progress="validation") if split.val else None
+    config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
+    save_fitted(out, family, config_used, spec, model, split, training, options["batch_size"], log, context.skipped)
+    return training
+
+
+def save_fitted(out: Path, family: str, config: dict, spec: InputSpec, model, split, training: dict,
+                batch_size: int, log=print, skipped: list | None = None) -> None:
+    """Score the validation images into the record (the provisional threshold's evidence), report the
+    unreadable images, save the run."""
+    val = predict(model, split.val, spec, batch_size, progress="validation") if split.val else None
     if val is not None and len(val.scores):
         training["validation_good_scores"] = summarise(val.scores)
-    skipped = context.skipped + (val.skipped if val else [])
+    skipped = (skipped or []) + (val.skipped if val else [])
     if skipped:
         log(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(f"{p} ({r})" for p, r in skipped[:10]))
         training["skipped_images"] = [p for p, _ in skipped]
-    config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
-    save_run(out, family, config_used, spec, model, split.info, training)
-    return training
+    save_run(out, family, config, spec, model, split.info, training)
 
 
 def training_split(args):

@@ -174,8 +174,6 @@ class RDDPMDetector(nn.Module):
         """
         if not self.config.normalize or not len(images):
             return
-        self.map_center.zero_()
-        self.map_scale.fill_(1.0)
         parts = []
         for i in range(0, len(images), batch_size):
             x = self.to_unit(images[i:i + batch_size])
