@@ -200,17 +200,19 @@ def test_train_evaluate_export_score_end_to_end(run, category, tmp_path):
     assert metrics["family"] == "rddpm" and metrics["image_auroc"] > 0.9
     bundle_dir = tmp_path / "bundle"
     assert cli(["export", str(run), "--out", str(bundle_dir), "--parity-images", "6",
-                "--precision", "fp32,fp16"]) == 0
+                "--precision", "fp32,fp16,int8"]) == 0
     bundle = Bundle.load(bundle_dir)
     assert bundle.manifest.model.family == "rddpm" and bundle.manifest.model.config["steps"] == 2
     parity = bundle.manifest.files["model.onnx"].checks["parity"]
     assert parity["score_rel_err"] < 1e-3 and parity["map_rel_err"] < 1e-3 and parity["images"] > 0
-    # The UNet (named backbone) and the DDIM updates between its K calls run in FP16; map and score in FP32.
-    # (INT8 of this fixture (tiny UNet, 2 seeds) stops in onnxruntime's quantizer: "shared mode is not supported for weight";
-    # the `nano` preset quantizes, docs/rddpm.md.)
+    # The UNet (named backbone) and the DDIM updates between its K calls run in FP16 / INT8; map and score in FP32.
     fp16 = bundle.manifest.files["model.fp16.onnx"].checks
     assert fp16["accuracy"]["finite"] and fp16["accuracy"]["score_rel_err"] < 1e-2
     assert 0 < fp16["conversion"]["fp16_nodes"] < fp16["conversion"]["nodes"]
+    # INT8 of this graph used to stop in onnxruntime's quantizer (a shared bias copied under a tensor's name)
+    int8 = bundle.manifest.files["model.int8.onnx"].checks
+    assert int8["accuracy"]["finite"] and int8["accuracy"]["score_rel_err"] < 0.25
+    assert "Conv" in int8["conversion"]["quantized_op_types"] and int8["conversion"]["qdq_pairs"] > 0
     graph = onnx.load(str(bundle_dir / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["image"]  # the noise is a constant inside the graph
 
@@ -254,3 +256,12 @@ def test_study_trains_at_a_fixed_step_count_and_counts_the_contaminants(category
     assert (out / "c0.1_mse" / "weights.safetensors").read_bytes() == weights  # deterministic: nothing moved
     after = json.loads((out / "results.json").read_text())["runs"]
     assert after[0]["image_auroc"] == next(r for r in before if r["run"].endswith("c0.1_mse"))["image_auroc"]
+
+    # a level run alone still scores on the common test set when told where it comes from
+    assert rddpm_study.main(["--data", str(category), "--out", str(out), "--levels", "0", "--losses", "huber",
+                             "--test-contamination", "0.1", "--size", "32", "--epochs", "2", "--batch-size", "8",
+                             "--threads", "1", "--set", "unet=tiny", "--set", "t0=50", "--set", "steps=2",
+                             "--set", "crop=0"]) == 0
+    alone = json.loads((out / "results.json").read_text())
+    assert alone["test_images"] == results["test_images"] < len(load_split(category).test)
+    assert alone["runs"][0]["image_auroc"] == runs[(0.0, "huber")]["image_auroc"]

@@ -40,6 +40,9 @@ def parse(argv):
     p.add_argument("--repeats", type=int, default=200, help="timed runs per K for --latency")
     p.add_argument("--robust", default="huber", choices=["huber", "lts", "tukey"])
     p.add_argument("--levels", default="0,0.05,0.1", help="contamination shares, comma-separated")
+    p.add_argument("--test-contamination", type=float, help="take the common test set from the split at this "
+                   "contamination if it is above every level (by default the highest level's split, whose test set "
+                   "no run trained on): to run a level alone and still compare with the other levels' runs")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
     p.add_argument("--epochs", type=int, default=30, help="passes over the training images per run: a fixed step "
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
         return latency(Path(args.latency), out, [int(k) for k in args.ks.split(",")], args.repeats, args.threads)
     levels = [float(v) for v in args.levels.split(",")]
     spec = InputSpec(args.size, args.size, args.channels)
-    common = load_split(args.data, seed=args.seed, contamination=max(levels))
+    common = load_split(args.data, seed=args.seed, contamination=max(levels + [args.test_contamination or 0]))
     test = common.test
     if args.test_limit:
         test = subsample_both_classes(test, args.test_limit, args.seed)

@@ -126,3 +126,19 @@ def test_calibration_from_a_folder_records_its_provenance(tmp_path):
     assert provenance["kind"] == "folder of good images" and provenance["images"] == 3 and provenance["available"] == 5
     with pytest.raises(LinesideError, match="at least 1"):
         calibration_set(str(tmp_path), {"data": {}}, InputSpec(16, 16, 1), count=0)
+
+
+def test_initializers_are_renamed_so_the_quantizers_copies_cannot_take_a_tensors_name(tmp_path):
+    from train_host.precision.int8 import keep_duplicates_apart
+
+    model = tiny_detector(tmp_path / "m.onnx")
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(4, np.float32), "val_40"))
+    model.graph.node[2].input.append("val_40")  # conv1's bias
+    model.graph.node[3].output[0] = "val_405"  # what onnxruntime names its copy of a shared val_40
+    model.graph.node[4].input[0] = "val_405"
+    keep_duplicates_apart(model)
+    names = {i.name for i in model.graph.initializer}
+    assert "val_40" not in names and "val_40_w" in names and list(model.graph.node[2].input)[-1] == "val_40_w"
+    assert "backbone.c1.weight" in names  # names that end in a letter are left alone
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"image": np.full((1, 1, 8, 8), 7, np.uint8)})[1].shape == (1,)

@@ -70,6 +70,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "perce
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         model = onnx.load(str(prepared))
         nodes = backbone_nodes(model)
+        keep_duplicates_apart(model)
         onnx.save(model, str(prepared))  # with the node names backbone_nodes gave unnamed nodes
         entry_ranges = backbone_input_ranges(model, nodes, images)
         symmetric = activations == "s8"
@@ -91,6 +92,27 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "perce
             "nodes_in_scope": len(nodes), "quantized_op_types": sorted(_quantized_op_types(quantized, set(nodes))),
             "qdq_pairs": ops.count("QuantizeLinear"), "backbone_input_ranges": entry_ranges,
             "fp32_scope": "normalisation and head (everything outside the backbone)"}
+
+
+def keep_duplicates_apart(model: onnx.ModelProto) -> None:
+    """Rename the initializers whose names end in a digit, so the quantizer's copies cannot take a tensor's name.
+
+    A bias shared by several nodes is copied per node by onnxruntime's QDQ quantizer under the name
+    ``<name><n>``: ``val_40`` becomes ``val_405``, and torch's exporter may already have called a
+    tensor ``val_405``; the quantizer then takes that tensor for a weight and stops with "Quantization
+    parameter shared mode is not supported for weight yet". A suffix that ends in a letter makes
+    the copies' names (``val_40_w5``) unlike any name the exporter gives.
+    """
+    graph = model.graph
+    renamed = {i.name: f"{i.name}_w" for i in graph.initializer if i.name[-1:].isdigit()}
+    taken = {name for n in graph.node for name in n.output} | {i.name for i in graph.initializer}
+    renamed = {old: new for old, new in renamed.items() if new not in taken}
+    for init in graph.initializer:
+        init.name = renamed.get(init.name, init.name)
+    for value in graph.input:
+        value.name = renamed.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
 
 
 def backbone_input_ranges(model: onnx.ModelProto, nodes: list[str], images: np.ndarray) -> dict:
