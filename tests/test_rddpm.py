@@ -244,6 +244,17 @@ def test_study_trains_at_a_fixed_step_count_and_counts_the_contaminants(category
     assert runs[(0.1, "huber")]["train_contaminated"] == runs[(0.1, "mse")]["train_contaminated"] == 2
     assert "| 10% | huber | 2 |" in (out / "report.md").read_text()
 
+    # `lineside evaluate` puts the runs side by side on the test images none of them trained on: the study's set
+    table = tmp_path / "side_by_side.json"
+    assert cli(["evaluate", *(str(out / r) for r in ("c0_huber", "c0_mse", "c0.1_huber", "c0.1_mse")),
+                "--json", str(table), "--batch-size", "8"]) == 0
+    side = json.loads(table.read_text())
+    assert side["test_images"] == results["test_images"]
+    for row in side["runs"]:
+        study = runs[(row["contamination"], row["loss"])]
+        assert row["train_defects"] == study["train_contaminated"]
+        assert row["image_auroc"] == pytest.approx(study["image_auroc"], abs=1e-6)
+
     # --refit redoes the map statistics on the trained UNet: same weights, same scores, the refit recorded
     from train_host.run import read_record
 

@@ -55,8 +55,10 @@ def register(sub) -> None:
 
     ev = sub.add_parser("evaluate", help="image and pixel metrics of a run on its test split",
                         description="Score the test split with PyTorch and report image AUROC/AUPRC, and pixel "
-                        "AUROC, AU-PRO (FPR 0.3 and 0.05) and SegF1 when masks exist.")
-    ev.add_argument("run", help="run directory from `lineside train`")
+                        "AUROC, AU-PRO (FPR 0.3 and 0.05) and SegF1 when masks exist. Several runs are put "
+                        "side by side on the test images none of them trained or validated on, e.g. robust "
+                        "and MSE rddpm runs at each --contamination.")
+    ev.add_argument("run", nargs="+", help="run directory from `lineside train` (several: a side-by-side table)")
     ev.add_argument("--data", help="dataset: 'elpv' or an MVTec-layout folder (default: the run's own data)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE as JSON")
     ev.add_argument("--limit", type=int, help="evaluate at most this many images per split part (quick checks)")

@@ -1,21 +1,28 @@
-"""`lineside evaluate RUN`: image (and pixel, where masks exist) metrics on the test split."""
+"""`lineside evaluate RUN [RUN ...]`: image (and pixel, where masks exist) metrics on the test split.
+
+Several runs are scored side by side on the test images that none of them trained or validated
+on (a contaminated run trained on some of the defects that another run's test set holds)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from edge_infer.bundle import write_json_atomic
+from edge_infer.errors import LinesideError
 
 from .infer import predict
 from .metrics import evaluate_scores
-from .run import load_run, run_data, run_split
+from .run import load_run, read_record, run_data, run_split
 from .train import set_threads
 
 
 def main(args) -> int:
     set_threads(args.threads)
-    model, record = load_run(args.run)
-    data = run_data(record, args.data, args.run)
+    if len(args.run) > 1:
+        return compare(args)
+    model, record = load_run(args.run[0])
+    data = run_data(record, args.data, args.run[0])
     split = run_split(record, data, args.limit)
     metrics = evaluate_model(model, record, split, batch_size=args.batch_size)
     print(format_metrics(metrics))
@@ -23,6 +30,36 @@ def main(args) -> int:
         write_json_atomic(Path(args.json), metrics)
         print(f"wrote {args.json}")
     return 0
+
+
+def compare(args) -> int:
+    records = [read_record(run) for run in args.run]
+    datas = {run_data(record, args.data, run) for run, record in zip(args.run, records)}
+    if len(datas) > 1:
+        raise LinesideError(f"these runs were trained on different data ({', '.join(sorted(datas))}): give --data "
+                            "to score them all on one dataset")
+    data = datas.pop()
+    splits = [run_split(record, data, args.limit) for record in records]
+    shared = set.intersection(*({str(s.path) for s in split.test} for split in splits))
+    test = [s for s in splits[0].test if str(s.path) in shared]
+    rows = []
+    for run, split in zip(args.run, splits):
+        model, record = load_run(run)
+        metrics = evaluate_model(model, record, replace(split, test=test), batch_size=args.batch_size)
+        rows.append({"run": str(run), **setting(record), **metrics})
+    rows.sort(key=lambda row: row["contamination"])  # stable: runs at one level stay in the order given
+    print(format_table(rows, test))
+    if args.json:
+        write_json_atomic(Path(args.json), {"test_images": len(test), "runs": rows})
+        print(f"wrote {args.json}")
+    return 0
+
+
+def setting(record: dict) -> dict:
+    """What tells runs apart in a comparison: family, training loss where it has one, contamination."""
+    return {"family": record["family"], "loss": record["config"].get("loss", ""),
+            "contamination": record["data"].get("contamination") or 0.0,
+            "train_defects": record["training"].get("contaminated", 0)}
 
 
 def evaluate_model(model, record: dict, split, batch_size: int = 16) -> dict:
@@ -41,3 +78,15 @@ def format_metrics(metrics: dict) -> str:
     head = f"{metrics.get('family', '')} on {metrics.get('data', '')}: {metrics.get('images', 0)} test images"
     return "\n".join([head, *rows])
 
+
+
+def format_table(rows: list[dict], test: list) -> str:
+    keys = [k for k in ("image_auroc", "image_auprc", "pixel_auroc", "au_pro_30") if k in rows[0]]
+    head = (f"{len(rows)} runs on the {len(test)} test images none of them trained or validated on "
+            f"({sum(s.label for s in test)} defective)")
+    lines = [head, "", "| run | family | loss | contamination | defects in train | " + " | ".join(keys) + " |",
+             "| --- " * (5 + len(keys)) + "|"]
+    for row in rows:
+        lines.append(f"| {row['run']} | {row['family']} | {row['loss']} | {row['contamination']:.0%} | "
+                     f"{row['train_defects']} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
