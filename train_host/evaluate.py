@@ -42,6 +42,9 @@ def compare(args) -> int:
     splits = [run_split(record, data, args.limit) for record in records]
     shared = set.intersection(*({str(s.path) for s in split.test} for split in splits))
     test = [s for s in splits[0].test if str(s.path) in shared]
+    if not test:
+        raise LinesideError("these runs share no test image (each trained or validated on the others' test "
+                            "images): compare runs made from one split, or give --data another dataset")
     rows = []
     for run, split in zip(args.run, splits):
         model, record = load_run(run)
@@ -77,7 +80,6 @@ def format_metrics(metrics: dict) -> str:
     rows = [f"{k:>18s}  {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
     head = f"{metrics.get('family', '')} on {metrics.get('data', '')}: {metrics.get('images', 0)} test images"
     return "\n".join([head, *rows])
-
 
 
 def format_table(rows: list[dict], test: list) -> str:
