@@ -133,8 +133,8 @@ def refit(run_dir: Path, batch_size: int = 16, log=print) -> None:
     given = record["training"]["selection"].get("method") == "given"
     model = rddpm.build({**record["config"], **({} if given else {"t0": None, "steps": None})}, spec)
     weights = load_file(str(run_dir / record["weights"]))
-    prefix = "unet." if any(k.startswith("unet.") for k in weights) else "backbone."  # "unet." before 2026-11-23
-    model.backbone.load_state_dict({k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)})
+    model.backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in weights.items()
+                                    if k.startswith("backbone.")})
     split = run_split(record, record["data"]["data"], limit=record["data"].get("limit"))
     context = TrainContext(split, spec, {"batch_size": batch_size}, log)
     selection = rddpm.finish(model, context, rddpm.load_images(context, split.train, "train"))
