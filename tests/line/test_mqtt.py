@@ -1,8 +1,15 @@
 """MQTT against a real mosquitto on a loopback port: one message per verdict with its
-inspection id, and no verdict lost while the broker is stopped and restarted."""
+inspection id, and no verdict lost while the line's link to the broker is down.
+
+The outage is a cut TCP link between the line and the broker, not a broker restart: the
+listener stays connected to the broker throughout, so what is checked is the line's own
+guarantee (the backlog comes from the journal once the broker is reachable again), not the
+broker's restore of a durable session across a restart, which mosquitto 2.0 does not do
+reliably (messages that arrive before a restored client reconnects can be dropped)."""
 
 import json
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -19,20 +26,15 @@ pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not inst
 
 
 class Broker:
-    """mosquitto on 127.0.0.1:port with persistence (so a durable subscription survives a restart)."""
+    """mosquitto on 127.0.0.1:port."""
 
     def __init__(self, folder, port):
-        self.port, self.folder = port, folder
+        self.port = port
         folder.mkdir(exist_ok=True)
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {folder}/\nautosave_interval 1\n")
-        self.proc = None
-
-    def start(self):
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        import socket
 
         def up():
             with socket.socket() as s:
@@ -42,19 +44,76 @@ class Broker:
             pytest.skip("mosquitto did not start on a loopback port")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
+        if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
 
 
+class Link:
+    """A TCP pass-through to the broker that the test cuts (open connections reset, new ones
+    refused, as when the broker is away) and restores on the same port."""
+
+    def __init__(self, target_port):
+        self.target, self.port = target_port, free_port()
+        self.lock, self.sockets, self.listening = threading.Lock(), [], None
+        self.restore()
+
+    def restore(self):
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen()
+        server.settimeout(0.1)
+        self.listening = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self):
+        server, self.listening = self.listening, None
+        server.close()
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            shut(s)  # wakes the pumps blocked in recv; close() alone would not
+            s.close()
+
+    def _accept(self, server):
+        while self.listening is server:
+            try:
+                near, _ = server.accept()
+            except (TimeoutError, OSError):
+                continue
+            near.settimeout(None)
+            far = socket.create_connection(("127.0.0.1", self.target))
+            with self.lock:
+                self.sockets += [near, far]
+            for src, dst in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        shut(src)
+        shut(dst)
+
+
+def shut(s):
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
 class Listener:
-    """A durable QoS 1 subscriber (clean_session False): it misses nothing across a restart."""
+    """A QoS 1 subscriber connected straight to the broker."""
 
     def __init__(self, port, prefix):
         self.messages, self.lock = [], threading.Lock()
         self.subscribed = threading.Event()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-listener", clean_session=False)
-        c.reconnect_delay_set(1, 2)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-listener")
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(f"{prefix}/#", qos=1)
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._message
@@ -78,17 +137,17 @@ class Listener:
 @pytest.fixture
 def broker(tmp_path):
     b = Broker(tmp_path / "broker", free_port())
-    b.start()
     yield b
     b.stop()
 
 
-def test_each_verdict_once_with_its_inspection_id_and_none_lost_across_a_broker_restart(tmp_path, broker):
+def test_each_verdict_once_with_its_inspection_id_and_none_lost_while_the_broker_is_away(tmp_path, broker):
     prefix = "lineside/line1"
     listener = Listener(broker.port, prefix)
     assert listener.subscribed.wait(10)
     frames = iter([gray(250), gray(20)] * 50)
-    cfg = line_station(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_min_s": 0.5,
+    link = Link(broker.port)
+    cfg = line_station(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": link.port, "reconnect_min_s": 0.5,
                                            "reconnect_max_s": 2}})
     server, service = start_line(cfg, lambda: next(frames))
     try:
@@ -102,8 +161,10 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_across_a_broker_
         alerts = [json.loads(p)["inspection"] for _, p, _ in listener.topic("/alert")]
         assert sorted(alerts) == [1, 3]
 
-        broker.stop()
+        link.cut()
         assert wait_until(lambda: not service.channels[0].connected.is_set())
+        # the broker lost the line without a goodbye: its last will says offline
+        assert wait_until(lambda: listener.topic("availability")[-1][1] == "offline")
         more = []
         for _ in range(6):  # decided while the broker is away
             more.append(service.trigger("network", "test"))
@@ -113,10 +174,10 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_across_a_broker_
         backlog = server.telemetry.registry.get_sample_value("lineside_mqtt_backlog", {"station": "line1"})
         assert wait_until(lambda: server.telemetry.registry.get_sample_value(
             "lineside_mqtt_backlog", {"station": "line1"}) == 6), backlog
-        broker.start()
+        link.restore()
         channel = service.channels[0]
         assert wait_until(lambda: {json.loads(p)["inspection"] for _, p, _ in listener.topic("/verdict")}
-                          >= set(ids + more), 60), (channel.connected.is_set(), channel.cursor,
+                          >= set(ids + more), 30), (channel.connected.is_set(), channel.cursor,
                                                     channel.thread.is_alive(), listener.topic("/verdict"))
         got = {json.loads(p)["inspection"] for _, p, _ in listener.topic("/verdict")}
         assert got == set(ids + more)  # none lost; the backlog came from the journal
@@ -125,6 +186,7 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_across_a_broker_
     finally:
         server.close()
         listener.close()
+        link.cut()
     # after a clean stop the retained availability says offline
     seen = []
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-after")
