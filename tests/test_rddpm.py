@@ -190,6 +190,21 @@ def test_feature_term_adds_a_map_channel_and_exports_as_part_of_the_graph():
     assert model.feature_input == (128, 128)  # small inputs are scaled up to feature_size for the ResNet's strides
 
 
+def test_feature_channels_are_put_on_one_scale_by_the_good_images():
+    """After fitting, each feature channel's residual has RMS 1 over the fitting images (or less, for channels
+    below the floor), so no channel that a random init made large dominates the distance; the scale is saved."""
+    model = rddpm.build({**TINY, "feature_weight": 1.0}, SPEC)
+    images = torch.from_numpy(np.random.default_rng(2).integers(0, 255, (8, 1, 32, 32)).astype(np.uint8))
+    model.fit_map_statistics(images, batch_size=4)
+    with torch.no_grad():
+        x = model.to_unit(images)
+        residual = (model.feature_stack(x) - model.feature_stack(model.reconstruct(x))) / model.feature_scale
+    rms = residual.pow(2).mean((0, 2, 3)).sqrt()
+    assert float(rms.max()) == pytest.approx(1.0, rel=1e-4) and float(rms.min()) >= 0.0
+    assert float((rms > 0.999).float().mean()) > 0.5  # most channels are above the floor
+    assert "feature_scale" in model.state_dict() and float(model.feature_scale.std()) > 0
+
+
 def test_train_evaluate_export_score_end_to_end(run, category, tmp_path):
     """The export unrolls K = 2 steps over 2 fixed noise draws; its parity check covers the whole loop."""
     import onnx

@@ -6,10 +6,10 @@ squares, Tukey; MSE is the baseline), so defects hidden among the "good" images 
 model less. Inference noises the input part-way, to step t0, with noise fixed in the graph
 (one draw per seed), runs K deterministic DDIM steps back to a clean image, and compares
 input and reconstruction: the smoothed pixel residual plus a feature-level term (the distance
-between random-init ResNet-18 features of the two), each standardised per pixel by the median
-and MAD of the training images' maps, with the image score the max or top-k mean of the map. The K steps are a Python
-loop over constant timesteps, so ONNX export unrolls them into one graph that takes only
-``image``. t0 and K are chosen after training on the validation good images and synthetic
+between random-init ResNet-18 features of the two, each channel in units of its spread on good
+images), each standardised per pixel by the median and MAD of the training images' maps, with
+the image score the max or top-k mean of the map. The K steps are a Python loop over constant
+timesteps, so ONNX export unrolls them into one graph that takes only ``image``. t0 and K are chosen after training on the validation good images and synthetic
 anomalies made from them (rddpm_select.py), unless given.
 """
 
@@ -53,7 +53,7 @@ class RDDPMConfig:
     crop: int = 0  # 0: whole images (the layout of the part is context); N: random N×N crops, ~4× cheaper per step
     feature_weight: float = 1.0  # feature-level term (random-init ResNet-18, stages 1-2) beside the pixel residual; 0: off
     feature_size: int = 128  # the features see the image scaled up until its shorter side is at least this
-    normalize: bool = True  # standardise each map pixel by the median/MAD of the training images' maps
+    normalize: bool = True  # standardise the feature channels (RMS) and each map pixel (median/MAD) on training images
     norm_images: int = 256  # training images those statistics are taken from
     sigma: float = 2.0  # smoothing of the anomaly map, in pixels
     score: str = "topk:0.01"
@@ -104,6 +104,7 @@ class RDDPMDetector(nn.Module):
                 self.features = feature_extractor("resnet18", (1, 2))
             scale = max(1.0, config.feature_size / min(spec.height, spec.width))
             self.feature_input = (round(spec.height * scale), round(spec.width * scale))
+            self.register_buffer("feature_scale", torch.ones(1, sum(self.features.feature_info.channels()), 1, 1))
         self.register_buffer("map_center", torch.zeros(1, parts, spec.height, spec.width))
         self.register_buffer("map_scale", torch.ones(1, parts, spec.height, spec.width))
         self.set_inference(config.t0 or DEFAULT_T0, config.steps or DEFAULT_STEPS)
@@ -132,8 +133,10 @@ class RDDPMDetector(nn.Module):
         return xt.reshape(-1, seeds, c, h, w).mean(1)
 
     def feature_distance(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-        """RMS over channels of the difference between the two images' ResNet features, at the input's size."""
-        dist = (self.feature_stack(x) - self.feature_stack(recon)).pow(2).mean(1, keepdim=True).sqrt()
+        """RMS over channels of the difference between the two images' ResNet features, each channel in units of
+        its own spread on good images (``feature_scale``), at the input's size."""
+        dist = ((self.feature_stack(x) - self.feature_stack(recon)) / self.feature_scale).pow(2).mean(1, keepdim=True)
+        dist = dist.sqrt()
         return F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def feature_stack(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,14 +174,23 @@ class RDDPMDetector(nn.Module):
         standardising each pixel by its own spread over good images keeps them from dominating
         the map. Median and MAD rather than mean and std: defects hidden among the training
         images do not move them.
+
+        Before that, each channel of the feature residual is scaled by its RMS over the same images
+        (a diagonal Mahalanobis distance): in a random ResNet a few channels happen to be large
+        and dominate a plain RMS, so which defects the feature term sees depended on the random
+        seed. Per channel, the seed matters less and the term is better on average.
         """
         if not self.config.normalize or not len(images):
             return
-        parts = []
+        pairs = []
         for i in range(0, len(images), batch_size):
             x = self.to_unit(images[i:i + batch_size])
-            parts.append(self.map_parts(x, self.reconstruct(x)))
-        parts = torch.cat(parts)
+            pairs.append((x, self.reconstruct(x)))
+        if self.config.feature_weight:
+            square = sum((self.feature_stack(x) - self.feature_stack(r)).pow(2).mean((2, 3)).sum(0) for x, r in pairs)
+            rms = (square / len(images)).sqrt()
+            self.feature_scale.copy_(torch.maximum(rms, 0.1 * rms.mean() + 1e-6).view(1, -1, 1, 1))
+        parts = torch.cat([self.map_parts(x, r) for x, r in pairs])
         center = parts.median(0, keepdim=True).values
         mad = 1.4826 * (parts - center).abs().median(0, keepdim=True).values
         floor = 0.1 * mad.mean((2, 3), keepdim=True) + 1e-6  # a pixel that never varies must not explode
