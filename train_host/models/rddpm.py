@@ -9,8 +9,9 @@ input and reconstruction: the smoothed pixel residual plus a feature-level term 
 between random-init ResNet-18 features of the two, each channel in units of its spread on good
 images), each standardised per pixel by the median and MAD of the training images' maps, with
 the image score the max or top-k mean of the map. The K steps are a Python loop over constant
-timesteps, so ONNX export unrolls them into one graph that takes only ``image``. t0 and K are chosen after training on the validation good images and synthetic
-anomalies made from them (rddpm_select.py), unless given.
+timesteps, so ONNX export unrolls them into one graph that takes only ``image``. t0 and K are
+chosen after training on the validation good images and synthetic anomalies made from them
+(rddpm_select.py), unless given.
 """
 
 from __future__ import annotations
