@@ -25,7 +25,6 @@ from edge_infer.line.opcua import NAMESPACE
 @pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")
 def test_one_trigger_one_result_per_channel_with_matching_ids(tmp_path):
     broker = Broker(tmp_path / "broker", free_port())
-    broker.start()
     mb_port, ua_port = free_port(), free_port()
     cfg = line_station(tmp_path, {"modbus": {"host": "127.0.0.1", "port": mb_port},
                                   "opcua": {"endpoint": f"opc.tcp://127.0.0.1:{ua_port}/lineside"},
