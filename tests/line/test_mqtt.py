@@ -69,7 +69,8 @@ class Link:
 
     def cut(self):
         server, self.listening = self.listening, None
-        server.close()
+        if server is not None:  # cut twice (the test's cleanup after a failure) is fine
+            server.close()
         with self.lock:
             sockets, self.sockets = self.sockets, []
         for s in sockets:
