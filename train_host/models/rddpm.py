@@ -136,8 +136,8 @@ class RDDPMDetector(nn.Module):
     def feature_distance(self, x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
         """RMS over channels of the difference between the two images' ResNet features, each channel in units of
         its own spread on good images (``feature_scale``), at the input's size."""
-        dist = ((self.feature_stack(x) - self.feature_stack(recon)) / self.feature_scale).pow(2).mean(1, keepdim=True)
-        dist = dist.sqrt()
+        residual = (self.feature_stack(x) - self.feature_stack(recon)) / self.feature_scale
+        dist = residual.pow(2).mean(1, keepdim=True).sqrt()
         return F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def feature_stack(self, x: torch.Tensor) -> torch.Tensor:
