@@ -3,7 +3,10 @@
 Table ``verdicts`` is a contract other packages read (calibration reads it through
 ``read_verdicts``); table ``deliveries`` is the alert outbox: one row per NG verdict and
 durable alert sink, written in the same transaction as the verdict and marked when the
-sink took it, so an alert survives a crash and is delivered at least once.
+sink took it, so an alert survives a crash and is delivered at least once. Table
+``line_events`` is the audit log: one row per change a person or a machine makes (reload,
+threshold, recipe, review, acknowledge, trigger, refusals), with who made it; every package
+writes it through ``Journal.event`` and reads it with ``read_events``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (verdict_id, sink)
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, delivered_at, next_try);
+CREATE TABLE IF NOT EXISTS line_events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    station TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    who TEXT NOT NULL,
+    detail TEXT
+);
 """
 COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
            "detail", "confirmed")
@@ -100,6 +111,12 @@ class Journal:
             self.db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_try = ? "
                             "WHERE verdict_id = ? AND sink = ?", (error[:500], retry_at, verdict_id, sink))
 
+    def event(self, station: str, kind: str, who: str, **detail) -> None:
+        """Journal one change (the audit log): what kind, who made it, and its details."""
+        with self._transaction():
+            self.db.execute("INSERT INTO line_events (at, station, kind, who, detail) VALUES (?, ?, ?, ?, ?)",
+                            (time.time(), station, kind, who, json.dumps(detail, default=str)))
+
     def close(self) -> None:
         self.db.close()
 
@@ -148,6 +165,30 @@ def read_verdicts(path: str | Path, station: str | None = None, since: float | N
         raise LinesideError(f"cannot read the journal {path}: {exc}") from None
     finally:
         db.close()
+
+
+def read_events(path: str | Path, station: str | None = None, since: float | None = None,
+                kind: str | None = None) -> list[dict]:
+    """Journaled changes (the audit log), oldest first: at, station, kind, who and the details."""
+    path = Path(path)
+    if not path.is_file():
+        raise LinesideError(f"journal {path} does not exist: give the journal.path of the station's config")
+    where, args = [], []
+    for column, value, op in (("station", station, "="), ("at", since, ">="), ("kind", kind, "=")):
+        if value is not None:
+            where.append(f"{column} {op} ?")
+            args.append(value)
+    sql = "SELECT at, station, kind, who, detail FROM line_events"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(sql + " ORDER BY id", args).fetchall()
+    except sqlite3.Error as exc:
+        raise LinesideError(f"cannot read the journal {path}: {exc}") from None
+    finally:
+        db.close()
+    return [{"at": at, "station": st, "kind": k, "who": who, **json.loads(d or "{}")} for at, st, k, who, d in rows]
 
 
 def set_confirmed(path: str | Path, verdict_id: int, confirmed: bool | None) -> None:

@@ -1,6 +1,6 @@
 """The line's own journal rows and metrics, beside the server's.
 
-Table ``line_events`` (same SQLite file as the verdicts, added when the line starts): one
+Table ``line_events`` (the journal's audit log, in the same SQLite file as the verdicts): one
 row per change an operator or PLC makes — recipe switches (who, when, from → to), triggers
 from the page, alarm acknowledgements, PLC errors. Table ``line_cursors`` remembers how far
 an outbound channel (MQTT) has delivered the journal.
@@ -16,15 +16,10 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS line_events (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    station TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    who TEXT NOT NULL,
-    detail TEXT
-);
+from ..journal import SCHEMA as JOURNAL_SCHEMA
+
+# line_events (the audit log) belongs to the journal's schema; the cursors are the line's own.
+SCHEMA = JOURNAL_SCHEMA + """
 CREATE TABLE IF NOT EXISTS line_cursors (name TEXT PRIMARY KEY, verdict_id INTEGER NOT NULL);
 """
 
