@@ -6,7 +6,10 @@ durable alert sink, written in the same transaction as the verdict and marked wh
 sink took it, so an alert survives a crash and is delivered at least once. Table
 ``line_events`` is the audit log: one row per change a person or a machine makes (reload,
 threshold, recipe, review, acknowledge, trigger, refusals), with who made it; every package
-writes it through ``Journal.event`` and reads it with ``read_events``.
+writes it through ``Journal.event`` and reads it with ``read_events``. Table
+``line_cursors`` holds how far each outbound consumer (MQTT, a verdict-store sync) has
+delivered ``verdicts``, by id: ``verdicts`` is append-only apart from ``confirmed``, so an id
+cursor never misses a row.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS line_events (
     who TEXT NOT NULL,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS line_cursors (name TEXT PRIMARY KEY, verdict_id INTEGER NOT NULL);
 """
 COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
            "detail", "confirmed")
@@ -202,3 +206,31 @@ def set_confirmed(path: str | Path, verdict_id: int, confirmed: bool | None) -> 
             raise LinesideError(f"journal {path} has no verdict {verdict_id}")
     finally:
         db.close()
+
+
+def review(path: str | Path, verdict_id: int, confirmed: bool | None, who: str, note: str = "") -> dict:
+    """An operator's review of one verdict: set ``confirmed`` and journal who did it, in one transaction.
+
+    ``confirmed`` True: the verdict was right; False: overturned; None: back to unreviewed.
+    Returns the reviewed verdict row.
+    """
+    journal = Journal(path)
+    try:
+        with journal._transaction():
+            row = journal.db.execute(f"SELECT {', '.join(COLUMNS)} FROM verdicts WHERE id = ?",
+                                     (verdict_id,)).fetchone()
+            if row is None:
+                raise LinesideError(f"journal {path} has no verdict {verdict_id}: give an id that "
+                                    "`lineside watch` or the operator page showed")
+            journal.db.execute("UPDATE verdicts SET confirmed = ? WHERE id = ?",
+                               (None if confirmed is None else int(confirmed), verdict_id))
+            verdict = _row(row)
+            journal.db.execute(
+                "INSERT INTO line_events (at, station, kind, who, detail) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), verdict["station"], "review", who,
+                 json.dumps({"verdict_id": verdict_id, "status": verdict["status"], "confirmed": confirmed,
+                             "note": note})))
+        verdict["confirmed"] = None if confirmed is None else int(confirmed)
+        return verdict
+    finally:
+        journal.close()

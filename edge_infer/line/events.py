@@ -18,10 +18,8 @@ from prometheus_client import Counter, Gauge
 
 from ..journal import SCHEMA as JOURNAL_SCHEMA
 
-# line_events (the audit log) belongs to the journal's schema; the cursors are the line's own.
-SCHEMA = JOURNAL_SCHEMA + """
-CREATE TABLE IF NOT EXISTS line_cursors (name TEXT PRIMARY KEY, verdict_id INTEGER NOT NULL);
-"""
+# line_events (the audit log) and line_cursors belong to the journal's schema.
+SCHEMA = JOURNAL_SCHEMA
 
 
 class LineJournal:

@@ -67,3 +67,18 @@ def test_station_config_refuses_an_unknown_backend(tmp_path):
 
     with pytest.raises(LinesideError, match="unknown backend 'tensorrtt'"):
         station(tmp_path, backend="tensorrtt")
+
+
+def test_review_sets_confirmed_and_journals_who_did_it(tmp_path):
+    from edge_infer.journal import Journal, read_events, read_verdicts, review
+
+    path = tmp_path / "journal.sqlite"
+    journal = Journal(path)
+    (vid,) = journal.record([{"decided_at": 1.0, "station": "s1", "status": "NG", "score": 2.0}])
+    journal.close()
+    assert review(path, vid, False, "op:anna", note="scratch only")["confirmed"] == 0
+    assert read_verdicts(path)[0]["confirmed"] == 0
+    (event,) = read_events(path, kind="review")
+    assert (event["who"], event["station"], event["verdict_id"], event["confirmed"]) == ("op:anna", "s1", vid, False)
+    with pytest.raises(LinesideError, match="no verdict 99"):
+        review(path, 99, True, "op:anna")
