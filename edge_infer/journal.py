@@ -9,7 +9,11 @@ threshold, recipe, review, acknowledge, trigger, refusals), with who made it; ev
 writes it through ``Journal.event`` and reads it with ``read_events``. Table
 ``line_cursors`` holds how far each outbound consumer (MQTT, a verdict-store sync) has
 delivered ``verdicts``, by id: ``verdicts`` is append-only apart from ``confirmed``, so an id
-cursor never misses a row.
+cursor never misses a row. Table ``inflight`` holds the frames the server has received and not
+yet decided: a row goes in when a frame arrives (``Journal.receive``) and leaves in the
+transaction that records the frame's verdict, so after a crash the rows left are exactly the
+frames that reached the server and got no verdict (``Journal.inflight``); the server gives
+each of them an ERROR verdict ("lost in crash") at its next start.
 """
 
 from __future__ import annotations
@@ -55,7 +59,17 @@ CREATE TABLE IF NOT EXISTS line_events (
     detail TEXT
 );
 CREATE TABLE IF NOT EXISTS line_cursors (name TEXT PRIMARY KEY, verdict_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inflight (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    station TEXT NOT NULL,
+    camera TEXT,
+    frame_id INTEGER,
+    captured_at REAL,
+    tags TEXT
+);
 """
+LOST_IN_CRASH = "lost in crash"
 COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
            "detail", "confirmed")
 
@@ -74,14 +88,39 @@ class Journal:
         except sqlite3.Error as exc:
             raise LinesideError(f"cannot open the journal {self.path}: {exc}; check the path and its disk") from None
 
+    def receive(self, frames: list[dict]) -> list[int]:
+        """Note frames as received, not yet decided (keys received_at, station, camera, frame_id,
+        captured_at, tags), in one transaction; return their ``inflight`` ids for ``record``."""
+        ids = []
+        with self._transaction():
+            for f in frames:
+                cur = self.db.execute(
+                    "INSERT INTO inflight (received_at, station, camera, frame_id, captured_at, tags) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (f["received_at"], f["station"], f.get("camera"), f.get("frame_id"), f.get("captured_at"),
+                     json.dumps(f.get("tags") or {}, separators=(",", ":"))))
+                ids.append(cur.lastrowid)
+        return ids
+
+    def inflight(self, station: str) -> list[dict]:
+        """A station's frames received and never decided, oldest first (after a crash: the lost ones)."""
+        cur = self.db.execute("SELECT id, received_at, station, camera, frame_id, captured_at, tags FROM inflight "
+                              "WHERE station = ? ORDER BY id", (station,))
+        keys = ("inflight_id", "received_at", "station", "camera", "frame_id", "captured_at", "tags")
+        return [{**dict(zip(keys, r)), "tags": json.loads(r[-1] or "{}")} for r in cur.fetchall()]
+
     def record(self, rows: list[dict], alert_sinks: tuple[str, ...] = ()) -> list[int]:
         """Insert verdict rows (keys as COLUMNS, detail a dict) in one transaction; return their ids.
 
-        NG rows also get one pending delivery per durable alert sink, in the same transaction.
+        NG rows also get one pending delivery per durable alert sink, in the same transaction; a
+        row's ``inflight_id`` (from ``receive``) is deleted in it too, so a frame is either in
+        flight or decided, never both nor neither.
         """
         ids = []
         with self._transaction():
             for row in rows:
+                if row.get("inflight_id") is not None:
+                    self.db.execute("DELETE FROM inflight WHERE id = ?", (row["inflight_id"],))
                 cur = self.db.execute(
                     "INSERT INTO verdicts (decided_at, station, camera, frame_id, status, score, threshold, reason,"
                     " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -42,6 +42,7 @@ class Item:
     image: np.ndarray | None = None  # kept for NG frames only (disk alerts)
     anomaly_map: np.ndarray | None = None
     id: int | None = None  # journal row id once recorded
+    inflight_id: int | None = None  # its row in the journal's ``inflight`` table, until recorded
     decided_at: float | None = None
 
     def event(self) -> dict:

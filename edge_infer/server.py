@@ -2,14 +2,17 @@
 
 Four threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
 
-    receiver  PULL → parse_frame (limits) → bounded DropQueue      (bad message → ERROR,
-                                                                    overflow → DROPPED)
+    receiver  PULL → parse_frame (limits) → journal "inflight" → bounded DropQueue
+                                                    (bad message → ERROR, overflow → DROPPED)
     worker    DropQueue → Model.score (decode, preprocess, batch, backend, decide)
     output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown
 
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
-single output step; ``Server.listeners`` (callables taking ``(item, event)``, called after
+single output step. The receiver notes each burst of messages in the journal's ``inflight``
+table before queueing them, and the output step deletes a frame's row in the transaction
+that records its verdict; rows a crash leaves behind become ERROR verdicts ("lost in
+crash") at the next start, so the accounting holds across ``kill -9`` too. ``Server.listeners`` (callables taking ``(item, event)``, called after
 the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or
 `ctl shutdown`) drains: the receiver empties its socket, the worker the queue, the output
 the journal, then the process exits.
@@ -33,7 +36,7 @@ from .alerts import AlertWorker, ImageCache, build_sinks
 from .control import handle_command
 from .decide import Verdict
 from .errors import LinesideError
-from .journal import Journal
+from .journal import LOST_IN_CRASH, Journal
 from .logs import log_event
 from .pipeline import DropQueue, Item, Model
 from .station import StationConfig
@@ -43,6 +46,7 @@ from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, ve
 POLL_MS = 100
 DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
 MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
+BURST = 64  # messages taken per wake-up at most; their receipt is journaled in one transaction
 
 
 class Server:
@@ -93,6 +97,8 @@ class Server:
                 self.auth.stop()
             raise
         self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
+        self.receipts = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # the receiver's connection
+        lost = self._lost_in_crash()  # read before the receiver notes new frames
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port)
         self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
@@ -103,6 +109,8 @@ class Server:
             t.start()
         for hook in self.hooks:
             hook.start()
+        for item in lost:
+            self._emit(item)
         self.status = "ready"
         log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
                   queue=self.cfg.queue.model_dump(), batch=self.cfg.batch.model_dump(), curve=bool(self.cfg.curve))
@@ -156,28 +164,44 @@ class Server:
         poller.register(sock, zmq.POLLIN)
         while not self.stopping.is_set():
             if poller.poll(POLL_MS):
-                self._accept_safely(_recv_parts(sock, 0))
+                self._accept_burst(_recv_burst(sock, 0))
         # Drain: what already reached the socket still gets its verdict. Bounded in time,
         # since a camera that keeps sending would otherwise keep the server alive.
         deadline = time.monotonic() + DRAIN_S
         while time.monotonic() < deadline:
-            try:
-                self._accept_safely(_recv_parts(sock, zmq.NOBLOCK))
-            except zmq.Again:
+            burst = _recv_burst(sock, zmq.NOBLOCK)
+            if not burst:
                 break
+            self._accept_burst(burst)
         sock.close()
+        self.receipts.close()
         self.received_all.set()
 
-    def _accept_safely(self, parts: list[bytes]) -> None:
+    def _accept_burst(self, messages: list[list[bytes]]) -> None:
+        """Take what arrived: note every message as received (one journal transaction for the
+        burst, so the frame path stays fast), then queue each or give it its verdict at once."""
+        items = [self._admit_safely(parts) for parts in messages]
+        self._note_received(items)
+        for item in items:
+            try:
+                self._dispatch(item)
+            except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
+                log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
+                item.frame, item.verdict = None, Verdict("ERROR", reason="internal error while receiving: "
+                                                         "see the server log")
+                self._emit(item)
+
+    def _admit_safely(self, parts: list[bytes]) -> Item:
         try:
-            self._accept(parts)
+            return self._admit(parts)
         except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
             log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
             item = Item(self.station, None, None, None, time.time(), time.perf_counter())
             item.verdict = Verdict("ERROR", reason="internal error while receiving: see the server log")
-            self._emit(item)
+            return item
 
-    def _accept(self, parts: list[bytes]) -> None:
+    def _admit(self, parts: list[bytes]) -> Item:
+        """The message as an Item: a frame to score, or one that already has its ERROR verdict."""
         now, t = time.time(), time.perf_counter()
         try:
             frame = parse_frame(parts, self.limits)
@@ -185,15 +209,46 @@ class Server:
             self.telemetry.received_frame(exc.camera)
             item = Item(self.station, exc.camera, exc.frame_id, exc.captured_at, now, t)
             item.verdict = Verdict("ERROR", reason=exc.reason)
-            return self._emit(item)
+            return item
         h = frame.header
         self.telemetry.received_frame(h.camera)
         item = Item(self.station, h.camera, h.frame_id, h.captured_at, now, t, frame=frame, tags=h.tags)
         refusal = self._refusal(h)
         if refusal:
             item.frame, item.verdict = None, Verdict("ERROR", reason=refusal)
+        return item
+
+    def _note_received(self, items: list[Item]) -> None:
+        """Journal the items as in flight; their verdict's transaction removes them again."""
+        try:
+            ids = self.receipts.receive([{"received_at": it.received_at, "station": it.station, "camera": it.camera,
+                                          "frame_id": it.frame_id, "captured_at": it.captured_at, "tags": it.tags}
+                                         for it in items])
+        except sqlite3.Error as exc:
+            # The frames are still scored and published; only a crash before their verdicts would lose them.
+            log_event("journal_failed", level=logging.ERROR, station=self.station, stage="receive", error=str(exc),
+                      frames=len(items))
+            return
+        for item, inflight_id in zip(items, ids):
+            item.inflight_id = inflight_id
+
+    def _lost_in_crash(self) -> list[Item]:
+        """Frames an earlier run received and never decided (it was killed): each gets its ERROR now."""
+        lost = []
+        for row in self.receipts.inflight(self.station):
+            item = Item(self.station, row["camera"], row["frame_id"], row["captured_at"], row["received_at"],
+                        time.perf_counter(), tags=row["tags"], inflight_id=row["inflight_id"])
+            item.verdict = Verdict("ERROR", reason=LOST_IN_CRASH)
+            lost.append(item)
+        if lost:
+            log_event("lost_in_crash", level=logging.WARNING, station=self.station, frames=len(lost),
+                      cameras=sorted({str(it.camera) for it in lost}))
+        return lost
+
+    def _dispatch(self, item: Item) -> None:
+        if item.verdict is not None:
             return self._emit(item)
-        self._track_ids(h.camera, h.frame_id)
+        self._track_ids(item.camera, item.frame_id)
         dropped = self.queue.put(item)
         self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
         if dropped is not None:
@@ -350,9 +405,22 @@ def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:
     return parts
 
 
+def _recv_burst(sock: zmq.Socket, flags: int) -> list[list[bytes]]:
+    """The messages waiting on the socket, BURST at most: the first is read with ``flags``, the
+    rest only if they are already there. Empty when a NOBLOCK read finds nothing."""
+    burst = []
+    try:
+        burst.append(_recv_parts(sock, flags))
+        while len(burst) < BURST:
+            burst.append(_recv_parts(sock, zmq.NOBLOCK))
+    except zmq.Again:
+        pass
+    return burst
+
+
 def _row(item: Item) -> dict:
     v = item.verdict
-    return {"decided_at": item.decided_at, "station": item.station, "camera": item.camera,
+    return {"inflight_id": item.inflight_id, "decided_at": item.decided_at, "station": item.station, "camera": item.camera,
             "frame_id": item.frame_id, "status": v.status, "score": v.score, "threshold": v.threshold,
             "reason": v.reason,
             "detail": {"regions": [r.__dict__ for r in v.regions], "latency_ms": v.latency_ms,
