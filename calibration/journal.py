@@ -6,22 +6,23 @@ review: 1 = the verdict was right, 0 = it was wrong, NULL = not reviewed. So the
 parts are the OK verdicts not overturned plus the NG verdicts overturned (false rejects),
 and the defects are the NG verdicts confirmed plus the OK verdicts overturned (escapes).
 
-Read through ``edge_infer.journal.read_verdicts`` (read-only, safe while serve writes).
+Read through ``edge_infer.journal.iter_verdicts`` (read-only, safe while serve writes; rows
+are streamed, not loaded).
 """
 
 from __future__ import annotations
 
-import re
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_infer.errors import LinesideError
-from edge_infer.journal import read_verdicts
+from edge_infer.journal import iter_verdicts, parse_duration
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+__all__ = ["JournalScores", "parse_duration", "read_journal"]
 
 
 @dataclass
@@ -34,32 +35,25 @@ class JournalScores:
     thresholds_seen: list[float] = field(default_factory=list)
 
 
-def parse_duration(text: str) -> float:
-    """'7d', '12h', '30m', '90s', '2w' → seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
-    if not match:
-        raise LinesideError(f"cannot read the duration {text!r}: write a number and a unit, e.g. 7d, 12h, 30m")
-    return float(match.group(1)) * UNITS[match.group(2)]
-
-
 def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_only: bool = False,
                  now: float | None = None) -> JournalScores:
-    """Good and defect scores of a station's verdicts over the last ``since``."""
+    """Good and defect scores of a station's verdicts over the last ``since``.
+
+    Streams the rows (``iter_verdicts``): memory holds the scores, never the rows, so a journal
+    of weeks at 30 fps is read in a few tens of MB.
+    """
     path = Path(path)
     if not path.is_file():
         raise LinesideError(f"journal {path} does not exist: give the station's journal file (serve writes it)")
     start = (time.time() if now is None else now) - parse_duration(since)
-    rows = [r for r in read_verdicts(path, station=station, since=start) if r["score"] is not None]
-    if not rows:
-        stations = sorted({str(r["station"]) for r in read_verdicts(path, since=start)})
-        hint = f"it has stations: {', '.join(stations)}" if stations else "it holds no verdicts in that time"
-        raise LinesideError(f"journal {path} has no scored verdicts for station {station!r} in the last "
-                            f"{since} ({hint}): check --station or widen --since")
-    good, defects, unreviewed = [], [], 0
-    for row in rows:
+    good, defects, unreviewed, rows, thresholds = array("d"), array("d"), 0, 0, set()
+    for row in iter_verdicts(path, station=station, since=start, reviewed=True if confirmed_only else None):
         status, score, confirmed = row["status"], row["score"], row["confirmed"]
-        if confirmed_only and confirmed is None:
+        if score is None:
             continue
+        rows += 1
+        if row["threshold"] is not None:
+            thresholds.add(float(row["threshold"]))
         if status == "OK":
             (defects if confirmed == 0 else good).append(score)
         elif status == "NG" and confirmed == 0:  # a false reject: the part was good
@@ -68,5 +62,12 @@ def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_on
             defects.append(score)
         elif status == "NG":
             unreviewed += 1
-    return JournalScores(np.asarray(good, dtype=np.float64), np.asarray(defects, dtype=np.float64), unreviewed,
-                         start, len(rows), sorted({float(r["threshold"]) for r in rows if r["threshold"] is not None}))
+    if not rows:
+        stations = sorted({str(r["station"]) for r in iter_verdicts(path, since=start)})
+        hint = f"it has stations: {', '.join(stations)}" if stations else "it holds no verdicts in that time"
+        reviewed = "reviewed " if confirmed_only else ""
+        raise LinesideError(f"journal {path} has no {reviewed}scored verdicts for station {station!r} in the last "
+                            f"{since} ({hint}): check --station or widen --since"
+                            + (", or review verdicts first (`lineside review`)" if confirmed_only else ""))
+    return JournalScores(np.frombuffer(good, dtype=np.float64).copy(), np.frombuffer(defects, dtype=np.float64).copy(),
+                         unreviewed, start, rows, sorted(thresholds))

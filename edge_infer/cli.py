@@ -99,6 +99,29 @@ def register_runtime(sub) -> None:
     _client_keys(p)
     p.set_defaults(handler=handler("edge_infer.watch:main"))
 
+    p = sub.add_parser("review", help="list the line's verdicts and confirm or overturn them (operator review)",
+                       description="Read the station's verdict journal and record an operator's judgement of "
+                       "verdicts: confirm (it was right), overturn (it was wrong), clear (take it back). Each review "
+                       "is journaled with who and when; `lineside calibrate --from-journal [--confirmed-only]` "
+                       "learns from them.")
+    p.add_argument("source", help="the station's config (station.yaml) or its journal file (journal.sqlite)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = actions.add_parser("list", help="verdicts, newest first")
+    q.add_argument("--status", choices=["OK", "NG", "ERROR", "DROPPED"], help="only this status")
+    q.add_argument("--unreviewed", action="store_true", help="only verdicts no one has reviewed")
+    q.add_argument("--station", help="only this station (default: the config's; all in a bare journal)")
+    q.add_argument("--since", help="only the last ..., e.g. 8h, 7d")
+    q.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
+    q.add_argument("--json", action="store_true", help="one JSON object per verdict")
+    for action, text in (("confirm", "the verdicts were right"), ("overturn", "the verdicts were wrong (a good "
+                         "part rejected, or a defect passed)"), ("clear", "take the reviews back")):
+        q = actions.add_parser(action, help=text)
+        q.add_argument("ids", type=int, nargs="+", metavar="ID", help="verdict ids (as `list` or the page shows)")
+        q.add_argument("--note", help="why, for the journal")
+        q.add_argument("--who", help="who reviews, for the journal (default: the OS user)")
+        q.add_argument("--json", action="store_true", help="print the reviewed verdicts as JSON")
+    p.set_defaults(handler=handler("edge_infer.review_cmd:main"))
+
     p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; --type signing for bundles)",
                        description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME. "
                        "--type signing: NAME.sign.key (Ed25519, keep it on the host that packs bundles) and "

@@ -19,8 +19,10 @@ each of them an ERROR verdict ("lost in crash") at its next start.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import LinesideError
@@ -70,6 +72,7 @@ CREATE TABLE IF NOT EXISTS inflight (
 );
 """
 LOST_IN_CRASH = "lost in crash"
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
            "detail", "confirmed")
 
@@ -189,6 +192,19 @@ def read_verdicts(path: str | Path, station: str | None = None, since: float | N
     """Journaled verdicts, oldest first, as dicts of the table's columns (``detail`` parsed).
 
     Reads only (safe while a server writes). ``since`` is unix seconds (decided_at >= since).
+    For small reads; ``iter_verdicts`` streams any number of rows in bounded memory.
+    """
+    return list(iter_verdicts(path, station=station, since=since, status=status))
+
+
+def iter_verdicts(path: str | Path, station: str | None = None, since: float | None = None,
+                  status: str | None = None, reviewed: bool | None = None, newest_first: bool = False,
+                  limit: int | None = None, batch: int = 1000) -> Iterator[dict]:
+    """Journaled verdicts one by one, fetched ``batch`` rows at a time over one read-only
+    connection, so memory stays bounded however long the journal is.
+
+    ``reviewed``: True only verdicts an operator reviewed (``confirmed`` set), False only the
+    others. Oldest first unless ``newest_first``; at most ``limit`` rows.
     """
     path = Path(path)
     if not path.is_file():
@@ -198,16 +214,34 @@ def read_verdicts(path: str | Path, station: str | None = None, since: float | N
         if value is not None:
             where.append(f"{column} {op} ?")
             args.append(value)
+    if reviewed is not None:
+        where.append(f"confirmed IS {'NOT ' if reviewed else ''}NULL")
     sql = f"SELECT {', '.join(COLUMNS)} FROM verdicts"
     if where:
         sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY id {'DESC' if newest_first else 'ASC'}"
+    if limit is not None:
+        sql, args = sql + " LIMIT ?", args + [int(limit)]
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        return [_row(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
+        cur = db.execute(sql, args)
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                return
+            yield from (_row(r) for r in rows)
     except sqlite3.Error as exc:
         raise LinesideError(f"cannot read the journal {path}: {exc}") from None
     finally:
         db.close()
+
+
+def parse_duration(text: str) -> float:
+    """'7d', '12h', '30m', '90s', '2w' → seconds (the ``--since`` of the commands that read the journal)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", text or "")
+    if not match:
+        raise LinesideError(f"cannot read the duration {text!r}: write a number and a unit, e.g. 7d, 12h, 30m")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def read_events(path: str | Path, station: str | None = None, since: float | None = None,
