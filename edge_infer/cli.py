@@ -113,8 +113,10 @@ def register_runtime(sub) -> None:
     q.add_argument("--since", help="only the last ..., e.g. 8h, 7d")
     q.add_argument("--limit", type=int, default=50, help="at most this many (default: 50)")
     q.add_argument("--json", action="store_true", help="one JSON object per verdict")
-    for action, text in (("confirm", "the verdicts were right"), ("overturn", "the verdicts were wrong (a good "
-                         "part rejected, or a defect passed)"), ("clear", "take the reviews back")):
+    judgements = {"confirm": "the verdicts were right",
+                  "overturn": "the verdicts were wrong (a good part rejected, or a defect passed)",
+                  "clear": "take the reviews back"}
+    for action, text in judgements.items():
         q = actions.add_parser(action, help=text)
         q.add_argument("ids", type=int, nargs="+", metavar="ID", help="verdict ids (as `list` or the page shows)")
         q.add_argument("--note", help="why, for the journal")
