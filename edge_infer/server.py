@@ -107,10 +107,10 @@ class Server:
             self.threads.append(threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True))
         for t in self.threads + self.alert_workers:
             t.start()
+        for item in lost:  # before the line starts, whose inspection ids begin anew in this run
+            self._emit(item)
         for hook in self.hooks:
             hook.start()
-        for item in lost:
-            self._emit(item)
         self.status = "ready"
         log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
                   queue=self.cfg.queue.model_dump(), batch=self.cfg.batch.model_dump(), curve=bool(self.cfg.curve))
