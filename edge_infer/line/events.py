@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
 from ..journal import SCHEMA as JOURNAL_SCHEMA
+from ..journal import Journal
 
 # line_events (the audit log) and line_cursors belong to the journal's schema.
 SCHEMA = JOURNAL_SCHEMA
@@ -28,11 +28,11 @@ class LineJournal:
         self.db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        self.audit = Journal(path)  # the audit log is written through the journal's own Journal.event
 
     def event(self, kind: str, who: str, **detail) -> None:
         with self.lock:
-            self.db.execute("INSERT INTO line_events (at, station, kind, who, detail) VALUES (?, ?, ?, ?, ?)",
-                            (time.time(), self.station, kind, who, json.dumps(detail, default=str)))
+            self.audit.event(self.station, kind, who, **detail)
 
     def events(self, kind: str | None = None) -> list[dict]:
         sql, args = "SELECT at, kind, who, detail FROM line_events WHERE station = ?", [self.station]
@@ -66,6 +66,7 @@ class LineJournal:
         return row[0] or 0
 
     def close(self) -> None:
+        self.audit.close()
         self.db.close()
 
 

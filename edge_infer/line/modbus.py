@@ -9,8 +9,8 @@ from __future__ import annotations
 import struct
 
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
 from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ..errors import LinesideError
 from .channels import LoopThread
@@ -19,12 +19,18 @@ from .plc_signals import COUNTERS, ErrorCode, PlcError
 # Read-only block
 STATUS, ERROR_CODE, INSPECTION_ID, RESULT_STATUS, SCORE = 0, 1, 2, 4, 5
 RESULT_RECIPE, ACTIVE_RECIPE, BUFFERED, LAST_TRIGGER_ID, COUNTERS_AT = 7, 8, 9, 10, 12
-HISTORY_AT, HISTORY_N = 26, 4
+HISTORY_AT, HISTORY_N, HISTORY_STRIDE = 26, 4, 5  # id u32, status, score f32
+THRESHOLD, SCORE_SCALE = 46, 48
 # Writable block
-CONTROL, RECIPE_SELECT, ENCODER = 50, 51, 52
-SIZE = 54
+CONTROL, RECIPE_SELECT, ENCODER, QUERY_ID = 50, 51, 52, 54
+WRITABLE_END = 56
+# Read-only: the result of the inspection id written to QUERY_ID (any trigger source)
+QUERY_STATUS, QUERY_SCORE, QUERY_THRESHOLD, QUERY_RECIPE = 56, 57, 59, 61
+SIZE = 62
+LATE_BIT = 0x100  # in QUERY_STATUS: the verdict came after the reject deadline (rejected fail-safe)
 STATUS_BITS = ("ready", "busy", "result_valid", "ok", "ng", "error", "overrun", "late", "switching")
 CONTROL_BITS = ("trigger", "result_ack", "error_reset")
+FUNCTIONS = (3, 4, 6, 16, 23)  # holding registers (4: the same registers read as input registers)
 
 
 def _u32(value: int) -> list[int]:
@@ -32,13 +38,14 @@ def _u32(value: int) -> list[int]:
     return [value >> 16, value & 0xFFFF]
 
 
-def _f32(value: float) -> list[int]:
-    hi, lo = struct.unpack(">HH", struct.pack(">f", value))
+def _f32(value: float | None) -> list[int]:
+    hi, lo = struct.unpack(">HH", struct.pack(">f", 0.0 if value is None else value))
     return [hi, lo]
 
 
-def registers(snapshot: dict, control: int, recipe_select: int, encoder: int) -> list[int]:
-    """The whole register image for one snapshot of the signals."""
+def registers(snapshot: dict, control: int, recipe_select: int, encoder: int, query_id: int = 0,
+              queried=None) -> list[int]:
+    """The whole register image for one snapshot of the signals (and the queried result, if any)."""
     regs = [0] * SIZE
     regs[STATUS] = sum(1 << i for i, name in enumerate(STATUS_BITS) if snapshot[name])
     regs[ERROR_CODE] = snapshot["error_code"]
@@ -52,45 +59,58 @@ def registers(snapshot: dict, control: int, recipe_select: int, encoder: int) ->
     for i, name in enumerate(COUNTERS):
         regs[COUNTERS_AT + 2 * i:COUNTERS_AT + 2 * i + 2] = _u32(snapshot["counters"][name])
     for i, r in enumerate(reversed(snapshot["history"][-HISTORY_N:])):  # newest first
-        at = HISTORY_AT + 4 * i
-        score = 0 if r.score is None else max(0, min(65535, round(r.score * 10000)))
-        regs[at:at + 4] = [*_u32(r.inspection_id), r.status_code, score]
+        at = HISTORY_AT + HISTORY_STRIDE * i
+        regs[at:at + HISTORY_STRIDE] = [*_u32(r.inspection_id), r.status_code, *_f32(r.score)]
+    regs[THRESHOLD:THRESHOLD + 2] = _f32(snapshot["threshold"])
+    regs[SCORE_SCALE] = snapshot["score_scale"]
     regs[CONTROL], regs[RECIPE_SELECT] = control, recipe_select
     regs[ENCODER:ENCODER + 2] = _u32(encoder)
+    regs[QUERY_ID:QUERY_ID + 2] = _u32(query_id)
+    if queried is not None:
+        regs[QUERY_STATUS] = queried.status_code | (LATE_BIT if queried.late else 0)
+        regs[QUERY_SCORE:QUERY_SCORE + 2] = _f32(queried.score)
+        regs[QUERY_THRESHOLD:QUERY_THRESHOLD + 2] = _f32(queried.threshold)
+        regs[QUERY_RECIPE] = queried.recipe_id
     return regs
 
 
-class LinesideModbusContext(ModbusServerContext):
-    """A datastore that is the signal model (every device id sees the same one)."""
+class LinesideRegisters:
+    """The register map as a pymodbus SimDevice: the whole address space is one block of
+    holding registers, and the device's ``action`` hook (pymodbus' documented way to serve
+    computed registers) fills it from the signal model on every read and turns writes into
+    handshake actions. Every address is defined so that a bad one reaches the hook, which
+    answers the Modbus exception itself AND sets the error code."""
 
-    def __init__(self, service):  # pylint: disable=super-init-not-called
+    def __init__(self, service):
         self.service, self.signals = service, service.signals
-        self.old_simulator, self.simdevices, self._devices = True, [], {0: None}
-        self.control = self.recipe_select = 0
+        self.control = self.recipe_select = self.query_id = 0
         self.encoder_words = [0, 0]
+        self.query_words = [0, 0]
+        self.device = SimDevice(id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)],
+                                action=self.action)
 
-    def device_ids(self):
-        return [0]
-
-    async def async_getValues(self, device_id, func_code, address, count=1):
-        if func_code not in (3, 4, 6, 16, 23):  # a write is echoed by reading back
-            return self._bad(ExcCodes.ILLEGAL_FUNCTION, f"function {func_code}: use holding registers (3/6/16)")
-        if address < 0 or address + count > SIZE:
-            return self._bad(ExcCodes.ILLEGAL_ADDRESS, f"read of {count} at {address}: registers are 0..{SIZE - 1}")
-        regs = registers(self.signals.snapshot(), self.control, self.recipe_select, self.signals.encoder)
-        return regs[address:address + count]
-
-    async def async_setValues(self, device_id, func_code, address, values):
-        if func_code not in (6, 16, 23):
-            return self._bad(ExcCodes.ILLEGAL_FUNCTION, f"function {func_code}: write holding registers (6/16)")
-        if address < CONTROL or address + len(values) > SIZE:
-            return self._bad(ExcCodes.ILLEGAL_ADDRESS, f"write of {len(values)} at {address}: only registers "
-                             f"{CONTROL}..{SIZE - 1} are writable")
-        for offset, value in enumerate(values):
+    async def action(self, func_code, start_address, address, count, current_registers, set_values):
+        if func_code not in FUNCTIONS:
+            return self._bad(ExcCodes.ILLEGAL_FUNCTION, f"function {func_code}: use holding registers (3/6/16/23)")
+        if set_values is None:  # a read: compute the image
+            if address < 0 or address + count > SIZE:
+                return self._bad(ExcCodes.ILLEGAL_ADDRESS, f"read of {count} at {address}: registers are "
+                                 f"0..{SIZE - 1}")
+            current_registers[start_address:start_address + SIZE] = self.image()
+            return None
+        if address < CONTROL or address + len(set_values) > WRITABLE_END:
+            return self._bad(ExcCodes.ILLEGAL_ADDRESS, f"write of {len(set_values)} at {address}: only "
+                             f"registers {CONTROL}..{WRITABLE_END - 1} are writable")
+        for offset, value in enumerate(set_values):
             error = self._write(address + offset, int(value))
             if error is not None:
                 return error
         return None
+
+    def image(self) -> list[int]:
+        queried = self.signals.result(self.query_id) if self.query_id else None
+        return registers(self.signals.snapshot(), self.control, self.recipe_select, self.signals.encoder,
+                         self.query_id, queried)
 
     def _write(self, address: int, value: int):
         if address == CONTROL:
@@ -99,7 +119,7 @@ class LinesideModbusContext(ModbusServerContext):
             rising = value & ~self.control
             self.control = value
             if rising & 1:
-                self.service.trigger("network", "modbus")
+                self.service.trigger("network", "modbus", plc=True)
             if rising & 2:
                 self.signals.acknowledge()
             if rising & 4:
@@ -110,10 +130,13 @@ class LinesideModbusContext(ModbusServerContext):
                 try:
                     self.service.select_recipe(value, "modbus")
                 except PlcError:
-                    pass  # the error code is set; the write itself was well-formed
-        else:  # the encoder words: high, then low
+                    pass  # the error code is set and journaled; the write itself was well-formed
+        elif address in (ENCODER, ENCODER + 1):  # high word, then low
             self.encoder_words[address - ENCODER] = value
             self.signals.encoder = (self.encoder_words[0] << 16) | self.encoder_words[1]
+        else:  # QUERY_ID, high word then low
+            self.query_words[address - QUERY_ID] = value
+            self.query_id = (self.query_words[0] << 16) | self.query_words[1]
         return None
 
     def _bad(self, exc: ExcCodes, detail: str) -> ExcCodes:
@@ -125,10 +148,10 @@ class LinesideModbusContext(ModbusServerContext):
 class ModbusChannel:
     def __init__(self, service, cfg):
         self.loop = LoopThread("line-modbus")
-        self.context = LinesideModbusContext(service)
+        self.registers = LinesideRegisters(service)
 
         async def start():
-            server = ModbusTcpServer(self.context, address=(cfg.host, cfg.port))
+            server = ModbusTcpServer(self.registers.device, address=(cfg.host, cfg.port))
             await server.serve_forever(background=True)
             return server
 

@@ -3,7 +3,8 @@ a VisionSystem object with its SystemState, RecipeManagement and ResultManagemen
 same handshake signals and counters as the Modbus map. Node ids are strings in the namespace
 ``urn:lineside:machine-vision`` (listed in docs/line-integration.md). Variables are read-only
 for clients; the PLC acts through methods, and a refused call sets the error code and answers
-with a Bad status — the service keeps running.
+with a Bad status — the service keeps running. The status is returned, not raised: asyncua
+turns a raised exception into BadUnexpectedError, whatever it carried.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ VARIABLES = [
     ("ResultManagement.Reject", ua.VariantType.Boolean, lambda s: s["ng"]),
     ("ResultManagement.Late", ua.VariantType.Boolean, lambda s: s["late"]),
     ("ResultManagement.Score", ua.VariantType.Double, lambda s: float(s["score"])),
+    ("ResultManagement.Threshold", ua.VariantType.Double, lambda s: float(s["threshold"])),
+    ("ResultManagement.ScoreScale", ua.VariantType.UInt16, lambda s: s["score_scale"]),
     ("ResultManagement.RecipeId", ua.VariantType.UInt32, lambda s: s["result_recipe_id"]),
     ("ResultManagement.Buffered", ua.VariantType.UInt16, lambda s: s["buffered"]),
     ("ResultManagement.Overrun", ua.VariantType.Boolean, lambda s: s["overrun"]),
@@ -105,6 +108,13 @@ class OpcUaChannel:
         await folders["ResultManagement"].add_method(
             ua.NodeId(f"{ROOT}.ResultManagement.AcknowledgeResult", idx),
             ua.QualifiedName("AcknowledgeResult", idx), self._acknowledge, [], [])
+        query = ua.Argument(Name="InspectionId", DataType=u32, ValueRank=-1)
+        outputs = [ua.Argument(Name=name, DataType=ua.NodeId(dtype), ValueRank=-1) for name, dtype in (
+            ("StatusCode", ua.ObjectIds.UInt16), ("Score", ua.ObjectIds.Double), ("Threshold", ua.ObjectIds.Double),
+            ("RecipeId", ua.ObjectIds.UInt32), ("Late", ua.ObjectIds.Boolean))]
+        await folders["ResultManagement"].add_method(
+            ua.NodeId(f"{ROOT}.ResultManagement.GetResult", idx), ua.QualifiedName("GetResult", idx),
+            self._get_result, [query], outputs)
         await root.add_method(ua.NodeId(f"{ROOT}.ResetError", idx), ua.QualifiedName("ResetError", idx),
                               self._reset_error, [], [])
         await server.start()
@@ -125,18 +135,28 @@ class OpcUaChannel:
 
     # ---- methods (run on the server's loop; every one is quick) ---------------------------
     async def _start_single_job(self, parent):
-        inspection = self.service.trigger("network", "opcua")
-        if inspection is None:
-            raise ua.UaStatusCodeError(ua.StatusCodes.BadInvalidState)
+        inspection = self.service.trigger("network", "opcua", plc=True)
+        if inspection is None:  # refused: its part is answered DROPPED under Handshake.LastTriggerId
+            return ua.StatusCode(ua.StatusCodes.BadInvalidState)
         return [ua.Variant(inspection, ua.VariantType.UInt32)]
 
     async def _activate_recipe(self, parent, recipe_id):
         value = recipe_id.Value if isinstance(recipe_id, ua.Variant) else recipe_id
         try:
             self.service.select_recipe(int(value), "opcua")
-        except PlcError:
-            raise ua.UaStatusCodeError(ua.StatusCodes.BadInvalidArgument) from None
+        except (PlcError, TypeError, ValueError):
+            return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
         return []
+
+    async def _get_result(self, parent, inspection_id):
+        value = inspection_id.Value if isinstance(inspection_id, ua.Variant) else inspection_id
+        result = self.signals.result(int(value)) if isinstance(value, int) else None
+        if result is None:  # not decided yet, or too old to be kept
+            return ua.StatusCode(ua.StatusCodes.BadNoData)
+        return [ua.Variant(result.status_code, ua.VariantType.UInt16),
+                ua.Variant(float(result.score or 0.0), ua.VariantType.Double),
+                ua.Variant(float(result.threshold or 0.0), ua.VariantType.Double),
+                ua.Variant(result.recipe_id, ua.VariantType.UInt32), ua.Variant(result.late, ua.VariantType.Boolean)]
 
     async def _acknowledge(self, parent):
         self.signals.acknowledge()

@@ -6,15 +6,19 @@ Handshake (one part):
     vision: result fields set, ResultValid = 1        (the oldest unacknowledged result)
     PLC: reads, ResultAck ↑  →  vision: the next buffered result, or ResultValid = 0
 
-Results wait in a small FIFO (``result_buffer``) until acknowledged; when it is full the
-oldest is discarded and Overrun is set (sticky until ErrorReset). A bad request sets
-``error_code`` (sticky until ErrorReset) and never stops the service.
+Only parts the PLC itself triggered (Modbus, OPC UA) enter the handshake: their results wait
+in a small FIFO (``result_buffer``) until acknowledged; when it is full the oldest is
+discarded and Overrun is set (sticky until ErrorReset). Parts triggered elsewhere (GPIO, the
+operator page, ``lineside ctl``, free-run) never enter it, so they cannot shift the PLC's
+handshake by a part; every result, whatever triggered it, is in the history and can be looked
+up by its inspection id. A bad request sets ``error_code`` (sticky until ErrorReset) and never
+stops the service.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -49,6 +53,8 @@ class Result:
     recipe_id: int
     late: bool = False
     verdict_id: int | None = None  # journal row id
+    threshold: float | None = None  # on the same scale as ``score`` (the published scale)
+    reason: str = ""
 
     @property
     def status_code(self) -> int:
@@ -61,8 +67,11 @@ COUNTERS = ("triggers", "OK", "NG", "ERROR", "DROPPED", "LATE", "plc_errors")
 class PlcSignals:
     """Thread-safe state shared by the Modbus and OPC UA servers and the line service."""
 
-    def __init__(self, buffer_size: int = 8, history: int = 4):
+    def __init__(self, buffer_size: int = 8, history: int = 4, capacity: int = 1 << 30, lookup: int = 256):
         self.lock = threading.Lock()
+        self.capacity = capacity  # parts in flight at most: Ready drops when they are all taken
+        self.by_id: OrderedDict[int, Result] = OrderedDict()  # the last ``lookup`` results, any source
+        self.lookup_size = lookup
         self.buffer: deque[Result] = deque()
         self.buffer_size = buffer_size
         self.history: deque[Result] = deque(maxlen=history)  # the last results, acknowledged or not
@@ -74,20 +83,26 @@ class PlcSignals:
         self.in_flight = 0
         self.switching = False
         self.recipe_id = 0
-        self.last_trigger_id = 0
+        self.last_trigger_id = 0  # the PLC's own latest trigger (Modbus/OPC UA), never another source's
+        self.score_scale = 0  # 0 raw, 1 good_quantiles (edge_infer.score_scale), of the active recipe
         self.encoder = 0  # written by the PLC when the encoder source is "plc"
         self.on_error = None  # callable(code, detail): metrics and the journal
 
     # ---- what the vision side sets ----------------------------------------------------
-    def push_result(self, result: Result) -> None:
+    def push_result(self, result: Result, handshake: bool = True) -> None:
+        """A decided part; ``handshake``: the PLC triggered it and waits for it (ResultValid/Ack)."""
         with self.lock:
-            if len(self.buffer) >= self.buffer_size:
-                self.buffer.popleft()
-                self.overrun = True
-            self.buffer.append(result)
+            if handshake:
+                if len(self.buffer) >= self.buffer_size:
+                    self.buffer.popleft()
+                    self.overrun = True
+                self.buffer.append(result)
             self.history.append(result)
+            self.by_id[result.inspection_id] = result
+            while len(self.by_id) > self.lookup_size:
+                self.by_id.popitem(last=False)
             self.counters[result.status] += 1
-        if self.overrun and self.error_code == ErrorCode.NONE:
+        if handshake and self.overrun and self.error_code == ErrorCode.NONE:
             self.set_error(ErrorCode.RESULT_OVERRUN, "the PLC did not acknowledge results fast enough")
 
     def count(self, name: str, n: int = 1) -> None:
@@ -116,6 +131,11 @@ class PlcSignals:
     def busy(self) -> bool:
         return self.in_flight > 0 or self.switching
 
+    def result(self, inspection_id: int) -> Result | None:
+        """The result of one inspection (any trigger source), while it is among the last ``lookup``."""
+        with self.lock:
+            return self.by_id.get(inspection_id)
+
     def current(self) -> Result | None:
         with self.lock:
             return self.buffer[0] if self.buffer else None
@@ -123,12 +143,14 @@ class PlcSignals:
     def snapshot(self) -> dict:
         with self.lock:
             head = self.buffer[0] if self.buffer else None
-            return {"ready": self.ready and not self.switching, "busy": self.busy, "result_valid": head is not None,
+            ready = self.ready and not self.switching and self.in_flight < self.capacity
+            return {"ready": ready, "busy": self.busy, "result_valid": head is not None,
                     "ok": bool(head and head.status == "OK"), "ng": bool(head and head.status != "OK"),
                     "late": bool(head and head.late), "error": self.error_code != ErrorCode.NONE,
                     "error_code": int(self.error_code), "error_detail": self.error_detail, "overrun": self.overrun,
                     "switching": self.switching, "inspection_id": head.inspection_id if head else 0,
                     "status_code": head.status_code if head else 0, "score": head.score if head and
-                    head.score is not None else 0.0, "result_recipe_id": head.recipe_id if head else 0,
+                    head.score is not None else 0.0, "threshold": head.threshold if head and
+                    head.threshold is not None else 0.0, "score_scale": self.score_scale, "result_recipe_id": head.recipe_id if head else 0,
                     "recipe_id": self.recipe_id, "buffered": len(self.buffer), "last_trigger_id": self.last_trigger_id,
                     "counters": dict(self.counters), "history": list(self.history)}

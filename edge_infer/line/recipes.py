@@ -19,6 +19,7 @@ import time
 from ..bundle import Bundle
 from ..errors import LinesideError
 from ..logs import log_event
+from ..score_scale import ScoreScale
 from .config import Recipe
 from .plc_signals import ErrorCode, PlcError
 
@@ -46,6 +47,7 @@ class RecipeBook:
         self.server, self.cfg, self.signals, self.journal, self.hub = server, line_cfg, signals, journal, hub
         self.recipes = {r.id: r for r in line_cfg.recipes}
         self.active: Recipe | None = None
+        self.scales: dict[int, ScoreScale] = {}  # the published score scale of each recipe loaded
         self.lock = threading.Lock()  # one switch at a time
 
     def get(self, recipe_id) -> Recipe:
@@ -58,12 +60,16 @@ class RecipeBook:
         from ..pipeline import Model
 
         bundle = verify_recipe_bundle(recipe, self.cfg.trusted_keys, self.server.station)
+        try:
+            scale = ScoreScale.of_bundle(bundle)
+        except LinesideError as exc:
+            raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id}: {exc}") from None
         station = self.server.cfg
         overrides = station.thresholds.model_dump(exclude_none=True) | recipe.thresholds.model_dump(exclude_none=True)
         thresholds = bundle.thresholds.model_copy(update=overrides)
         cfg = station.model_copy(update={"roi": recipe.roi or station.roi})
         try:
-            return Model(cfg, bundle.root, thresholds)
+            return Model(cfg, bundle.root, thresholds), scale
         except LinesideError as exc:
             raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id}: {exc}") from None
 
@@ -75,7 +81,7 @@ class RecipeBook:
             if before is not None and before.id == recipe.id:
                 return {"recipe": recipe.id, "name": recipe.name, "changed": False}
             t0 = time.perf_counter()
-            model = self.load_model(recipe)  # preload: the old model keeps scoring meanwhile
+            model, scale = self.load_model(recipe)  # preload: the old model keeps scoring meanwhile
             self.signals.switching = True
             try:
                 if not self.hub.wait_idle(SWITCH_WAIT_S):
@@ -85,7 +91,8 @@ class RecipeBook:
                 with self.server.model_lock:
                     old, self.server.model = self.server.model, model
                 self.active = recipe
-                self.signals.recipe_id = recipe.id
+                self.scales[recipe.id] = scale
+                self.signals.recipe_id, self.signals.score_scale = recipe.id, scale.code
             finally:
                 self.signals.switching = False
             old.close()
@@ -96,14 +103,26 @@ class RecipeBook:
         log_event("recipe_switched", station=self.server.station, who=who, **detail)
         return {"recipe": recipe.id, "name": recipe.name, "changed": True}
 
+    def scale(self, recipe_id) -> ScoreScale:
+        """The published score scale of a recipe (the manifest's, read once; raw if unreadable)."""
+        if recipe_id not in self.scales:
+            recipe = self.recipes.get(recipe_id)
+            try:
+                self.scales[recipe_id] = ScoreScale.of_bundle(Bundle.load(recipe.bundle, verify=False))
+            except (LinesideError, AttributeError):  # a recipe since removed, or a broken bundle: say raw
+                return ScoreScale(None)
+        return self.scales[recipe_id]
+
     def switch_async(self, recipe_id, who: str, on_error) -> None:
-        """Check the id now (a PLC gets its error code at once), switch in the background."""
+        """Check the id now (a PLC gets its error code at once), switch in the background.
+
+        ``on_error(exc, who, recipe_id)`` hears of a switch refused later (journaled with both)."""
         self.get(recipe_id)
 
         def run():
             try:
                 self.switch(recipe_id, who)
             except PlcError as exc:
-                on_error(exc)
+                on_error(exc, who, recipe_id)
 
         threading.Thread(target=run, name="recipe-switch", daemon=True).start()

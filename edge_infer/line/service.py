@@ -18,7 +18,7 @@ from .live import LiveView
 from .plc_signals import ErrorCode, PlcError, PlcSignals, Result
 from .recipes import RecipeBook
 from .reject import RejectScheduler
-from .triggers import FunctionGrabber, SourceGrabber, TriggerHub
+from .triggers import FunctionGrabber, SourceGrabber, TriggerHub, TriggerRefused
 
 IO_PERIOD_S = 0.0005  # the I/O loop: reject deadlines, trigger input, encoder
 
@@ -48,7 +48,7 @@ class LineService:
         self.server, self.cfg, self.station = server, cfg, server.station
         self.clock = clock or Clock()
         self.gpio = gpio or open_gpio(cfg.gpio_backend, self.clock)
-        self.signals = PlcSignals(cfg.result_buffer)
+        self.signals = PlcSignals(cfg.result_buffer, capacity=cfg.max_in_flight)
         self.journal = LineJournal(server.cfg.journal.path, self.station)
         self.metrics = LineMetrics(server.telemetry.registry, self.station)
         self.signals.on_error = self._error_raised
@@ -136,15 +136,34 @@ class LineService:
             self.clock.sleep(IO_PERIOD_S)
 
     # ---- requests (PLC, OPC UA, ctl, page) -----------------------------------------------
-    def trigger(self, source: str, who: str) -> int | None:
-        """Trigger one inspection; a refused trigger sets the error code and returns None."""
+    def trigger(self, source: str, who: str, plc: bool = False, at: float | None = None) -> int | None:
+        """Trigger one inspection (``plc``: from the PLC handshake; ``at``: the edge's time).
+
+        A refused trigger sets the error code, is journaled with who and why, and its part
+        (it has an id all the same) is decided DROPPED at once: rejected at its deadline and,
+        for a PLC trigger, answered in the handshake. Returns the id, or None when refused."""
         try:
-            return self.hub.trigger(source).id
-        except PlcError as exc:
-            self.signals.set_error(exc.code, exc.detail)
-            if source == "page":
-                self.journal.event("trigger_refused", who, error=exc.code.name, detail=exc.detail)
+            return self.hub.trigger(source, who, plc, at).id
+        except TriggerRefused as exc:
+            self._refused(exc)
             return None
+
+    def _refused(self, exc: TriggerRefused) -> None:
+        insp = exc.inspection
+        self.signals.set_error(exc.code, exc.detail)
+        reason = f"not inspected: {exc.code.name}: {exc.detail}"
+        self._decided_without_verdict(insp, "DROPPED", reason)
+        self.journal.event("trigger_refused", insp.who, source=insp.source, inspection=insp.id,
+                           recipe=insp.recipe_id, error=exc.code.name, detail=exc.detail)
+        log_event("trigger_refused", station=self.station, who=insp.who, inspection=insp.id, error=exc.code.name)
+
+    def _decided_without_verdict(self, insp, status: str, reason: str) -> None:
+        """A part that gets no verdict from the model (refused, camera failed): fail-safe outcome."""
+        if self.reject:
+            self.reject.decided(insp.id, status)
+        self.signals.push_result(Result(insp.id, status, None, insp.recipe_id, reason=reason), handshake=insp.plc)
+        self.live.update(insp.id, {"status": status, "reason": reason, "recipe": insp.recipe_id}, insp.image, None)
+        self._wake_channels()
 
     def select_recipe(self, recipe_id, who: str, wait: bool = False) -> dict:
         """Switch recipes (in the background unless ``wait``); bad ids set the error code and raise PlcError."""
@@ -157,7 +176,7 @@ class LineService:
             self._switch_failed(exc, who, recipe_id)
             raise
 
-    def _switch_failed(self, exc: PlcError, who: str = "?", recipe_id=None) -> None:
+    def _switch_failed(self, exc: PlcError, who: str, recipe_id) -> None:
         self.signals.set_error(exc.code, exc.detail)
         self.journal.event("recipe_refused", who, to=recipe_id, error=exc.code.name, detail=exc.detail)
 
@@ -173,11 +192,9 @@ class LineService:
         log_event("line_error", station=self.station, code=int(code), name=code.name, detail=detail)
 
     def _grab_failed(self, insp, reason: str) -> None:
-        if self.reject:
-            self.reject.decided(insp.id, "ERROR")
         self.signals.set_error(ErrorCode.CAMERA_FAILED, reason)
-        self.signals.push_result(Result(insp.id, "ERROR", None, insp.recipe_id))
-        self.journal.event("grab_failed", insp.source, inspection=insp.id, reason=reason)
+        self._decided_without_verdict(insp, "ERROR", f"camera: {reason}")
+        self.journal.event("grab_failed", insp.who, source=insp.source, inspection=insp.id, reason=reason)
 
     # ---- the verdict stream ---------------------------------------------------------------
     def on_verdict(self, item, event: dict) -> None:
@@ -188,10 +205,16 @@ class LineService:
         if insp is None:
             return
         late = bool(self.reject.decided(insp.id, event["status"])) if self.reject else False
-        self.signals.push_result(Result(insp.id, event["status"], event.get("score"), insp.recipe_id, late,
-                                        event.get("id")))
+        scale = self.recipes.scale(insp.recipe_id)  # one published scale on every channel
+        score, threshold = scale(event.get("score")), scale(event.get("threshold"))
+        self.signals.push_result(Result(insp.id, event["status"], score, insp.recipe_id, late, event.get("id"),
+                                        threshold, event.get("reason") or ""), handshake=insp.plc)
         image = item.image if item.image is not None else insp.image
-        self.live.update(insp.id, event, image, item.anomaly_map)
+        self.live.update(insp.id, {**event, "score": score, "threshold": threshold, "recipe": insp.recipe_id,
+                                   "late": late}, image, item.anomaly_map)
+        self._wake_channels()
+
+    def _wake_channels(self) -> None:
         for channel in self.channels:
             wake = getattr(channel, "wake", None)
             if wake is not None:
@@ -205,7 +228,7 @@ class LineService:
             return {"ok": False, "error": str(exc)}
 
     def _cmd_trigger(self, server, request) -> dict:
-        inspection = self.trigger("network", str(request.get("who", "ctl")))
+        inspection = self.trigger("network", f"ctl:{request.get('who', '?')}")
         if inspection is None:
             return {"ok": False, "error": self.signals.error_detail, "error_code": int(self.signals.error_code)}
         return {"ok": True, "inspection": inspection}

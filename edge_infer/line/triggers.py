@@ -1,12 +1,16 @@
 """Triggers: each one becomes an inspection with its own id, carried by the frame (tag
 ``inspection``), its verdict, its journal row (``detail.tags``) and every output.
 
-Sources: ``free-run`` (every frame the line camera gives), ``gpio`` (a debounced input,
-polled by the line's I/O loop), ``network`` (Modbus, OPC UA, `lineside ctl trigger`) and
-``page`` (the operator page's button). The active recipe's trigger mode decides which
-count. A trigger is registered at once — id, time and encoder count taken at the edge,
-the reject armed — and its frame is grabbed and sent by the hub's own thread, so a slow
-camera never delays the I/O loop.
+Sources: ``free-run`` (every frame the line camera gives), ``gpio`` (a debounced input's
+edge events), ``network`` (Modbus, OPC UA, `lineside ctl trigger`) and ``page`` (the
+operator page's button). The active recipe's trigger mode decides which count. A trigger is
+registered at once — id, time and encoder count taken at the edge, the reject armed — and
+its frame is grabbed and sent by the hub's own thread, so a slow camera never delays it.
+
+Ids come from one counter, whatever the source, and a refused trigger (busy, switching,
+disabled source) still gets its id: it is a part on the conveyor that was not inspected, so
+the service decides it DROPPED at once and the reject treats it as any other rejecting
+verdict (fail-safe). Only free-run frames, which are no parts, are skipped silently.
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ class Inspection:
     t_trigger: float  # line clock (monotonic seconds)
     count_at_trigger: int | None = None
     image: np.ndarray | None = None
+    who: str = ""  # the channel or person: modbus, opcua, ctl:NAME, page:ADDR, gpio, free-run
+    plc: bool = False  # the PLC triggered it: its result enters the PLC handshake
+
+
+class TriggerRefused(PlcError):
+    """A trigger that was refused: the part got an id and must be decided fail-safe."""
+
+    def __init__(self, refusal: PlcError, inspection: Inspection):
+        super().__init__(refusal.code, refusal.detail)
+        self.inspection = inspection
 
 
 class Grabber(ABC):
@@ -98,29 +112,48 @@ class TriggerHub:
         self.thread.start()
 
     # ---- registering a trigger (any thread, fast) -------------------------------------
-    def trigger(self, source: str) -> Inspection:
+    def trigger(self, source: str, who: str = "", plc: bool = False, at: float | None = None) -> Inspection:
+        """Register one trigger (``at``: its edge time on the line clock, default now).
+
+        Raises TriggerRefused (a PlcError carrying the refused part's Inspection) when the part
+        cannot be inspected; free-run frames are refused with a plain PlcError and no id."""
         mode = self.recipe_mode()
         with self.cond:
-            if not self.signals.ready or self.signals.switching or self.stopping.is_set():
-                raise PlcError(ErrorCode.NOT_READY, "not ready (starting, stopping or switching recipes)")
-            if source not in ALLOWED[mode]:
-                raise PlcError(ErrorCode.TRIGGER_DISABLED, f"the active recipe's trigger mode is {mode}: "
-                               f"a {source} trigger does not inspect")
-            if len(self.in_flight) >= self.cfg.max_in_flight:
-                raise PlcError(ErrorCode.TRIGGER_WHILE_BUSY, f"{len(self.in_flight)} parts in flight "
-                               f"(max_in_flight {self.cfg.max_in_flight}): wait for Busy to clear")
-            t = self.clock.now()
-            count = self.reject.position() if self.reject else None
-            insp = Inspection(self.next_id, source, self.signals.recipe_id, t, count)
-            self.next_id += 1
-            self.in_flight[insp.id] = insp
-            self.signals.in_flight = len(self.in_flight)
-            self.signals.last_trigger_id = insp.id
+            refusal = self._refusal(source, mode)
+            if refusal is not None and source == "free-run":
+                raise refusal
+            insp = self._register(source, who, plc, at)
+            if refusal is None:
+                self.in_flight[insp.id] = insp
+                self.signals.in_flight = len(self.in_flight)
         if self.reject:
-            self.reject.arm(insp.id, t, count)
+            self.reject.arm(insp.id, insp.t_trigger, insp.count_at_trigger)
         self.signals.count("triggers")
         self.metrics.triggers.labels(self.server.station, source).inc()
+        if refusal is not None:
+            raise TriggerRefused(refusal, insp)
         self.grabs.put(insp)
+        return insp
+
+    def _refusal(self, source: str, mode: str) -> PlcError | None:
+        if not self.signals.ready or self.signals.switching or self.stopping.is_set():
+            return PlcError(ErrorCode.NOT_READY, "not ready (starting, stopping or switching recipes)")
+        if source not in ALLOWED[mode]:
+            return PlcError(ErrorCode.TRIGGER_DISABLED, f"the active recipe's trigger mode is {mode}: "
+                            f"a {source} trigger does not inspect")
+        if len(self.in_flight) >= self.cfg.max_in_flight:
+            return PlcError(ErrorCode.TRIGGER_WHILE_BUSY, f"{len(self.in_flight)} parts in flight "
+                            f"(max_in_flight {self.cfg.max_in_flight}): wait for Ready")
+        return None
+
+    def _register(self, source: str, who: str, plc: bool, at: float | None) -> Inspection:
+        """A new id, time and encoder count (under the lock: ids are unique and in trigger order)."""
+        t = self.clock.now() if at is None else at
+        count = self.reject.position() if self.reject else None
+        insp = Inspection(self.next_id, source, self.signals.recipe_id, t, count, who=who or source, plc=plc)
+        self.next_id += 1
+        if plc:
+            self.signals.last_trigger_id = insp.id
         return insp
 
     def decided(self, inspection_id: int) -> Inspection | None:
@@ -163,7 +196,7 @@ class TriggerHub:
                 continue
             t0 = self.clock.now()
             try:
-                self.trigger("free-run")
+                self.trigger("free-run", "free-run")
             except PlcError:
                 pass  # busy or switching: the next frame gets its turn
             stop.wait(max(period - (self.clock.now() - t0), 0.002))

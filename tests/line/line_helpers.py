@@ -15,7 +15,7 @@ from edge_infer.line.service import LineService
 from edge_infer.server import Server
 from edge_infer.station import load_station
 
-__all__ = ["free_port", "gray", "line_station", "make_tiny_bundle", "start_line", "wait_until"]
+__all__ = ["free_port", "gray", "line_station", "make_tiny_bundle", "normalized_bundle", "start_line", "wait_until"]
 
 
 def free_port() -> int:
@@ -56,3 +56,14 @@ def wait_until(predicate, timeout_s: float = 15.0, interval_s: float = 0.02):
             return value
         time.sleep(interval_s)
     return predicate()
+
+
+def normalized_bundle(root: Path, q50: float, q99: float, **kwargs) -> Path:
+    """A tiny bundle whose manifest says to publish scores on the good-quantiles scale."""
+    import json
+
+    path = make_tiny_bundle(root, **kwargs)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["score_normalization"] = {"method": "good_quantiles", "q50": q50, "q99": q99, "n": 50}
+    (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return path
