@@ -101,7 +101,8 @@ class MqttConfig(_Strict):
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
     reconnect_min_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_max_s: float = Field(2.0, gt=0, description="longest wait between reconnect attempts: the line is back this soon after the broker")
+    inflight: int = Field(64, ge=1, le=65535, description="QoS 1 messages on the wire before their PUBACK (paho's in-flight window)")
     username: str | None = None
     password: str | None = None
 

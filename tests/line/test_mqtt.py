@@ -197,3 +197,136 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_while_the_broker
     c.loop_start()
     assert wait_until(lambda: seen, 5) == ["offline"]
     c.loop_stop()
+
+
+class DelayLink:
+    """A TCP pass-through that holds every chunk for ``one_way_s`` in each direction (a remote
+    broker: 2 x one_way_s of added round trip), and parses the MQTT packets going by to count
+    the line's QoS 1 PUBLISHes still waiting for their PUBACK (the most at once)."""
+
+    def __init__(self, target_port, one_way_s):
+        import asyncio
+
+        self.target, self.delay, self.port = target_port, one_way_s, free_port()
+        self.outstanding = self.max_outstanding = 0
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def serve():
+            self.server = await asyncio.start_server(self._connection, "127.0.0.1", self.port)
+            started.set()
+
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(serve(), self.loop)
+        assert started.wait(5)
+
+    async def _connection(self, near_reader, near_writer):
+        import asyncio
+
+        far_reader, far_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        await asyncio.gather(self._pump(near_reader, far_writer, upstream=True),
+                             self._pump(far_reader, near_writer, upstream=False), return_exceptions=True)
+
+    async def _pump(self, reader, writer, upstream):
+        import asyncio
+
+        queue, parser = asyncio.Queue(), MqttPackets()
+
+        async def deliver():
+            while (item := await queue.get()) is not None:
+                due, data = item
+                await asyncio.sleep(max(0.0, due - asyncio.get_running_loop().time()))
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        sender = asyncio.ensure_future(deliver())
+        while data := await reader.read(65536):
+            for kind in parser.feed(data):  # 3 PUBLISH (line → broker), 4 PUBACK (broker → line)
+                with self.lock:
+                    if upstream and kind == 3:
+                        self.outstanding += 1
+                        self.max_outstanding = max(self.max_outstanding, self.outstanding)
+                    elif not upstream and kind == 4:
+                        self.outstanding -= 1
+            queue.put_nowait((asyncio.get_running_loop().time() + self.delay, data))
+        queue.put_nowait(None)
+        await sender
+
+    def close(self):
+        import asyncio
+
+        async def stop():
+            self.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+class MqttPackets:
+    """Split an MQTT byte stream into packets; yields each packet's type (the fixed header's high nibble)."""
+
+    def __init__(self):
+        self.buffer = b""
+
+    def feed(self, data):
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            length, multiplier, i = 0, 1, 1
+            while True:
+                if i >= len(self.buffer):
+                    return
+                byte = self.buffer[i]
+                length += (byte & 0x7F) * multiplier
+                multiplier *= 128
+                i += 1
+                if not byte & 0x80:
+                    break
+            if len(self.buffer) < i + length:
+                return
+            kind = self.buffer[0] >> 4
+            self.buffer = self.buffer[i + length:]
+            yield kind
+
+
+def test_a_remote_broker_at_50_ms_round_trip_keeps_up_with_the_line(tmp_path, broker):
+    """Verdicts go out through paho's in-flight window, not one PUBACK at a time: with 50 ms of
+    added round trip the line sustains far more than 1/RTT = 20 verdicts/s, and loses none."""
+    from edge_infer.journal import Journal
+
+    prefix = "lineside/line1"
+    listener = Listener(broker.port, prefix)
+    assert listener.subscribed.wait(10)
+    link = DelayLink(broker.port, one_way_s=0.025)
+    cfg = line_station(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": link.port}})
+    server, service = start_line(cfg, lambda: gray(20))
+    count = 600
+    try:
+        channel = service.channels[0]
+        assert wait_until(lambda: channel.connected.is_set())
+        journal = Journal(cfg.journal.path)  # a burst of verdicts as a 30 fps line writes them, 20 s worth
+        t0 = time.monotonic()
+        for start in range(0, count, 30):
+            journal.record([{"decided_at": time.time(), "station": "line1", "camera": "line0", "frame_id": start + i,
+                             "status": "OK", "score": 0.1, "threshold": 0.5,
+                             "detail": {"tags": {"inspection": str(start + i + 1), "recipe": "1"}}}
+                            for i in range(30)])
+        journal.close()
+        last = count
+        assert wait_until(lambda: channel.cursor >= last, 60), channel.cursor
+        elapsed = time.monotonic() - t0
+        assert wait_until(lambda: len(listener.topic("/verdict")) >= count, 10)
+        got = [json.loads(p)["id"] for _, p, _ in listener.topic("/verdict")]
+        assert sorted(set(got)) == list(range(1, count + 1))  # none lost
+        assert link.max_outstanding > 1  # a window on the wire, not one PUBACK at a time
+        print(f"\nMQTT through a 50 ms round trip: {count} verdicts in {elapsed:.2f} s = {count / elapsed:.0f} "
+              f"verdicts/s, up to {link.max_outstanding} in flight")
+    finally:
+        server.close()
+        listener.close()
+        link.close()
