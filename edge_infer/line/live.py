@@ -1,5 +1,8 @@
-"""What the operator page shows: the latest part's image (heatmap over NG parts), the last NG
-parts, and drift warnings from the recent scores. Fed by the line's verdict listener."""
+"""What the operator page shows, fed by the line's verdict listener: the latest part (raw image
+and heatmap kept apart, so the heatmap never hides the defect), a pass/fail history strip,
+per-shift counters and yield, the recent NG parts for review, the latched alarm, and drift
+warnings computed per recipe (a switch starts the new recipe's own window).
+"""
 
 from __future__ import annotations
 
@@ -12,41 +15,68 @@ import numpy as np
 
 from ..alerts.disk import heatmap
 
+STRIP = 60  # results in the pass/fail history strip
+SHIFT_STATUSES = ("OK", "NG", "ERROR", "DROPPED")
+
 
 class LiveView:
     def __init__(self, drift_cfg, keep_ng: int = 8):
-        self.lock = threading.Lock()
-        self.latest: dict | None = None  # {"inspection", "status", "image" (BGR, overlay for NG)}
-        self.seq = 0
+        self.lock = threading.Condition()
+        self.latest: dict | None = None  # the last part with an image
+        self.images: OrderedDict[int, tuple] = OrderedDict()  # inspection -> (raw BGR, heatmap BGR or None)
+        self.seq = 0  # bumps on every change: the page's event stream waits on it
         self.ng: OrderedDict[int, dict] = OrderedDict()
         self.keep_ng = keep_ng
         self.drift_cfg = drift_cfg
-        self.recent: deque = deque(maxlen=drift_cfg.window)  # (status, score, threshold)
-        self.alarm: dict | None = None  # the last unacknowledged alarm
+        self.recent: dict[int | None, deque] = {}  # recipe -> (status, score, threshold): one window each
+        self.strip: deque = deque(maxlen=STRIP)
+        self.shift = self._new_shift()
+        self.alarm: dict | None = None  # latched at the first non-OK part until acknowledged
 
-    def update(self, inspection_id: int, event: dict, image: np.ndarray | None, anomaly_map) -> None:
-        status = event["status"]
-        shown = image
-        if image is not None and anomaly_map is not None:
-            shown = heatmap(image, anomaly_map)
+    @staticmethod
+    def _new_shift() -> dict:
+        return {"started_at": time.time(), **dict.fromkeys(SHIFT_STATUSES, 0)}
+
+    def update(self, inspection_id: int, event: dict, image: np.ndarray | None, anomaly_map) -> dict | None:
+        """Record one decided part; returns the alarm when this part latched a new one."""
+        status, recipe = event["status"], event.get("recipe")
+        heat = heatmap(image, anomaly_map) if image is not None and anomaly_map is not None else None
         record = {"inspection": inspection_id, "status": status, "score": event.get("score"),
-                  "verdict_id": event.get("id"), "at": time.time(), "image": shown}
+                  "threshold": event.get("threshold"), "recipe": recipe, "verdict_id": event.get("id"),
+                  "reason": event.get("reason") or "", "late": bool(event.get("late")), "at": time.time(),
+                  "has_image": image is not None, "has_heatmap": heat is not None, "confirmed": None}
+        latched = None
         with self.lock:
-            if shown is not None:
-                self.latest, self.seq = record, self.seq + 1
-            if status == "NG" and shown is not None:
+            if image is not None:
+                self.latest = record
+                self.images[inspection_id] = (image, heat)
+            if status == "NG":
                 self.ng[inspection_id] = record
                 while len(self.ng) > self.keep_ng:
                     self.ng.popitem(last=False)
+            keep = set(self.ng) | ({self.latest["inspection"]} if self.latest else set())
+            for old in [i for i in self.images if i not in keep]:
+                del self.images[old]
             if status in ("OK", "NG"):
-                self.recent.append((status, event.get("score"), event.get("threshold")))
+                window = self.recent.setdefault(recipe, deque(maxlen=self.drift_cfg.window))
+                window.append((status, event.get("score"), event.get("threshold")))
+            self.strip.append({k: record[k] for k in ("inspection", "status", "score", "threshold")})
+            if status in self.shift:
+                self.shift[status] += 1
             if status != "OK":
-                self.alarm = {"inspection": inspection_id, "status": status, "reason": event.get("reason", ""),
-                              "at": time.time()}
+                if self.alarm is None:
+                    self.alarm = latched = {"inspection": inspection_id, "status": status, "reason": record["reason"],
+                                            "at": record["at"], "count": 1}
+                else:
+                    self.alarm["count"] += 1  # latched once: later parts only count
+            self.seq += 1
+            self.lock.notify_all()
+        return latched
 
-    def drift(self) -> list[str]:
+    def drift(self, recipe=None) -> list[str]:
+        """Warnings from the recent parts of one recipe (the active one): a switch never mixes scales."""
         with self.lock:
-            recent = list(self.recent)
+            recent = list(self.recent.get(recipe, ()))
         if len(recent) < max(10, self.drift_cfg.window // 4):
             return []
         warnings = []
@@ -65,18 +95,49 @@ class LiveView:
     def acknowledge(self) -> dict | None:
         with self.lock:
             alarm, self.alarm = self.alarm, None
+            self.seq += 1
+            self.lock.notify_all()
         return alarm
 
-    def jpeg(self, inspection_id: int | None = None) -> bytes | None:
+    def reset_shift(self) -> dict:
+        """Start a new shift's counters; returns the shift that ended."""
         with self.lock:
-            record = self.latest if inspection_id is None else self.ng.get(inspection_id)
-        if record is None or record["image"] is None:
+            ended, self.shift = {**self.shift, "ended_at": time.time()}, self._new_shift()
+            self.seq += 1
+            self.lock.notify_all()
+        return ended
+
+    def reviewed(self, verdict_id: int, confirmed: bool | None) -> None:
+        with self.lock:
+            for record in self.ng.values():
+                if record["verdict_id"] == verdict_id:
+                    record["confirmed"] = confirmed
+            self.seq += 1
+            self.lock.notify_all()
+
+    def wait_change(self, seq: int, timeout_s: float) -> int:
+        """Block until ``seq`` is no longer current (or the timeout); returns the current seq."""
+        with self.lock:
+            self.lock.wait_for(lambda: self.seq != seq, timeout_s)
+            return self.seq
+
+    def jpeg(self, inspection_id: int | None = None, layer: str = "heatmap") -> bytes | None:
+        """An inspection's image (the latest by default): ``raw``, or ``heatmap`` (raw if it has none)."""
+        with self.lock:
+            if inspection_id is None:
+                inspection_id = self.latest["inspection"] if self.latest else None
+            raw, heat = self.images.get(inspection_id, (None, None))
+        image = heat if layer == "heatmap" and heat is not None else raw
+        if image is None:
             return None
-        ok, buf = cv2.imencode(".jpg", record["image"], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return buf.tobytes() if ok else None
 
     def summary(self) -> dict:
         with self.lock:
-            latest = None if self.latest is None else {k: v for k, v in self.latest.items() if k != "image"}
-            ng = [{k: v for k, v in r.items() if k != "image"} for r in reversed(self.ng.values())]
-            return {"latest": latest, "seq": self.seq, "ng": ng, "alarm": self.alarm}
+            shift = dict(self.shift)
+            decided = sum(shift[s] for s in SHIFT_STATUSES)
+            shift["yield_pct"] = round(100.0 * shift["OK"] / decided, 2) if decided else None
+            return {"latest": dict(self.latest) if self.latest else None, "seq": self.seq,
+                    "ng": [dict(r) for r in reversed(self.ng.values())], "alarm": dict(self.alarm) if self.alarm
+                    else None, "strip": list(self.strip), "shift": shift}

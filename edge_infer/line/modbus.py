@@ -134,6 +134,8 @@ class LinesideRegisters:
         elif address in (ENCODER, ENCODER + 1):  # high word, then low
             self.encoder_words[address - ENCODER] = value
             self.signals.encoder = (self.encoder_words[0] << 16) | self.encoder_words[1]
+            if self.signals.on_encoder is not None:
+                self.signals.on_encoder()
         else:  # QUERY_ID, high word then low
             self.query_words[address - QUERY_ID] = value
             self.query_id = (self.query_words[0] << 16) | self.query_words[1]

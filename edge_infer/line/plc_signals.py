@@ -86,6 +86,7 @@ class PlcSignals:
         self.last_trigger_id = 0  # the PLC's own latest trigger (Modbus/OPC UA), never another source's
         self.score_scale = 0  # 0 raw, 1 good_quantiles (edge_infer.score_scale), of the active recipe
         self.encoder = 0  # written by the PLC when the encoder source is "plc"
+        self.on_encoder = None  # callable(): the PLC wrote a new encoder count
         self.on_error = None  # callable(code, detail): metrics and the journal
 
     # ---- what the vision side sets ----------------------------------------------------

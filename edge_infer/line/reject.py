@@ -8,8 +8,9 @@ encoder count at the trigger + ``encoder_counts``. At the deadline:
 - the verdict is not in: pulse anyway (fail-safe) and count the part LATE. Its verdict,
   when it comes, is still journaled and reported, flagged late.
 
-``tick()`` does the work; the line's I/O loop calls it about every millisecond, tests call
-it after moving a simulated clock. Overlapping pulses merge into one longer pulse.
+``tick()`` does the work. With ``timers`` (the service's) it is run at each deadline and at
+each pulse's end, and on every encoder count: no polling. Tests without timers call it after
+moving a simulated clock. Overlapping pulses merge into one longer pulse.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class Pending:
 class RejectScheduler:
     SIM_PIN = -1  # the output "pin" when no output is configured (simulation only)
 
-    def __init__(self, cfg: RejectConfig, gpio: Gpio, clock: Clock, encoder=None, on_late=None, on_fire=None):
-        self.cfg, self.gpio, self.clock, self.encoder = cfg, gpio, clock, encoder
+    def __init__(self, cfg: RejectConfig, gpio: Gpio, clock: Clock, encoder=None, on_late=None, on_fire=None,
+                 timers=None):
+        self.cfg, self.gpio, self.clock, self.encoder, self.timers = cfg, gpio, clock, encoder, timers
         self.on_late, self.on_fire = on_late, on_fire
         self.pin = cfg.output.pin if cfg.output else self.SIM_PIN
         self.on_level = cfg.output.active_high if cfg.output else True
@@ -58,6 +60,8 @@ class RejectScheduler:
             p = Pending(inspection_id, None, start + self.cfg.encoder_counts)
         with self.lock:
             self.pending[inspection_id] = p
+        if self.timers is not None and p.due_time is not None:
+            self.timers.at(p.due_time, self.tick)
         return p
 
     def decided(self, inspection_id: int, status: str) -> bool | None:
@@ -106,6 +110,8 @@ class RejectScheduler:
         if self.off_at is None:
             self.gpio.write(self.pin, self.on_level)
         self.off_at = max(self.off_at or 0.0, now + self.cfg.pulse_ms / 1e3)
+        if self.timers is not None:
+            self.timers.at(self.off_at, self.tick)
 
     def close(self) -> None:
         self.gpio.write(self.pin, not self.on_level)

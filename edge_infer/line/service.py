@@ -13,14 +13,12 @@ import threading
 from ..errors import LinesideError
 from ..logs import log_event
 from .events import LineJournal, LineMetrics
-from .hw import Clock, DebouncedInput, EdgeCounter, open_gpio
+from .hw import Clock, DebouncedInput, EdgeCounter, SimGpio, Timers, open_gpio
 from .live import LiveView
 from .plc_signals import ErrorCode, PlcError, PlcSignals, Result
 from .recipes import RecipeBook
 from .reject import RejectScheduler
 from .triggers import FunctionGrabber, SourceGrabber, TriggerHub, TriggerRefused
-
-IO_PERIOD_S = 0.0005  # the I/O loop: reject deadlines, trigger input, encoder
 
 
 class PlcEncoder:
@@ -37,6 +35,12 @@ class PlcEncoder:
         return self.total
 
 
+def uses_gpio(cfg) -> bool:
+    """Whether the line config names any GPIO pin (only then is the GPIO backend opened)."""
+    reject = cfg.reject
+    return bool(cfg.trigger_input or (reject and (reject.output or (reject.encoder and reject.encoder.source == "gpio"))))
+
+
 class LineService:
     def __init__(self, server, grabber=None, clock: Clock | None = None, gpio=None):
         cfg = server.cfg.line
@@ -47,7 +51,8 @@ class LineService:
                                 "(id, name, bundle) under line.recipes")
         self.server, self.cfg, self.station = server, cfg, server.station
         self.clock = clock or Clock()
-        self.gpio = gpio or open_gpio(cfg.gpio_backend, self.clock)
+        self.gpio = gpio or (open_gpio(cfg.gpio_backend, self.clock) if uses_gpio(cfg) else SimGpio(self.clock))
+        self.timers = Timers(self.clock)  # its thread runs only when something has deadlines
         self.signals = PlcSignals(cfg.result_buffer, capacity=cfg.max_in_flight)
         self.journal = LineJournal(server.cfg.journal.path, self.station)
         self.metrics = LineMetrics(server.telemetry.registry, self.station)
@@ -55,7 +60,9 @@ class LineService:
         self.live = LiveView(cfg.drift)
         self.reject = self._reject()
         self.trigger_input = (DebouncedInput(self.gpio, cfg.trigger_input.pin, cfg.trigger_input.debounce_ms,
-                                             self.clock, cfg.trigger_input.active_high) if cfg.trigger_input else None)
+                                             self.clock, cfg.trigger_input.active_high, self.timers,
+                                             on_trigger=lambda t: self.trigger("gpio", "gpio", at=t))
+                              if cfg.trigger_input else None)
         if grabber is None:
             if cfg.camera is None:
                 raise LinesideError("line.camera is missing: give the source the line service grabs from")
@@ -78,8 +85,12 @@ class LineService:
         if rc is None:
             return None
         encoder = None
-        if rc.encoder is not None:
-            encoder = EdgeCounter(self.gpio, rc.encoder.pin) if rc.encoder.source == "gpio" else PlcEncoder(self.signals)
+        if rc.encoder is not None:  # every new count looks at the deadlines counted in encoder steps
+            if rc.encoder.source == "gpio":
+                encoder = EdgeCounter(self.gpio, rc.encoder.pin, on_count=lambda: self.reject.tick())
+            else:
+                encoder = PlcEncoder(self.signals)
+                self.signals.on_encoder = lambda: self.reject.tick()
         self.encoder = encoder
 
         def late(p):
@@ -89,7 +100,7 @@ class LineService:
             log_event("reject_late", station=self.station, inspection=p.inspection_id)
 
         return RejectScheduler(rc, self.gpio, self.clock, encoder, on_late=late,
-                               on_fire=lambda p: self.metrics.rejects.labels(self.station).inc())
+                               on_fire=lambda p: self.metrics.rejects.labels(self.station).inc(), timers=self.timers)
 
     def _mode(self) -> str:
         return self.recipes.active.trigger if self.recipes.active else "any"
@@ -97,8 +108,10 @@ class LineService:
     # ---- lifecycle (server hooks) --------------------------------------------------------
     def start(self) -> None:
         self.hub.start()
-        for target, name in ((self._io_loop, "line-io"), (lambda: self.hub.free_run(self.stop), "line-free-run")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+        if self.reject or self.trigger_input:  # deadlines to keep; otherwise no I/O thread at all
+            self.timers.start()
+        if any(r.trigger == "free-run" for r in self.cfg.recipes):
+            t = threading.Thread(target=lambda: self.hub.free_run(self.stop), name="line-free-run", daemon=True)
             t.start()
             self.threads.append(t)
         from .channels import start_channels
@@ -111,6 +124,7 @@ class LineService:
     def close(self) -> None:
         self.signals.ready = False
         self.stop.set()
+        self.timers.close()
         self.hub.close()
         for t in self.threads:
             t.join(timeout=5)
@@ -123,17 +137,6 @@ class LineService:
             self.reject.close()
         self.gpio.close()
         self.journal.close()
-
-    def _io_loop(self) -> None:
-        encoder_poll = getattr(getattr(self, "encoder", None), "poll", None)
-        while not self.stop.is_set():
-            if encoder_poll:
-                encoder_poll()
-            if self.trigger_input and self.trigger_input.poll():
-                self.trigger("gpio", "gpio")
-            if self.reject:
-                self.reject.tick()
-            self.clock.sleep(IO_PERIOD_S)
 
     # ---- requests (PLC, OPC UA, ctl, page) -----------------------------------------------
     def trigger(self, source: str, who: str, plc: bool = False, at: float | None = None) -> int | None:
@@ -162,8 +165,7 @@ class LineService:
         if self.reject:
             self.reject.decided(insp.id, status)
         self.signals.push_result(Result(insp.id, status, None, insp.recipe_id, reason=reason), handshake=insp.plc)
-        self.live.update(insp.id, {"status": status, "reason": reason, "recipe": insp.recipe_id}, insp.image, None)
-        self._wake_channels()
+        self._show(insp.id, {"status": status, "reason": reason, "recipe": insp.recipe_id}, insp.image, None)
 
     def select_recipe(self, recipe_id, who: str, wait: bool = False) -> dict:
         """Switch recipes (in the background unless ``wait``); bad ids set the error code and raise PlcError."""
@@ -186,6 +188,20 @@ class LineService:
         self.signals.reset_error()
         self.journal.event("alarm_ack", who, alarm=alarm, error_code=code)
         return alarm
+
+    def reset_shift(self, who: str) -> dict:
+        """Start a new shift's counters on the page; the ended shift's counts are journaled."""
+        ended = self.live.reset_shift()
+        self.journal.event("shift_reset", who, **ended)
+        return ended
+
+    def review(self, verdict_id: int, confirmed: bool | None, who: str, note: str = "") -> dict:
+        """An operator's judgement of a verdict (journal.review: sets confirmed, journals who)."""
+        from ..journal import review
+
+        verdict = review(self.server.cfg.journal.path, verdict_id, confirmed, who, note)
+        self.live.reviewed(verdict_id, confirmed)
+        return verdict
 
     def _error_raised(self, code: ErrorCode, detail: str) -> None:
         self.metrics.plc_errors.labels(self.station, code.name).inc()
@@ -210,8 +226,13 @@ class LineService:
         self.signals.push_result(Result(insp.id, event["status"], score, insp.recipe_id, late, event.get("id"),
                                         threshold, event.get("reason") or ""), handshake=insp.plc)
         image = item.image if item.image is not None else insp.image
-        self.live.update(insp.id, {**event, "score": score, "threshold": threshold, "recipe": insp.recipe_id,
-                                   "late": late}, image, item.anomaly_map)
+        self._show(insp.id, {**event, "score": score, "threshold": threshold, "recipe": insp.recipe_id, "late": late},
+                   image, item.anomaly_map)
+
+    def _show(self, inspection_id: int, event: dict, image, anomaly_map) -> None:
+        alarm = self.live.update(inspection_id, event, image, anomaly_map)
+        if alarm is not None:  # latched once; later NG parts only count until someone acknowledges
+            self.journal.event("alarm", "line", inspection=inspection_id, status=alarm["status"], reason=alarm["reason"])
         self._wake_channels()
 
     def _wake_channels(self) -> None:

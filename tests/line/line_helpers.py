@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from tiny_bundle import gray, make_tiny_bundle
 
 from edge_infer.line.service import LineService

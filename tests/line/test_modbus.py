@@ -5,7 +5,14 @@ import struct
 import pytest
 
 pytest.importorskip("pymodbus")
-from line_helpers import free_port, gray, line_station, normalized_bundle, start_line, wait_until
+from line_helpers import (
+    free_port,
+    gray,
+    line_station,
+    normalized_bundle,
+    start_line,
+    wait_until,
+)
 from pymodbus.client import ModbusTcpClient
 
 from edge_infer.journal import read_events, read_verdicts
@@ -150,7 +157,7 @@ def test_a_trigger_from_elsewhere_never_shifts_the_plc_handshake(plc):
 
 
 def test_a_refused_trigger_is_rejected_fail_safe_and_ready_drops_at_capacity(plc):
-    server, service, client = plc
+    server, _service, client = plc
     with server.model_lock:  # the one part the station takes at a time stays in flight
         first = plc_trigger(client)
         assert wait_until(lambda: read(client, m.STATUS)[0] & 2)  # Busy

@@ -69,7 +69,7 @@ def test_opcua_trigger_result_ack_and_refusals(tmp_path):
             assert await node("Counters.triggers").read_value() == 3
             status, score, threshold, recipe, late = await results.call_method(
                 ua.NodeId("VisionSystem.ResultManagement.GetResult", ns), ua.Variant(other, ua.VariantType.UInt32))
-            assert (status, recipe, late) == (1, 1, False) and score == pytest.approx(20 / 255, abs=1e-3)
+            assert (status, recipe, late, threshold) == (1, 1, False, 0.5) and score == pytest.approx(20 / 255, abs=1e-3)
             with pytest.raises(ua.UaStatusCodeError) as unknown:
                 await results.call_method(ua.NodeId("VisionSystem.ResultManagement.GetResult", ns),
                                           ua.Variant(999, ua.VariantType.UInt32))

@@ -5,7 +5,7 @@ from line_helpers import gray, line_station, make_tiny_bundle, start_line, wait_
 
 from edge_infer.journal import read_verdicts
 from edge_infer.line.config import RejectConfig
-from edge_infer.line.hw import DebouncedInput, EdgeCounter, SimClock, SimGpio
+from edge_infer.line.hw import DebouncedInput, EdgeCounter, SimClock, SimGpio, Timers
 from edge_infer.line.plc_signals import ErrorCode
 from edge_infer.line.reject import RejectScheduler
 
@@ -60,10 +60,8 @@ def test_error_and_dropped_reject_by_default_and_encoder_distance_counts_pulses(
     sched.decided(1, "ERROR")
     for i in range(3):
         assert gpio.pulses(RejectScheduler.SIM_PIN) == []
-        gpio.set_input(5, True)
-        encoder.poll()
+        gpio.set_input(5, True)  # an edge event per change: nothing polls the pin
         gpio.set_input(5, False)
-        encoder.poll()
         clock.advance(0.5)
         sched.tick()
     assert [r for r, _ in gpio.pulses(RejectScheduler.SIM_PIN)] == [1.5]  # at the third count, not by time
@@ -72,23 +70,25 @@ def test_error_and_dropped_reject_by_default_and_encoder_distance_counts_pulses(
 def test_debounce_ignores_bounce_and_glitches():
     clock = SimClock()
     gpio = SimGpio(clock)
-    trigger = DebouncedInput(gpio, 7, debounce_ms=5, clock=clock)
+    timers = Timers(clock)
     fired = []
+    DebouncedInput(gpio, 7, debounce_ms=5, clock=clock, timers=timers, on_trigger=fired.append)
 
     def step(level, ms):
         gpio.set_input(7, level)
         for _ in range(ms):
             clock.advance(0.001)
-            fired.append(trigger.poll())
+            timers.run_due()
 
     step(True, 2)  # a 2 ms glitch
     step(False, 10)
     for _ in range(4):  # contact bounce, then a steady press
         step(True, 1)
         step(False, 1)
+    press = clock.now()
     step(True, 20)
     step(False, 20)
-    assert sum(fired) == 1
+    assert fired == [pytest.approx(press, abs=1e-9)]  # once, stamped at the edge, not when the debounce ended
 
 
 def test_late_verdict_through_the_service_is_rejected_and_counted(tmp_path):
@@ -128,20 +128,68 @@ def test_gpio_trigger_free_run_and_disabled_sources_through_the_service(tmp_path
                                   "camera": {"source": "unused", "free_run_fps": 50}}, recipes=recipes)
     server, service = start_line(cfg, lambda: gray(20), clock=clock, gpio=gpio)
     try:
-        assert service.trigger("network", "plc") is None  # a gpio recipe ignores network triggers
+        assert service.trigger("network", "ctl:plc") is None  # a gpio recipe does not inspect network triggers
         assert service.signals.error_code == ErrorCode.TRIGGER_DISABLED
         gpio.set_input(7, True)  # a press held past the debounce time: one part
-        assert wait_until(lambda: service.trigger_input.candidate)  # the I/O loop has seen the level
         clock.advance(0.006)
         assert wait_until(lambda: service.signals.counters["OK"] == 1)
         clock.advance(0.1)
-        assert service.signals.counters["triggers"] == 1  # held, not pressed again
+        assert service.signals.counters["triggers"] == 2  # held, not pressed again
+        # the refused network trigger was a part too: id 1, DROPPED (rejected), journaled with who
+        assert service.signals.result(1).status == "DROPPED" and service.signals.result(2).status == "OK"
+        refused, = service.journal.events("trigger_refused")
+        assert (refused["who"], refused["inspection"], refused["error"]) == ("ctl:plc", 1, "TRIGGER_DISABLED")
         service.select_recipe(2, "test", wait=True)  # free-run: parts without any trigger
         assert wait_until(lambda: service.signals.counters["OK"] >= 5)
     finally:
         server.close()
     rows = read_verdicts(cfg.journal.path)
-    assert rows[0]["detail"]["tags"] == {"inspection": "1", "recipe": "1", "trigger": "gpio"}
+    assert rows[0]["detail"]["tags"] == {"inspection": "2", "recipe": "1", "trigger": "gpio"}
     assert {r["detail"]["tags"]["trigger"] for r in rows[1:]} == {"free-run"}
     ids = [int(r["detail"]["tags"]["inspection"]) for r in rows]
     assert ids == sorted(set(ids))  # one verdict per inspection id
+
+
+def test_no_gpio_configured_runs_no_io_thread(tmp_path):
+    """A station without trigger input, reject or encoder pins opens no GPIO and polls nothing."""
+    import threading
+
+    cfg = line_station(tmp_path, {"gpio_backend": "jetson"})  # Jetson.GPIO is not here: it must not be opened
+    server, service = start_line(cfg, lambda: gray(20))
+    try:
+        assert service.trigger("network", "test") == 1
+        assert wait_until(lambda: service.signals.counters["OK"] == 1)
+        names = {t.name for t in threading.enumerate()}
+        assert not names & {"line-io", "line-timers", "line-free-run"}, names
+    finally:
+        server.close()
+
+
+def test_a_gpio_part_is_timed_from_its_edge_and_rejected_when_refused(tmp_path):
+    """The reject deadline counts from the edge (not from when the debounce ended), and a part
+    that could not be inspected (the station is full) is rejected all the same."""
+    clock = SimClock(10.0)
+    gpio = SimGpio(clock)
+    cfg = line_station(tmp_path, {"trigger_input": {"pin": 7, "debounce_ms": 5}, "max_in_flight": 1,
+                                  "reject": {"delay_ms": 100, "pulse_ms": 10, "output": {"pin": 12}}})
+    server, service = start_line(cfg, lambda: gray(20), clock=clock, gpio=gpio)  # OK parts
+    try:
+        with server.model_lock:  # the first part stays in flight: the second is refused
+            gpio.set_input(7, True)
+            clock.advance(0.006)
+            assert wait_until(lambda: service.signals.counters["triggers"] == 1)
+            gpio.set_input(7, False)
+            clock.advance(0.010)
+            assert wait_until(lambda: not service.trigger_input.state)  # the release has settled
+            second_edge = clock.now()
+            gpio.set_input(7, True)
+            clock.advance(0.006)
+            assert wait_until(lambda: service.signals.counters["DROPPED"] == 1)
+        assert wait_until(lambda: service.signals.counters["OK"] == 1)
+        clock.advance(second_edge + 0.100 - clock.now())  # to the refused part's deadline, from its edge
+        pulses = wait_until(lambda: gpio.pulses(12))
+        assert [r for r, _ in pulses] == [pytest.approx(second_edge + 0.100, abs=1e-6)]  # the refused part only
+        refused, = service.journal.events("trigger_refused")
+        assert (refused["who"], refused["error"]) == ("gpio", "TRIGGER_WHILE_BUSY")
+    finally:
+        server.close()
