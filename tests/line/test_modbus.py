@@ -9,6 +9,7 @@ from line_helpers import (
     free_port,
     gray,
     line_station,
+    make_tiny_bundle,
     normalized_bundle,
     start_line,
     wait_until,
@@ -200,6 +201,28 @@ def test_results_by_id_and_a_score_scale_that_is_not_clipped(tmp_path):
         history = read(client, m.HISTORY_AT, 2 * m.HISTORY_STRIDE)
         assert u32(history[:2]) == mine and f32(history[3:5]) == pytest.approx(88.0, rel=1e-3)  # not 6.5535
         assert query(client, 999)["status"] == 0  # unknown: status 0
+    finally:
+        client.close()
+        server.close()
+
+
+def test_a_recipe_switch_refused_in_the_background_is_journaled_with_who_and_target(tmp_path):
+    port = free_port()
+    good = make_tiny_bundle(tmp_path / "good")
+    bad = make_tiny_bundle(tmp_path / "bad")
+    (bad / "model.onnx").write_bytes((bad / "model.onnx").read_bytes() + b"tampered")  # fails its sha256
+    cfg = line_station(tmp_path, {"modbus": {"host": "127.0.0.1", "port": port}},
+                       recipes=[{"id": 1, "name": "good", "bundle": str(good)},
+                                {"id": 2, "name": "bad", "bundle": str(bad)}])
+    server, _service = start_line(cfg, lambda: gray(20))
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=3)
+    try:
+        assert client.connect()
+        assert not client.write_register(m.RECIPE_SELECT, 2).isError()  # well-formed: refused later
+        assert wait_until(lambda: read(client, m.ERROR_CODE)[0] == ErrorCode.RECIPE_REJECTED)
+        assert read(client, m.ACTIVE_RECIPE)[0] == 1  # the line keeps its recipe
+        events = read_events(server.cfg.journal.path, kind="recipe_refused")
+        assert [(e["who"], e["to"], e["error"]) for e in events] == [("modbus", 2, "RECIPE_REJECTED")]
     finally:
         client.close()
         server.close()
