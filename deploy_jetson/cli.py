@@ -46,12 +46,14 @@ def register(sub) -> None:
     p.add_argument("--parallel", type=int, default=4, help="devices flashed at once (default: 4)")
     p.add_argument("--force", action="store_true", help="flash even where this bundle is already current")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    _engine_options(p)
     p.set_defaults(handler=handler(f"{_CMD}:flash_main"))
 
     p = sub.add_parser("rollback", help="return devices to their previous bundle")
     p.add_argument("targets", nargs="+", metavar="TARGET")
     p.add_argument("--parallel", type=int, default=4)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    _engine_options(p)
     p.set_defaults(handler=handler(f"{_CMD}:rollback_main"))
 
     p = sub.add_parser("status", help="what version devices run, their health and last verdict time")
@@ -61,6 +63,17 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
     p.set_defaults(handler=handler(f"{_CMD}:status_main"))
     register_engine(sub)
+
+
+def _engine_options(p) -> None:
+    p.add_argument("--engine", choices=["ssh", "ansible"], default="ssh",
+                   help="ssh (default): lineside's own parallel SSH loop; ansible: the lineside role through "
+                   "ansible-runner, a canary roll-out (docs/fleet.md); TARGET may then be an Ansible inventory")
+    p.add_argument("--serial", default="1,10%,100%",
+                   help="--engine ansible: the roll-out's batches, counts or percentages (default: 1,10%%,100%%)")
+    p.add_argument("--max-fail-percentage", type=float, default=0,
+                   help="--engine ansible: stop when more than this share of a batch fails (default: 0)")
+    p.add_argument("--check", action="store_true", help="--engine ansible: check mode, change nothing")
 
 
 def batch_range(text: str) -> tuple[int, int, int]:

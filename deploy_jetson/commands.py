@@ -52,12 +52,14 @@ def verify_main(args) -> int:
 
 
 def flash_main(args) -> int:
-    targets = resolve_targets(args.targets, parse_overrides(args.set))
     if not Path(args.bundle).is_file():
         raise LinesideError(f"{args.bundle} is not a bundle tar: flash takes the signed tar that "
                             "`lineside bundle DIR --station CONFIG --key KEY --out BUNDLE.tar` writes")
     info = inspect_bundle(args.bundle)
     bundle = BundleInfo(Path(args.bundle), sha256_file(args.bundle), info["id"], info["version"], info["station"])
+    if getattr(args, "engine", "ssh") == "ansible":
+        return _flash_with_ansible(args, bundle)
+    targets = resolve_targets(args.targets, parse_overrides(args.set))
     print(f"flashing {bundle.label} (station {bundle.station}) to {len(targets)} device(s)")
     outcomes = run_fleet(targets, lambda t, sh, pr: flash(t, sh, bundle, args.force, pr), args.parallel)
     print()
@@ -65,7 +67,46 @@ def flash_main(args) -> int:
     return 0 if all(o.ok for o in outcomes) else 1
 
 
+def _flash_with_ansible(args, bundle: BundleInfo) -> int:
+    from .ansible_engine import run_playbook
+
+    with tempfile.TemporaryDirectory(prefix="lineside-chunks-") as chunks:
+        print(f"flashing {bundle.label} (station {bundle.station}) through Ansible, canary roll-out "
+              f"(serial {args.serial}, max_fail_percentage {args.max_fail_percentage:g})")
+        extravars = {"lineside_bundle": str(Path(args.bundle).resolve()), "lineside_chunks_dir": chunks,
+                     "lineside_force": bool(args.force),
+                     "lineside_bundle_info": {"id": bundle.id, "sha256": bundle.sha256, "version": bundle.version,
+                                              "station": bundle.station}}
+        outcomes = run_playbook("flash", args.targets, extravars, parse_overrides(args.set), args.parallel,
+                                args.max_fail_percentage, _serial(args.serial), args.check)
+    print()
+    print(format_table(outcomes))
+    return 0 if all(o.ok or o.result == "check" for o in outcomes) else 1
+
+
+def _serial(text: str) -> list:
+    """'1,10%,100%' → [1, '10%', '100%'] (Ansible's serial batches)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.endswith("%") and part[:-1].isdigit():
+            out.append(part)
+        elif part.isdigit() and int(part) > 0:
+            out.append(int(part))
+        else:
+            raise LinesideError(f"--serial {text!r}: write batch sizes as counts or percentages, e.g. 1,10%,100%")
+    return out
+
+
 def rollback_main(args) -> int:
+    if getattr(args, "engine", "ssh") == "ansible":
+        from .ansible_engine import run_playbook
+
+        outcomes = run_playbook("rollback", args.targets, {}, parse_overrides(args.set), args.parallel,
+                                args.max_fail_percentage, _serial(args.serial), args.check)
+        print()
+        print(format_table(outcomes))
+        return 0 if all(o.ok or o.result == "check" for o in outcomes) else 1
     targets = resolve_targets(args.targets, parse_overrides(args.set))
     outcomes = run_fleet(targets, rollback, args.parallel)
     print()

@@ -107,6 +107,28 @@ def upload_commit(root: Path, name: str, sha256: str) -> dict:
     return {"path": str(done), "sha256": actual}
 
 
+def upload_join(root: Path, name: str, sha256: str) -> dict:
+    """Join the chunks an Ansible copy left in incoming/NAME.chunks/ (in name order), then check as upload-commit.
+
+    Ansible's copy module skips a chunk whose checksum already matches, so a copy cut off
+    midway resumes at the first missing chunk on the next run.
+    """
+    incoming = root / "incoming"
+    chunks = incoming / f"{name}.chunks"
+    if not (incoming / name).is_file():
+        parts = sorted(chunks.glob("chunk.*")) if chunks.is_dir() else []
+        if not parts:
+            raise LinesideError(f"{chunks} holds no chunks: the copy did not arrive; run the roll-out again")
+        tmp = incoming / f"{name}.part"
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+    result = upload_commit(root, name, sha256)
+    shutil.rmtree(chunks, ignore_errors=True)  # the joined tar passed its sha256 check
+    return result
+
+
 def _sha256(path: Path) -> str:
     # edge_infer.bundle.sha256_file does the same, but importing it pulls in OpenCV and pydantic.
     h = hashlib.sha256()
@@ -274,6 +296,7 @@ def main(argv=None) -> int:
     for name in ("state", "rollback", "last-verdict"):
         sub.add_parser(name).add_argument("root", type=Path)
     for name, extra in (("upload-state", ["name"]), ("upload-commit", ["name", "sha256"]),
+                        ("upload-join", ["name", "sha256"]),
                         ("install", ["tar"]), ("switch", ["id"]), ("remove", ["id"]),
                         ("restore", ["current", "previous"])):
         s = sub.add_parser(name)
@@ -331,6 +354,8 @@ def _dispatch(args) -> dict:
         return upload_state(root, args.name)
     if cmd == "upload-commit":
         return upload_commit(root, args.name, args.sha256)
+    if cmd == "upload-join":
+        return upload_join(root, args.name, args.sha256)
     if cmd == "install":
         return install(root, args.tar, args.smoke)
     if cmd == "switch":

@@ -45,9 +45,8 @@ def device_root(tmp_path, keys):
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-@pytest.fixture(scope="session")
-def sshd(tmp_path_factory):
-    """Start sshd on a loopback port with throw-away keys; yield (url, ssh options, identity)."""
+def start_sshd(d: Path):
+    """Start sshd on a loopback port with throw-away keys in folder d; return (process, url/options/identity)."""
     if not Path(SSHD).is_file():
         pytest.skip("no OpenSSH server here (/usr/sbin/sshd): apt-get install -y openssh-server")
     if not shutil.which("ssh"):
@@ -57,7 +56,6 @@ def sshd(tmp_path_factory):
             os.makedirs("/run/sshd", mode=0o755)
         except OSError as exc:
             pytest.skip(f"sshd needs /run/sshd and it cannot be made: {exc}")
-    d = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
     shutil.copy(d / "client_key.pub", d / "authorized_keys")
@@ -83,8 +81,27 @@ def sshd(tmp_path_factory):
     else:
         proc.terminate()
         pytest.skip(f"sshd on port {port} accepted no login: {(d / 'sshd.log').read_text()[-500:]}")
-    yield {"url": f"ssh://{user}@127.0.0.1:{port}", "ssh_options": options, "identity": str(d / "client_key")}
+    return proc, {"url": f"ssh://{user}@127.0.0.1:{port}", "ssh_options": options, "identity": str(d / "client_key")}
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1; yield its url, ssh options and identity."""
+    proc, info = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield info
     proc.terminate()
     proc.wait(timeout=10)
 
 
+@pytest.fixture
+def sshd_fleet(tmp_path_factory):
+    """Three real OpenSSH servers on loopback ports: three devices for a fleet roll-out."""
+    started = []
+    try:
+        for i in range(3):
+            started.append(start_sshd(tmp_path_factory.mktemp(f"sshd{i}")))
+        yield [info for _, info in started]
+    finally:
+        for proc, _ in started:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -1,0 +1,98 @@
+"""`lineside flash --engine ansible`: the lineside role through ansible-runner, to three devices
+behind three real OpenSSH servers on loopback ports (the `sshd_fleet` fixture).
+
+The canary roll-out (serial 1, 10%, 100%; max_fail_percentage 0) flashes v1 everywhere, then
+v2 while the second device's environment breaks its engine build: a TensorRT whose Python
+package imports but is unusable, so `trt_check` passes and the real `lineside build-engine`
+fails there. The play stops after that batch: the first device runs v2, healthy; the failed
+one is back on v1 and healthy; the third was never touched.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from deploy_jetson.device import state, wait_healthy
+from tests.deploy.deploy_helpers import REPO, STATION, device_settings, free_port, lineside, stop_service, write_inventory
+
+pytest.importorskip("ansible_runner", reason="pip install ansible-runner ansible-core (the `fleet` extra)")
+
+
+def _fleet(tmp_path, servers, broken_trt_on: str | None = None):
+    broken = tmp_path / "broken-tensorrt"
+    (broken / "tensorrt").mkdir(parents=True, exist_ok=True)
+    # A TensorRT whose Python package is there but whose libraries are not: it imports, nothing works.
+    (broken / "tensorrt" / "__init__.py").write_text("__version__ = '10.0-broken'\n")
+    devices, roots = [], {}
+    for i, server in enumerate(servers, 1):
+        name = f"jetson-{i}"
+        root, control = tmp_path / name, f"tcp://127.0.0.1:{free_port()}"
+        pythonpath = f"{broken}:{REPO}" if name == broken_trt_on else str(REPO)
+        settings = device_settings(root, control, python=f"env PYTHONPATH={pythonpath} {sys.executable}")
+        devices.append({"name": name, "target": server["url"], "station": STATION, "identity": server["identity"],
+                        "ssh_options": server["ssh_options"], **settings})
+        roots[name] = (root, control)
+    return devices, roots
+
+
+@pytest.mark.slow
+def test_canary_rollout_through_ansible_stops_at_a_failed_build_and_rolls_that_device_back(
+        sshd_fleet, tmp_path, keys, tars):
+    devices, roots = _fleet(tmp_path, sshd_fleet, broken_trt_on="jetson-2")
+    good = write_inventory(tmp_path / "fleet.toml", [{**d, "python": f"env PYTHONPATH={REPO} {sys.executable}"}
+                                                     for d in devices], {})
+    v2_fleet = write_inventory(tmp_path / "fleet-v2.toml", devices, {})
+    try:
+        r = lineside("provision", good, "--trust", keys[1])
+        assert r.returncode == 0, r.stdout + r.stderr
+
+        start = time.monotonic()
+        r = lineside("flash", "--engine", "ansible", good, tars["v1"], timeout=600)
+        v1_seconds = time.monotonic() - start
+        assert r.returncode == 0, r.stdout + r.stderr
+        for name, (root, control) in roots.items():
+            assert state(root)["current"]["version"] == "v1", name
+            assert wait_healthy(control, 10, STATION)["bundle"]["version"] == "v1", name
+        assert "copy the chunks" in r.stdout and "TensorRT is not installed" in r.stdout
+        print(f"3-device Ansible roll-out of v1: {v1_seconds:.1f} s wall")
+
+        again = lineside("flash", "--engine", "ansible", good, tars["v1"], timeout=600)
+        assert again.returncode == 0 and again.stdout.count(" unchanged ") == 3, again.stdout  # idempotent
+
+        r = lineside("flash", "--engine", "ansible", v2_fleet, tars["v2"], timeout=600)
+        assert r.returncode == 1, r.stdout + r.stderr
+        rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("jetson-")}
+        assert "v1@" in rows["jetson-1"] and " ok " in rows["jetson-1"]
+        assert " failed " in rows["jetson-2"], rows
+        assert " skipped " in rows["jetson-3"], rows
+        assert "build the TensorRT engine failed" in r.stdout and "still running" in r.stdout
+        assert "the roll-out stopped before this device" in r.stdout
+
+        (root1, control1), (root2, control2), (root3, control3) = roots.values()
+        assert state(root1)["current"]["version"] == "v2"
+        assert wait_healthy(control1, 10, STATION)["bundle"]["version"] == "v2"
+        st2 = state(root2)
+        assert st2["current"]["version"] == "v1" and len(st2["bundles"]) == 1  # the failed v2 was removed
+        assert wait_healthy(control2, 10, STATION)["bundle"]["version"] == "v1"
+        assert state(root3)["current"]["version"] == "v1" and not list((root3 / "incoming").iterdir())
+        assert wait_healthy(control3, 10, STATION)["bundle"]["version"] == "v1"
+    finally:
+        for root, _ in roots.values():
+            stop_service(root)
+
+
+def test_check_mode_changes_nothing(tmp_path, keys, tars):
+    from tests.deploy.deploy_helpers import provision
+
+    root, control = provision(tmp_path / "device", keys[1]), f"tcp://127.0.0.1:{free_port()}"
+    settings = {k: v for k, v in device_settings(root, control).items() if k != "root"}
+    fleet = write_inventory(tmp_path / "fleet.toml", [{"name": "local-1", "target": f"local:{root}",
+                                                       "station": STATION, **settings}], {})
+    r = lineside("flash", "--engine", "ansible", "--check", fleet, tars["v1"], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " check " in r.stdout and "would copy, install, build and switch" in r.stdout
+    st = state(root)
+    assert st["current"] is None and st["bundles"] == [] and not list((root / "incoming").iterdir())
