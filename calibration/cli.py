@@ -53,7 +53,7 @@ def register(sub) -> None:
                    "when none is given); threshold keys it pins over the bundle's are rewritten to the new values")
     p.add_argument("--dry-run", action="store_true", help="write the report but leave the bundle unchanged")
     p.add_argument("--from-journal", metavar="JOURNAL",
-                   help="recalibrate from the line's verdict journal (SQLite) instead of image folders")
+                   help="recalibrate from the line's verdict journal (SQLite file, or the plant's verdict store postgresql://…) instead of image folders")
     p.add_argument("--since", default="7d", help="--from-journal: how far back, e.g. 7d, 12h (default: 7d)")
     p.add_argument("--confirmed-only", action="store_true",
                    help="--from-journal: use only verdicts an operator reviewed")

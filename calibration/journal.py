@@ -22,7 +22,7 @@ import numpy as np
 from edge_infer.errors import LinesideError
 from edge_infer.journal import iter_verdicts, parse_duration
 
-__all__ = ["JournalScores", "parse_duration", "read_journal"]
+__all__ = ["JournalScores", "parse_duration", "read_journal", "tally"]
 
 
 @dataclass
@@ -40,18 +40,36 @@ def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_on
     """Good and defect scores of a station's verdicts over the last ``since``.
 
     Streams the rows (``iter_verdicts``): memory holds the scores, never the rows, so a journal
-    of weeks at 30 fps is read in a few tens of MB.
+    of weeks at 30 fps is read in a few tens of MB. ``path`` may also be the plant's verdict
+    store, postgresql://… (calibration/journal_store.py).
     """
+    if str(path).startswith(("postgresql://", "postgres://")):
+        from .journal_store import read_store
+
+        return read_store(str(path), station, since, confirmed_only, now)
     path = Path(path)
     if not path.is_file():
         raise LinesideError(f"journal {path} does not exist: give the station's journal file (serve writes it)")
     start = (time.time() if now is None else now) - parse_duration(since)
-    good, defects, unreviewed, rows, thresholds = array("d"), array("d"), 0, 0, set()
-    for row in iter_verdicts(path, station=station, since=start, reviewed=True if confirmed_only else None):
+    scores = tally(iter_verdicts(path, station=station, since=start, reviewed=True if confirmed_only else None), start)
+    if not scores.rows:
+        stations = sorted({str(r["station"]) for r in iter_verdicts(path, since=start)})
+        hint = f"it has stations: {', '.join(stations)}" if stations else "it holds no verdicts in that time"
+        reviewed = "reviewed " if confirmed_only else ""
+        raise LinesideError(f"journal {path} has no {reviewed}scored verdicts for station {station!r} in the last "
+                            f"{since} ({hint}): check --station or widen --since"
+                            + (", or review verdicts first (`lineside review`)" if confirmed_only else ""))
+    return scores
+
+
+def tally(rows, start: float) -> JournalScores:
+    """Sort verdict rows (status, score, confirmed, threshold), streamed, into good and defect scores."""
+    good, defects, unreviewed, n, thresholds = array("d"), array("d"), 0, 0, set()
+    for row in rows:
         status, score, confirmed = row["status"], row["score"], row["confirmed"]
         if score is None:
             continue
-        rows += 1
+        n += 1
         if row["threshold"] is not None:
             thresholds.add(float(row["threshold"]))
         if status == "OK":
@@ -62,12 +80,5 @@ def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_on
             defects.append(score)
         elif status == "NG":
             unreviewed += 1
-    if not rows:
-        stations = sorted({str(r["station"]) for r in iter_verdicts(path, since=start)})
-        hint = f"it has stations: {', '.join(stations)}" if stations else "it holds no verdicts in that time"
-        reviewed = "reviewed " if confirmed_only else ""
-        raise LinesideError(f"journal {path} has no {reviewed}scored verdicts for station {station!r} in the last "
-                            f"{since} ({hint}): check --station or widen --since"
-                            + (", or review verdicts first (`lineside review`)" if confirmed_only else ""))
     return JournalScores(np.frombuffer(good, dtype=np.float64).copy(), np.frombuffer(defects, dtype=np.float64).copy(),
-                         unreviewed, start, rows, sorted(thresholds))
+                         unreviewed, start, n, sorted(thresholds))

@@ -63,6 +63,25 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
     p.set_defaults(handler=handler(f"{_CMD}:status_main"))
     register_engine(sub)
+    register_sync(sub)
+
+
+def register_sync(sub) -> None:
+    p = sub.add_parser("sync", help="ship this device's journal (verdicts, reviews, audit log) to the plant's "
+                       "PostgreSQL verdict store",
+                       description="Send the journal's rows past the last sync to PostgreSQL in batches (COPY, "
+                       "ON CONFLICT DO NOTHING); the journal's cursor moves only after each batch is committed, so "
+                       "an interrupted sync resumes without loss or duplicates. Creates or migrates the store's "
+                       "schema. The password comes from PGPASSWORD or ~/.pgpass, never the URL in a file that "
+                       "travels.")
+    p.add_argument("--to", required=True, metavar="postgresql://USER@HOST[:PORT]/DB", help="the verdict store")
+    p.add_argument("--journal", required=True, metavar="PATH|station.yaml",
+                   help="the journal file, or the station config that names it")
+    p.add_argument("--device", help="this device's name in the store (default: the host name)")
+    p.add_argument("--batch", type=int, default=5000, help="rows per transaction (default: 5000)")
+    p.add_argument("--every", type=float, metavar="SECONDS",
+                   help="keep syncing every SECONDS, riding out store outages (default: once)")
+    p.set_defaults(handler=handler("deploy_jetson.sync:main"))
 
 
 def _engine_options(p) -> None:

@@ -83,7 +83,11 @@ def control_address(bundle_dir: Path) -> str:
 
 def journal_path(bundle_dir: Path) -> Path:
     """The verdict journal of the service running bundle_dir (relative paths are relative to its config)."""
-    path = Path(bundle_dir) / PACKED_NAME
+    return config_journal(Path(bundle_dir) / PACKED_NAME)
+
+
+def config_journal(path: Path) -> Path:
+    """The journal a station config names (default journal.sqlite), relative to the config's folder."""
     data = read_config(path) if path.is_file() else {}
     journal = Path((data.get("journal") or {}).get("path") or "journal.sqlite")
     return journal if journal.is_absolute() else (path.parent.resolve() / journal).resolve()
