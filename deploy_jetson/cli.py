@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--station", required=True, metavar="CONFIG", help="the station's config file (.yaml/.toml)")
     p.add_argument("--key", required=True, help="signing key (NAME.sign.key from `lineside keys NAME --type signing`)")
     p.add_argument("--out", required=True, metavar="BUNDLE.tar", help="the tar to write")
+    p.add_argument("--mender", action="store_true",
+                   help="also write BUNDLE.mender, a Mender Artifact (update module lineside-bundle) holding the tar")
+    p.add_argument("--device-type", action="append", metavar="TYPE",
+                   help="--mender: the Mender device type(s) it installs on, e.g. jetson-orin-nano (repeatable)")
     p.set_defaults(handler=handler(f"{_CMD}:bundle_main"))
 
     p = sub.add_parser("verify", help="check a bundle's hashes and signature and show what it holds")

@@ -18,9 +18,18 @@ from .targets import parse_overrides, resolve_targets
 
 
 def bundle_main(args) -> int:
+    if getattr(args, "mender", False) and not args.device_type:
+        raise LinesideError("--mender needs --device-type, e.g. --device-type jetson-orin-nano")
     packed = pack_bundle(args.source, args.station, args.key, args.out)
     print(f"wrote {packed.path} ({packed.bytes} bytes, sha256 {packed.sha256[:16]}…)")
     print(f"bundle {packed.version}@{packed.id} for station {packed.station}, signed by key {packed.key_id}")
+    if getattr(args, "mender", False):
+        from .mender import write_artifact
+
+        artifact = write_artifact(packed.path, packed.path.with_suffix(".mender"), args.device_type or [],
+                                  packed.version, packed.id)
+        print(f"wrote {artifact}: Mender Artifact, update module lineside-bundle, device type(s) "
+              f"{', '.join(args.device_type)}")
     return 0
 
 
