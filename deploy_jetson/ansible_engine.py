@@ -96,6 +96,11 @@ class Progress:
     def __call__(self, event: dict) -> bool:
         kind, data = event.get("event", ""), event.get("event_data") or {}
         host, task = data.get("host"), data.get("task") or ""
+        if kind == "runner_item_on_ok" and host and data.get("task_action", "").endswith("copy"):
+            res = data.get("res") or {}
+            item = res.get("_ansible_item_label") or res.get("item") or "?"
+            self.say(host, f"copy: {item} {'copied' if res.get('changed') else 'already there, skipped'}")
+            return True
         if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
             return True
         now = time.monotonic()

@@ -96,3 +96,42 @@ def test_check_mode_changes_nothing(tmp_path, keys, tars):
     assert " check " in r.stdout and "would copy, install, build and switch" in r.stdout
     st = state(root)
     assert st["current"] is None and st["bundles"] == [] and not list((root / "incoming").iterdir())
+
+
+def test_an_ansible_inventory_as_is_and_a_cut_off_copy_resumes_at_the_first_missing_chunk(tmp_path, keys, tars):
+    """The state a cut-off copy leaves (whole chunks: Ansible's copy renames each into place) is resumed."""
+    import subprocess
+
+    import yaml
+
+    from edge_infer.bundle import sha256_file
+    from tests.deploy.deploy_helpers import SERVICE, provision
+
+    root, control = provision(tmp_path / "device", keys[1]), f"tcp://127.0.0.1:{free_port()}"
+    python = f"env PYTHONPATH={REPO} {sys.executable}"
+    inventory = tmp_path / "plant.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"press-1-jetson": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+        "lineside_root": str(root), "lineside_python": python, "lineside_station": STATION,
+        "lineside_control": control, "lineside_health_timeout": 20, "lineside_chunk_size": "2k",
+        "lineside_restart": f"{python} {SERVICE} restart --root {root} --control {control}"}}}}))
+    sha = sha256_file(tars["v1"])
+    chunks = root / "incoming" / f"{sha}.tar.chunks"
+    chunks.mkdir(parents=True)
+    subprocess.run(["split", "-b", "2k", "-d", "-a", "5", str(tars["v1"]), str(chunks / "chunk.")], check=True)
+    total = len(list(chunks.iterdir()))
+    assert total >= 4
+    for extra in sorted(chunks.iterdir())[2:]:
+        extra.unlink()  # two chunks arrived before the cut
+    (chunks / "chunk.00002").write_bytes(b"half a chunk")  # and a third that is not what the controller has
+    try:
+        r = lineside("flash", "--engine", "ansible", inventory, tars["v1"], timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "copy: chunk.00000 already there, skipped" in r.stdout and "chunk.00001 already there" in r.stdout
+        assert "copy: chunk.00002 copied" in r.stdout
+        assert r.stdout.count(" copied") == total - 2
+        assert state(root)["current"]["version"] == "v1" and not chunks.exists()
+        assert wait_healthy(control, 10, STATION)["bundle"]["version"] == "v1"
+        assert "press-1-jetson  - → v1@" in r.stdout
+    finally:
+        stop_service(root)

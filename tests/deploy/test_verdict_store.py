@@ -150,3 +150,17 @@ def test_sync_two_devices_cut_midway_resume_exactly_once_and_calibrate_from_the_
     with pytest.raises(LinesideError, match="no scored verdicts for station 'press-9'.*press-1, press-2"):
         read_journal(url, "press-9", "7d")
 
+    # the quality engineer's queries in docs/fleet.md run on this store and see its rows
+    import re
+
+    from tests.deploy.deploy_helpers import REPO
+
+    queries = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "fleet.md").read_text(), re.S)
+    assert len(queries) >= 4
+    results = [store_rows(url, q) for q in queries]
+    assert all(results), "every query in docs/fleet.md returns rows"
+    overturns = results[2]
+    want = journal_rows(a, "SELECT count(*) FROM verdicts WHERE confirmed = 0")[0][0] + \
+        journal_rows(b, "SELECT count(*) FROM verdicts WHERE confirmed = 0")[0][0]
+    assert len({(r[0], r[1], r[2]) for r in overturns}) == want
+
