@@ -22,7 +22,9 @@ def read_store(url: str, station: str, since: str = "7d", confirmed_only: bool =
     from deploy_jetson.verdict_store import connect, describe
 
     start = (time.time() if now is None else now) - parse_duration(since)
-    conn = connect(url)
+    conn = connect(url)  # says what to install or fix when it cannot
+    import psycopg
+
     try:
         with conn.transaction(), conn.cursor(name="lineside_calibrate") as cur:
             cur.itersize = FETCH
@@ -41,7 +43,7 @@ def read_store(url: str, station: str, since: str = "7d", confirmed_only: bool =
         return scores
     except LinesideError:
         raise
-    except Exception as exc:  # psycopg's errors: a store without the schema, a lost connection
+    except psycopg.Error as exc:  # a store without the schema, a lost connection
         raise LinesideError(f"cannot read the verdict store {describe(url)}: {str(exc).strip()}; run "
                             "`lineside sync --to URL` from a device first, which creates the schema") from None
     finally:

@@ -59,11 +59,12 @@ def is_store_url(text) -> bool:
 
 def describe(url: str) -> str:
     """host:port/db of a connection URL, without user or password: for messages and cursor names."""
+    from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         info = conninfo_to_dict(url)
-    except Exception as exc:  # psycopg raises ProgrammingError for a malformed URL
+    except ProgrammingError as exc:  # a malformed URL
         raise LinesideError(f"cannot read the PostgreSQL URL: {exc}; write postgresql://USER@HOST[:PORT]/DB "
                             "(the password in PGPASSWORD or ~/.pgpass, not in the URL)") from None
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or info.get('user') or ''}"

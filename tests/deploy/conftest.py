@@ -105,3 +105,25 @@ def sshd_fleet(tmp_path_factory):
         for proc, _ in started:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL on a free loopback port (initdb in a temporary folder), stopped afterwards."""
+    import psycopg
+
+    from tests.deploy.postgres_server import Postgres
+
+    pg = Postgres()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(pg.url, connect_timeout=5).close()
+            break
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                pg.stop()
+                raise
+            time.sleep(0.2)
+    yield pg
+    pg.stop()

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,7 @@ class Postgres:
     def _run(self, argv):
         if self.user is not None:
             argv = ["runuser", "-u", self.user.pw_name, "--", *argv]
-        r = subprocess.run(argv, capture_output=True, text=True, cwd=self.dir, timeout=120)
+        r = subprocess.run(argv, capture_output=True, text=True, cwd=self.dir, timeout=120, check=False)
         if r.returncode != 0:
             log = (self.dir / "log").read_text()[-800:] if (self.dir / "log").is_file() else ""
             pytest.skip(f"PostgreSQL would not start ({' '.join(argv[-3:])}): {r.stderr[-800:]} {log}")
@@ -63,7 +62,7 @@ class Postgres:
     def stop(self):
         subprocess.run((["runuser", "-u", self.user.pw_name, "--"] if self.user else [])
                        + [self.pg_ctl, "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
+                       capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -117,21 +116,3 @@ class CuttableProxy:
     def close(self):
         self.cut()
         self.listener.close()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = Postgres()
-    deadline = time.monotonic() + 30
-    import psycopg
-
-    while True:
-        try:
-            psycopg.connect(pg.url, connect_timeout=5).close()
-            break
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    yield pg
-    pg.stop()

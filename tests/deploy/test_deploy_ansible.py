@@ -16,7 +16,15 @@ import time
 import pytest
 
 from deploy_jetson.device import state, wait_healthy
-from tests.deploy.deploy_helpers import REPO, STATION, device_settings, free_port, lineside, stop_service, write_inventory
+from tests.deploy.deploy_helpers import (
+    REPO,
+    STATION,
+    device_settings,
+    free_port,
+    lineside,
+    stop_service,
+    write_inventory,
+)
 
 pytest.importorskip("ansible_runner", reason="pip install ansible-runner ansible-core (the `fleet` extra)")
 

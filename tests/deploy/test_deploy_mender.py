@@ -14,11 +14,18 @@ import subprocess
 import tarfile
 
 import pytest
+from tiny_bundle import make_tiny_bundle
 
 from deploy_jetson.device import state, wait_healthy
-from tests.deploy.deploy_helpers import (REPO, STATION, SSH_PYTHON, device_settings, free_port, lineside,
-                                         stop_service)
-from tiny_bundle import make_tiny_bundle
+from tests.deploy.deploy_helpers import (
+    REPO,
+    SSH_PYTHON,
+    STATION,
+    device_settings,
+    free_port,
+    lineside,
+    stop_service,
+)
 
 MODULE = REPO / "deploy_jetson" / "assets" / "mender" / "lineside-bundle"
 
@@ -65,16 +72,17 @@ def file_tree(artifact, tmp_path, name):
 
 
 def run_state(state_name, tree, env):
-    return subprocess.run([str(MODULE), state_name, str(tree)], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([str(MODULE), state_name, str(tree)], capture_output=True, text=True, env=env, timeout=300, check=False)
 
 
 def test_mender_artifact_validates_and_the_update_module_installs_commits_and_rolls_back(tmp_path, keys):
     from tests.deploy.deploy_helpers import provision
 
     v2 = mender_bundle(tmp_path, keys[0], "v2")
-    r = subprocess.run(["mender-artifact", "validate", str(v2)], capture_output=True, text=True)
+    r = subprocess.run(["mender-artifact", "validate", str(v2)], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
-    read = subprocess.run(["mender-artifact", "read", str(v2)], capture_output=True, text=True).stdout
+    read = subprocess.run(["mender-artifact", "read", str(v2)], capture_output=True, text=True,
+                          check=True).stdout
     assert "lineside-bundle" in read and "jetson-orin-nano" in read and "v2.tar" in read
 
     root, control = provision(tmp_path / "device", keys[1]), f"tcp://127.0.0.1:{free_port()}"

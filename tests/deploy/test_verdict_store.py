@@ -18,7 +18,7 @@ import pytest
 from edge_infer.errors import LinesideError
 from edge_infer.journal import Journal, review
 from tests.deploy.deploy_helpers import lineside
-from tests.deploy.postgres_server import CuttableProxy, postgres  # noqa: F401 (fixture)
+from tests.deploy.postgres_server import CuttableProxy
 
 psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the `fleet` extra)")
 
@@ -155,7 +155,7 @@ def test_sync_two_devices_cut_midway_resume_exactly_once_and_calibrate_from_the_
 
     from tests.deploy.deploy_helpers import REPO
 
-    queries = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "fleet.md").read_text(), re.S)
+    queries = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "fleet.md").read_text(), re.DOTALL)
     assert len(queries) >= 4
     results = [store_rows(url, q) for q in queries]
     assert all(results), "every query in docs/fleet.md returns rows"
