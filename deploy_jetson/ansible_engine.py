@@ -136,7 +136,7 @@ class Progress:
 
 def run_playbook(action: str, targets_text: list[str], extravars: dict, overrides: dict | None = None,
                  parallel: int = 4, max_fail_percentage: float = 0, serial: list | None = None,
-                 check: bool = False) -> list[Outcome]:
+                 check: bool = False, stream=None) -> list[Outcome]:
     """Run deploy_jetson/ansible/ACTION.yml on the targets; one Outcome per host, in inventory order."""
     try:
         import ansible_runner
@@ -153,7 +153,7 @@ def run_playbook(action: str, targets_text: list[str], extravars: dict, override
     extravars = {**extravars, "lineside_max_fail_percentage": max_fail_percentage}
     if serial is not None:
         extravars["lineside_serial"] = serial
-    progress = Progress(hosts)
+    progress = Progress(hosts, stream)
     bin_dir = str(Path(sys.executable).parent)  # ansible-playbook beside this interpreter (a venv)
     with tempfile.TemporaryDirectory(prefix="lineside-ansible-") as private:
         import os

@@ -39,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("--station", help="the station this device serves (default: the inventory's `station`)")
     p.add_argument("--trust", action="append", metavar="KEY.pub", help="public signing key to trust (repeatable)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    _engine_choice(p)
     p.set_defaults(handler=handler(f"{_CMD}:provision_main"))
 
     p = sub.add_parser("flash", help="put a signed bundle live on devices, rolling back on any failure",
@@ -65,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each health answer")
     p.add_argument("--json", action="store_true", help="one JSON object per device")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=_SET_HELP)
+    _engine_choice(p)
     p.set_defaults(handler=handler(f"{_CMD}:status_main"))
     register_engine(sub)
     register_sync(sub)
@@ -88,10 +90,15 @@ def register_sync(sub) -> None:
     p.set_defaults(handler=handler("deploy_jetson.sync:main"))
 
 
-def _engine_options(p) -> None:
+def _engine_choice(p) -> None:
     p.add_argument("--engine", choices=["ssh", "ansible"], default="ssh",
                    help="ssh (default): lineside's own parallel SSH loop; ansible: the lineside role through "
-                   "ansible-runner, a canary roll-out (docs/fleet.md); TARGET may then be an Ansible inventory")
+                   "ansible-runner (docs/fleet.md); TARGET may then be an Ansible inventory")
+
+
+def _engine_options(p) -> None:
+    """--engine and the canary roll-out's options (flash, rollback)."""
+    _engine_choice(p)
     p.add_argument("--serial", default="1,10%,100%",
                    help="--engine ansible: the roll-out's batches, counts or percentages (default: 1,10%%,100%%)")
     p.add_argument("--max-fail-percentage", type=float, default=0,

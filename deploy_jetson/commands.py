@@ -124,6 +124,16 @@ def rollback_main(args) -> int:
 
 
 def provision_main(args) -> int:
+    if getattr(args, "engine", "ssh") == "ansible":
+        from .ansible_engine import run_playbook
+
+        extravars = {"lineside_trust": [str(Path(k).resolve()) for k in _existing(args.trust or [])]}
+        if args.station:
+            extravars["lineside_station"] = args.station
+        outcomes = run_playbook("provision", args.targets, extravars, parse_overrides(args.set))
+        print()
+        print(format_table(outcomes))
+        return 0 if all(o.ok for o in outcomes) else 1
     targets = resolve_targets(args.targets, parse_overrides(args.set))
     keys = [(Path(k).name.split(".")[0], Path(k).read_bytes()) for k in _existing(args.trust or [])]
 
@@ -153,6 +163,16 @@ def _existing(paths: list[str]) -> list[str]:
 
 
 def status_main(args) -> int:
+    if getattr(args, "engine", "ssh") == "ansible":
+        from .ansible_engine import run_playbook
+
+        outcomes = run_playbook("status", args.targets, {"lineside_status_timeout": args.timeout},
+                                parse_overrides(args.set), stream=sys.stderr)
+        for o in outcomes:
+            print(json.dumps({"device": o.device, "current": o.old, "previous": o.new, "result": o.result,
+                              "message": o.message}) if args.json else
+                  f"{o.device}: running {o.old} (previous {o.new}), {o.message or o.result}")
+        return 0 if all(o.ok for o in outcomes) else 1
     targets = resolve_targets(args.targets, parse_overrides(args.set))
     reports = {}
 

@@ -106,16 +106,16 @@ def test_check_mode_changes_nothing(tmp_path, keys, tars):
     assert st["current"] is None and st["bundles"] == [] and not list((root / "incoming").iterdir())
 
 
-def test_an_ansible_inventory_as_is_and_a_cut_off_copy_resumes_at_the_first_missing_chunk(tmp_path, keys, tars):
+def test_an_ansible_inventory_provision_flash_status_and_a_cut_off_copy_resumes(tmp_path, keys, tars):
     """The state a cut-off copy leaves (whole chunks: Ansible's copy renames each into place) is resumed."""
     import subprocess
 
     import yaml
 
     from edge_infer.bundle import sha256_file
-    from tests.deploy.deploy_helpers import SERVICE, provision
+    from tests.deploy.deploy_helpers import SERVICE
 
-    root, control = provision(tmp_path / "device", keys[1]), f"tcp://127.0.0.1:{free_port()}"
+    root, control = tmp_path / "device", f"tcp://127.0.0.1:{free_port()}"
     python = f"env PYTHONPATH={REPO} {sys.executable}"
     inventory = tmp_path / "plant.yml"
     inventory.write_text(yaml.safe_dump({"all": {"hosts": {"press-1-jetson": {
@@ -123,6 +123,10 @@ def test_an_ansible_inventory_as_is_and_a_cut_off_copy_resumes_at_the_first_miss
         "lineside_root": str(root), "lineside_python": python, "lineside_station": STATION,
         "lineside_control": control, "lineside_health_timeout": 20, "lineside_chunk_size": "2k",
         "lineside_restart": f"{python} {SERVICE} restart --root {root} --control {control}"}}}}))
+    r = lineside("provision", "--engine", "ansible", inventory, "--trust", keys[1], timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"station {STATION}, keys test" in r.stdout
+    assert (root / "station").read_text().strip() == STATION and (root / "trusted-keys" / "test.pub").is_file()
     sha = sha256_file(tars["v1"])
     chunks = root / "incoming" / f"{sha}.tar.chunks"
     chunks.mkdir(parents=True)
@@ -141,5 +145,9 @@ def test_an_ansible_inventory_as_is_and_a_cut_off_copy_resumes_at_the_first_miss
         assert state(root)["current"]["version"] == "v1" and not chunks.exists()
         assert wait_healthy(control, 10, STATION)["bundle"]["version"] == "v1"
         assert "press-1-jetson  - → v1@" in r.stdout
+
+        r = lineside("status", "--engine", "ansible", inventory, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "press-1-jetson: running v1@" in r.stdout and "(previous -), healthy" in r.stdout
     finally:
         stop_service(root)
