@@ -124,12 +124,53 @@ def register_runtime(sub) -> None:
         q.add_argument("--json", action="store_true", help="print the reviewed verdicts as JSON")
     p.set_defaults(handler=handler("edge_infer.review_cmd:main"))
 
-    p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; --type signing for bundles)",
+    p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; signing for bundles; "
+                       "tls for the operator page and OPC UA)",
                        description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME. "
-                       "--type signing: NAME.sign.key (Ed25519, keep it on the host that packs bundles) and "
-                       "NAME.sign.pub (give it to devices: `lineside provision TARGET --trust NAME.sign.pub`).")
-    p.add_argument("names", nargs="+", help="key names, e.g. server cam0 operator")
-    p.add_argument("--type", default="curve", help="key type: curve or signing (default: curve)")
+                       "signing: NAME.sign.key (Ed25519, keep it on the host that packs bundles) and "
+                       "NAME.sign.pub (give it to devices: `lineside provision TARGET --trust NAME.sign.pub`). "
+                       "tls: NAME.crt (self-signed, for commissioning) and NAME.pem (its key, mode 0600); "
+                       "`lineside keys tls --out DIR` makes operator-page.crt/.pem.")
+    p.add_argument("names", nargs="+", metavar="[TYPE] NAME", help="key names, e.g. server cam0 operator; a first "
+                   "word curve, signing or tls picks the type")
+    p.add_argument("--type", default=None, help="key type: curve, signing or tls (default: curve)")
     p.add_argument("--out", default="keys", help="folder to write into (default: ./keys)")
     p.add_argument("--force", action="store_true", help="replace existing keys of the same name")
+    p.add_argument("--host", action="append", help="tls: a DNS name or IP address the certificate is for "
+                   "(repeat; default: this host's name, localhost, 127.0.0.1)")
+    p.add_argument("--uri", help="tls: an OPC UA application URI (e.g. urn:lineside:weld-3): RSA key and "
+                   "the key usages OPC UA checks")
     p.set_defaults(handler=handler("edge_infer.keys_cmd:main"))
+
+    p = sub.add_parser("users", help="people and machines that may change the station, with roles",
+                       description="Manage the station's users file (security.users; mode 0600): operator (review, "
+                       "acknowledge, trigger), engineer (+ recipe, thresholds, reload), admin (+ users, keys). "
+                       "Passwords are read from a prompt, or from stdin when it is not a terminal; never from "
+                       "the command line.")
+    users = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, helptext in (("add", "add a user (password prompt) or, with --token, a machine (prints its token "
+                            "once)"), ("passwd", "set a new password (or a new token for a machine)"),
+                           ("remove", "remove a user or machine: its sessions end at once"),
+                           ("list", "names and roles")):
+        u = users.add_parser(name, help=helptext)
+        u.add_argument("config", metavar="USERS|station.yaml", help="the users file, or the station config "
+                       "that names it (security.users)")
+        if name != "list":
+            u.add_argument("name", help="user or machine name")
+        if name == "add":
+            u.add_argument("--role", required=True, choices=["operator", "engineer", "admin"])
+            u.add_argument("--token", action="store_true", help="a machine: make a random token instead of a "
+                           "password (hashed at rest; shown once)")
+        u.set_defaults(handler=handler("edge_infer.users_cmd:main"))
+
+    p = sub.add_parser("audit", help="who changed what on a station: the journal's audit log",
+                       description="Print the station's journaled changes (recipe, thresholds, reload, review, "
+                       "acknowledge, trigger, logins and refusals), oldest first, with who made them.")
+    p.add_argument("journal", metavar="JOURNAL|station.yaml", help="the journal (journal.sqlite) or the station "
+                   "config that names it")
+    p.add_argument("--since", help="only events at or after this time: ISO 8601 (2026-12-01T08:00) or a "
+                   "duration back from now (90m, 8h, 2d)")
+    p.add_argument("--kind", help="only this kind of event (recipe, page_trigger, alarm_ack, review, ...)")
+    p.add_argument("--who", help="only this user's events (alice matches alice@page and alice@opcua)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.set_defaults(handler=handler("edge_infer.audit_cmd:main"))

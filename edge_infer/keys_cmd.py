@@ -1,5 +1,6 @@
 """`lineside keys`: make key pairs. ``curve`` (CurveZMQ, for the runtime's sockets) is here;
-other types register a generator in ``GENERATORS`` (e.g. ``signing`` for bundles)."""
+other types register a generator in ``GENERATORS`` (``signing`` for bundles, ``tls`` for the
+operator page's HTTPS and OPC UA's certificates)."""
 
 from __future__ import annotations
 
@@ -33,19 +34,83 @@ def signing_pair(out: Path, name: str) -> list[Path]:
     return list(generate_keypair(out, name))
 
 
-GENERATORS: dict[str, Callable[[Path, str], list[Path]]] = {"curve": curve_pair, "signing": signing_pair}
+def tls_pair(out: Path, name: str, hosts: list[str] | None = None, uri: str | None = None,
+             days: int = 825) -> list[Path]:
+    """NAME.crt (self-signed, for commissioning) and NAME.pem (its private key, mode 0600).
+
+    With ``uri`` (an OPC UA application URI) the key is RSA 2048, as Basic256Sha256 needs, and the
+    certificate carries the URI and the key usages OPC UA checks; otherwise EC P-256 for HTTPS.
+    """
+    import datetime
+    import ipaddress
+    import socket
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    hosts = hosts or [socket.gethostname(), "localhost", "127.0.0.1"]
+    key = rsa.generate_private_key(65537, 2048) if uri else ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    if uri:
+        names.append(x509.UniformResourceIdentifier(uri))
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"lineside {name}"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "lineside (self-signed)")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
+               .add_extension(x509.SubjectAlternativeName(names), critical=False)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=bool(uri),
+                                            key_encipherment=bool(uri), data_encipherment=bool(uri),
+                                            key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                            encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                     ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+    cert = builder.sign(key, hashes.SHA256())
+    cert_path, key_path = out / f"{name}.crt", out / f"{name}.pem"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only from the start
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return [cert_path, key_path]
+
+
+GENERATORS: dict[str, Callable[..., list[Path]]] = {"curve": curve_pair, "signing": signing_pair, "tls": tls_pair}
+DEFAULT_NAMES = {"tls": ["operator-page"]}
+SUFFIXES = {"curve": (".key", ".key_secret"), "signing": (".key", ".pub"), "tls": (".crt", ".pem")}
 
 
 def main(args) -> int:
-    generate = GENERATORS.get(args.type)
+    kind, names = args.type, list(args.names)
+    if names and names[0] in GENERATORS and kind is None:  # `lineside keys tls --out DIR`
+        kind, names = names[0], names[1:]
+    kind = kind or "curve"
+    generate = GENERATORS.get(kind)
     if generate is None:
-        raise LinesideError(f"unknown key type {args.type!r}: choose one of {', '.join(GENERATORS)}")
+        raise LinesideError(f"unknown key type {kind!r}: choose one of {', '.join(GENERATORS)}")
+    names = names or DEFAULT_NAMES.get(kind, [])
+    if not names:
+        raise LinesideError(f"give the key names: lineside keys {kind} NAME... (e.g. server cam0)")
+    extra, host, uri = {}, getattr(args, "host", None), getattr(args, "uri", None)
+    if kind == "tls":
+        extra = {"hosts": host or None, "uri": uri}
+    elif host or uri:
+        raise LinesideError("--host and --uri are for `lineside keys tls`")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in args.names:
-        clash = [p for p in out.glob(f"{name}.*") if p.suffix in (".key", ".key_secret")]
+    for name in names:
+        clash = [p for p in out.glob(f"{name}.*") if p.suffix in SUFFIXES[kind]]
         if clash and not args.force:
             raise LinesideError(f"{clash[0]} exists: pick another name, or --force to replace it")
-        for path in generate(out, name):
+        for path in generate(out, name, **extra):
             print(path)
     return 0
