@@ -74,6 +74,9 @@ class Server:
         self.threads: list[threading.Thread] = []
         self.alert_workers: list[AlertWorker] = []
         self.status = "starting"
+        from .exposure import warnings as exposure_warnings
+
+        self.exposed = exposure_warnings(cfg)  # services open beyond loopback without their security
 
     # ---- lifecycle ----------------------------------------------------------------
     def start(self) -> "Server":
@@ -100,7 +103,7 @@ class Server:
         self.receipts = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # the receiver's connection
         lost = self._lost_in_crash()  # read before the receiver notes new frames
         if self.cfg.metrics_port:
-            self.telemetry.serve_http(self.cfg.metrics_port)
+            self.telemetry.serve_http(self.cfg.metrics_port, self.cfg.metrics_host)
         self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
                               for s in self.sinks]
         for target in (self._receive, self._work, self._output, self._control):
@@ -112,6 +115,8 @@ class Server:
         for hook in self.hooks:
             hook.start()
         self.status = "ready"
+        for warning in self.exposed:
+            log_event("insecure_exposure", logging.WARNING, station=self.station, warning=warning)
         log_event("serving", station=self.station, bundle=self.model.info, sockets=self.cfg.sockets.model_dump(),
                   queue=self.cfg.queue.model_dump(), batch=self.cfg.batch.model_dump(), curve=bool(self.cfg.curve))
         return self
@@ -382,7 +387,10 @@ class Server:
     def health(self) -> dict:
         with self.model_lock:
             bundle = dict(self.model.info)
-        return {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid()}
+        answer = {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid()}
+        if self.exposed:
+            answer["security_warnings"] = self.exposed
+        return answer
 
     def stats(self) -> dict:
         with self.model_lock:

@@ -61,6 +61,17 @@ class CurveConfig(_Strict):
     authorized_clients: Path = Field(description="folder of the clients' public *.key files")
 
 
+class SecurityConfig(_Strict):
+    users: Path = Field(description="the users file on the device (`lineside users add`; mode 0600): who may "
+                        "log in to the operator page and OPC UA, with which role")
+    session_secret: Path | None = Field(None, description="the key that signs page sessions (made on first "
+                                        "start, mode 0600; default: beside the users file)")
+    session_hours: float = Field(8.0, gt=0, le=24 * 30, description="a page login lasts this long")
+
+    def secret_path(self) -> Path:
+        return self.session_secret or self.users.with_name(self.users.name + ".session-secret")
+
+
 class ThresholdsConfig(_Strict):
     image: float | None = None
     pixel: float | None = None
@@ -118,6 +129,10 @@ class StationConfig(_Strict):
     curve: CurveConfig | None = None
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
+    metrics_host: str = Field("127.0.0.1", description="interface the metrics listen on (default loopback only)")
+    security: SecurityConfig | None = Field(None, description="users, roles and sessions (docs/security.md)")
+    secrets_file: Path | None = Field(None, description="YAML `name: value` on the device (mode 0600) that "
+                                      "`!secret name` references read")
     cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
     line: LineConfig | None = Field(None, description="line integration: triggers, PLC, reject, recipes, MQTT, "
                                     "operator page (docs/line-integration.md)")
@@ -149,13 +164,44 @@ class StationConfig(_Strict):
             cfg.curve.authorized_clients = fix(cfg.curve.authorized_clients)
         if cfg.alerts.disk:
             cfg.alerts.disk.dir = fix(cfg.alerts.disk.dir)
+        if cfg.security:
+            cfg.security.users = fix(cfg.security.users)
+            if cfg.security.session_secret:
+                cfg.security.session_secret = fix(cfg.security.session_secret)
+        if cfg.secrets_file:
+            cfg.secrets_file = fix(cfg.secrets_file)
         if cfg.line:
             cfg.line.resolve(fix)
         return cfg
 
 
-def load_station(path: str | Path) -> StationConfig:
+def load_station(path: str | Path, resolve_secrets: bool = True) -> StationConfig:
+    """Load and validate a station config; ``${ENV}`` and ``!secret`` references are resolved here,
+    on the device. ``resolve_secrets=False`` (a host packing a bundle) checks everything else."""
+    from . import secret_refs
+
     path = Path(path)
+    data = read_station_data(path)
+    if resolve_secrets:
+        secrets_file = data.get("secrets_file")
+        if isinstance(secrets_file, str) and not Path(secrets_file).is_absolute():
+            secrets_file = path.parent.resolve() / secrets_file
+        data = secret_refs.resolve(data, path, Path(secrets_file) if isinstance(secrets_file, (str, Path)) else None)
+    else:
+        data = secret_refs.placeholders(data)
+    try:
+        cfg = StationConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise LinesideError(f"station config {path} is invalid:\n" + "\n".join(lines)
+                            + "\nfix those keys (schema: docs/station-config.md)") from None
+    return cfg.resolve(path.parent.resolve())
+
+
+def read_station_data(path: Path) -> dict:
+    """The config file as data, with secret references still unresolved (SecretRef / "${NAME}")."""
+    from . import secret_refs
+
     if not path.is_file():
         raise LinesideError(f"station config {path} does not exist: write one (see docs/station-config.md)")
     text = path.read_text()
@@ -167,19 +213,11 @@ def load_station(path: str | Path) -> StationConfig:
                                 "write the same settings as YAML (station.yaml)") from None
     try:
         if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
+            data = secret_refs.from_toml(tomllib.loads(text))
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = secret_refs.load_yaml(text)
     except Exception as exc:  # yaml and tomllib raise their own parse errors
         raise LinesideError(f"station config {path} cannot be parsed: {exc}") from None
     if not isinstance(data, dict):
         raise LinesideError(f"station config {path} must be a mapping of settings, got {type(data).__name__}")
-    try:
-        cfg = StationConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise LinesideError(f"station config {path} is invalid:\n" + "\n".join(lines)
-                            + "\nfix those keys (schema: docs/station-config.md)") from None
-    return cfg.resolve(path.parent.resolve())
+    return data

@@ -82,10 +82,10 @@ class Telemetry:
             out["fps"] = round((len(recent) - 1) / span, 2) if span > 0 else 0.0
         return out
 
-    def serve_http(self, port: int) -> None:
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
         from prometheus_client import start_http_server
 
-        self._http = start_http_server(port, registry=self.registry)
+        self._http = start_http_server(port, addr=host, registry=self.registry)
 
     def close(self) -> None:
         if isinstance(self._http, tuple):  # prometheus-client >= 0.18 returns (server, thread)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TRIGGER_MODES = ("free-run", "gpio", "network", "any")
 
@@ -86,12 +86,42 @@ class RejectConfig(_Strict):
 
 
 class ModbusConfig(_Strict):
-    host: str = "0.0.0.0"
+    host: str = Field("127.0.0.1", description="interface to listen on (default loopback only; the PLC's cell "
+                      "network interface address to open it, docs/security.md)")
     port: int = Field(502, ge=1, le=65535)
+    allow: list[str] = Field(default_factory=list, description="client addresses or networks (CIDR) that may "
+                             "connect; others are refused. Empty: any client that can reach `host`")
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is no IP address or network (e.g. 10.0.5.20 or 10.0.5.0/24)") from None
+        return value
+
+
+class OpcUaSecurity(_Strict):
+    certificate: Path = Field(description="the server's certificate (PEM or DER; `lineside keys tls --uri ...`)")
+    private_key: Path = Field(description="its private key (PEM, mode 0600)")
+    modes: list[Literal["Sign", "SignAndEncrypt"]] = Field(
+        default_factory=lambda: ["SignAndEncrypt"], min_length=1,
+        description="Basic256Sha256 message security modes offered")
+    trusted_clients: Path | None = Field(None, description="folder of client certificates (PEM/DER) allowed to "
+                                         "connect; without it any client certificate is accepted")
+    anonymous: Literal["off", "read-only"] = Field("off", description="clients without a user name: refused, or "
+                                                   "may browse and read but never call a method")
 
 
 class OpcUaConfig(_Strict):
-    endpoint: str = Field("opc.tcp://0.0.0.0:4840/lineside", pattern=r"^opc\.tcp://")
+    endpoint: str = Field("opc.tcp://127.0.0.1:4840/lineside", pattern=r"^opc\.tcp://")
+    security: OpcUaSecurity | None = Field(None, description="certificates, users and roles "
+                                           "(docs/security.md); without it: no security, anyone who "
+                                           "reaches the endpoint may call every method")
 
 
 class MqttConfig(_Strict):
@@ -108,10 +138,26 @@ class MqttConfig(_Strict):
 
 
 class OperatorPageConfig(_Strict):
-    host: str = "0.0.0.0"
+    host: str = Field("127.0.0.1", description="interface to listen on (default loopback only)")
     port: int = Field(8080, ge=1, le=65535)
-    token_file: Path | None = Field(None, description="file holding the operator token; without it the "
-                                    "page is read-only")
+    tls_cert: Path | None = Field(None, description="certificate (PEM) for HTTPS; `lineside keys tls` makes a "
+                                  "self-signed one for commissioning")
+    tls_key: Path | None = Field(None, description="its private key (PEM)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_shared_token(cls, data):
+        if isinstance(data, dict) and "token_file" in data:
+            raise ValueError("token_file (one shared operator token) is gone: add people with `lineside users "
+                             "add CONFIG NAME --role operator` and machines with `--token` (security.users, "
+                             "docs/security.md), then delete token_file")
+        return data
+
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
 
 
 class DriftConfig(_Strict):
@@ -152,8 +198,11 @@ class LineConfig(_Strict):
             r.bundle = fix(r.bundle)
         if self.trusted_keys:
             self.trusted_keys = fix(self.trusted_keys)
-        if self.operator_page and self.operator_page.token_file:
-            self.operator_page.token_file = fix(self.operator_page.token_file)
+        for holder, keys in ((self.operator_page, ("tls_cert", "tls_key")),
+                             (self.opcua and self.opcua.security, ("certificate", "private_key", "trusted_clients"))):
+            for key in keys if holder else ():
+                if getattr(holder, key) is not None:
+                    setattr(holder, key, fix(getattr(holder, key)))
         if self.camera:
             local = fix(Path(self.camera.source))  # a folder or video beside the config; "0", URLs and
             if local.exists():                      # pipelines are no paths there and stay as they are
