@@ -9,11 +9,11 @@ from __future__ import annotations
 import struct
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ..errors import LinesideError
 from .channels import LoopThread
+from .modbus_access import AllowListTcpServer
 from .plc_signals import COUNTERS, ErrorCode, PlcError
 
 # Read-only block
@@ -153,7 +153,8 @@ class ModbusChannel:
         self.registers = LinesideRegisters(service)
 
         async def start():
-            server = ModbusTcpServer(self.registers.device, address=(cfg.host, cfg.port))
+            server = AllowListTcpServer(self.registers.device, cfg.allow, journal=service.journal,
+                                        address=(cfg.host, cfg.port))
             await server.serve_forever(background=True)
             return server
 

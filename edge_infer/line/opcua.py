@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from asyncua import Server, ua
+from asyncua import ua
 
 from ..errors import LinesideError
 from .channels import LoopThread
+from . import opcua_security
 from .plc_signals import COUNTERS, PlcError
 
 NAMESPACE = "urn:lineside:machine-vision"
@@ -68,16 +69,20 @@ class OpcUaChannel:
         self.loop = LoopThread("line-opcua")
         self.nodes: dict[str, tuple] = {}
         try:
-            self.loop.run(self._start(cfg.endpoint))
+            self.loop.run(self._start(cfg))
+        except LinesideError:
+            self.loop.stop()
+            raise
         except Exception as exc:  # noqa: BLE001 (any start failure is reported as the endpoint's)
             self.loop.stop()
             raise LinesideError(f"cannot serve OPC UA at {cfg.endpoint}: {exc}; pick a free port in "
                                 "line.opcua.endpoint") from None
 
-    async def _start(self, endpoint: str) -> None:
-        server = Server()
+    async def _start(self, cfg) -> None:
+        server = opcua_security.make_server(cfg.security, self.service.server.cfg.security)
         await server.init()
-        server.set_endpoint(endpoint)
+        server.set_endpoint(cfg.endpoint)
+        await opcua_security.apply(server, cfg.security)  # certificates, endpoints, users and roles
         server.set_server_name(f"lineside {self.service.station}")
         idx = await server.register_namespace(NAMESPACE)
         root = await server.nodes.objects.add_object(ua.NodeId(ROOT, idx), ua.QualifiedName(ROOT, idx))
@@ -135,7 +140,7 @@ class OpcUaChannel:
 
     # ---- methods (run on the server's loop; every one is quick) ---------------------------
     async def _start_single_job(self, parent):
-        inspection = self.service.trigger("network", "opcua", plc=True)
+        inspection = self.service.trigger("network", opcua_security.caller(), plc=True)
         if inspection is None:  # refused: its part is answered DROPPED under Handshake.LastTriggerId
             return ua.StatusCode(ua.StatusCodes.BadInvalidState)
         return [ua.Variant(inspection, ua.VariantType.UInt32)]
@@ -143,7 +148,7 @@ class OpcUaChannel:
     async def _activate_recipe(self, parent, recipe_id):
         value = recipe_id.Value if isinstance(recipe_id, ua.Variant) else recipe_id
         try:
-            self.service.select_recipe(int(value), "opcua")
+            self.service.select_recipe(int(value), opcua_security.caller())
         except (PlcError, TypeError, ValueError):
             return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
         return []
@@ -163,7 +168,7 @@ class OpcUaChannel:
         return []
 
     async def _reset_error(self, parent):
-        self.service.acknowledge_alarm("opcua")
+        self.service.acknowledge_alarm(opcua_security.caller())
         return []
 
     def close(self) -> None:

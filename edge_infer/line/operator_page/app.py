@@ -1,17 +1,16 @@
 """The operator page, an HMI: a small ASGI app (Starlette, served by uvicorn on its own thread).
 
-Read-only without login: the live part (raw image with the heatmap over it at an opacity the
-operator sets), its score against the threshold, a pass/fail strip, yield per shift, the
-recent NG parts, counters, latency, the recipe, drift warnings. The page gets every change
-pushed over Server-Sent Events (``/api/events``, with a heartbeat, so it knows within 2 s
-when the service is gone). Changes (switch recipe, trigger, acknowledge the alarm, start a
-new shift, review an NG part) need the operator token (``Authorization: Bearer TOKEN``) and
-are journaled (table ``line_events``) with who did them.
+The live part (raw image with the heatmap over it at an opacity the operator sets), its score
+against the threshold, a pass/fail strip, yield per shift, the recent NG parts, counters,
+latency, the recipe, drift warnings. The page gets every change pushed over Server-Sent
+Events (``/api/events``, with a heartbeat, so it knows within 2 s when the service is gone).
+Who may see it and change what (switch recipe, trigger, acknowledge the alarm, start a new
+shift, review an NG part) is decided in ``auth`` (login, sessions, machine tokens, roles);
+every change is journaled (table ``line_events``) with the user who made it.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import threading
 import time
@@ -20,19 +19,21 @@ from pathlib import Path
 import anyio
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ...errors import LinesideError
 from ..plc_signals import PlcError
+from . import auth as page_auth
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 HEARTBEAT_S = 0.5  # the page calls the service gone after 2 s without a message
 MIN_PUSH_S = 0.1  # at most 10 updates a second per page, however fast the line runs
 
 
-def page_state(service, can_change: bool) -> dict:
+def page_state(service, user: dict | None) -> dict:
     snap = service.server.telemetry.snapshot()
     plc = service.signals.snapshot()
     active = service.recipes.active
@@ -46,22 +47,23 @@ def page_state(service, can_change: bool) -> dict:
         "drift": service.live.drift(active.id if active else None) + calibration_drift(service),
         "live": service.live.summary(), "ready": plc["ready"],
         "error": {"code": plc["error_code"], "detail": plc["error_detail"]}, "busy": plc["busy"],
-        "can_change": can_change,
+        "can_change": user is not None, "user": user, "security_warnings": service.server.exposed,
     }
 
 
-def build_app(service, token: str | None, stopping: threading.Event | None = None) -> Starlette:
+def build_app(service, auth: page_auth.PageAuth, stopping: threading.Event | None = None) -> Starlette:
     stopping = stopping or threading.Event()
 
     def state(request: Request) -> JSONResponse:
-        return JSONResponse(page_state(service, token is not None))
+        return JSONResponse(page_state(service, page_auth.describe(request)))
 
     async def events(request: Request) -> StreamingResponse:
         """Server-Sent Events: the state on every change, and at least every HEARTBEAT_S."""
         async def stream():
             seq = None
             while not stopping.is_set() and not await request.is_disconnected():
-                body = json.dumps(page_state(service, token is not None), default=str, separators=(",", ":"))
+                body = json.dumps(page_state(service, page_auth.describe(request)), default=str,
+                                  separators=(",", ":"))
                 yield f"event: state\ndata: {body}\n\n"
                 await anyio.sleep(MIN_PUSH_S)
                 seq = service.live.summary()["seq"] if seq is None else seq
@@ -88,17 +90,13 @@ def build_app(service, token: str | None, stopping: threading.Event | None = Non
         return jpeg(service.live.jpeg(request.path_params["inspection"], layer))
 
     async def change(request: Request) -> JSONResponse:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if token is None:
-            return JSONResponse({"ok": False, "error": "read-only: no operator token is configured "
-                                 "(line.operator_page.token_file)"}, status_code=403)
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            return JSONResponse({"ok": False, "error": "operator token missing or wrong"}, status_code=401)
-        who = f"page:{request.client.host if request.client else '?'}"
+        who = page_auth.who(request)  # the auth middleware has checked the user's role for this action
         action = request.path_params["action"]
         try:
             body = await request.json() if action in ("recipe", "review") else {}
         except ValueError:
+            body = None
+        if not isinstance(body, dict):
             return JSONResponse({"ok": False, "error": 'send JSON: {"id": RECIPE_ID} or '
                                  '{"verdict_id": ID, "confirmed": true|false}'}, status_code=400)
         if action == "trigger":
@@ -137,7 +135,8 @@ def build_app(service, token: str | None, stopping: threading.Event | None = Non
         Route("/ng/{inspection:int}.jpg", ng),
         Route("/image/{inspection:int}.jpg", image),
         Route("/api/{action}", change, methods=["POST"]),
-    ])
+        *auth.routes(),
+    ], middleware=[Middleware(auth.middleware())])
 
 
 def calibration_drift(service) -> list[str]:
@@ -151,16 +150,13 @@ def calibration_drift(service) -> list[str]:
 
 class OperatorPage:
     def __init__(self, service, cfg):
-        token = None
-        if cfg.token_file:
-            try:
-                token = cfg.token_file.read_text().strip() or None
-            except OSError as exc:
-                raise LinesideError(f"cannot read the operator token {cfg.token_file}: {exc}") from None
+        auth = page_auth.PageAuth(service.server.cfg.security, tls=cfg.tls_cert is not None,
+                                  station=service.station, journal_event=service.journal.event)
         self.stopping = threading.Event()  # ends the event streams, so uvicorn can stop
-        self.app = build_app(service, token, self.stopping)
+        self.app = build_app(service, auth, self.stopping)
+        tls = {"ssl_certfile": str(cfg.tls_cert), "ssl_keyfile": str(cfg.tls_key)} if cfg.tls_cert else {}
         config = uvicorn.Config(self.app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="off",
-                                access_log=False, timeout_graceful_shutdown=2)
+                                access_log=False, timeout_graceful_shutdown=2, **tls)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="line-page", daemon=True)
         self.thread.start()
@@ -171,7 +167,7 @@ class OperatorPage:
             self.close()
             raise LinesideError(f"the operator page could not listen on {cfg.host}:{cfg.port}: pick a free port "
                                 "in line.operator_page.port")
-        self.url = f"http://{cfg.host}:{cfg.port}/"
+        self.url = f"{'https' if cfg.tls_cert else 'http'}://{cfg.host}:{cfg.port}/"
 
     def close(self) -> None:
         self.stopping.set()

@@ -1,0 +1,63 @@
+"""Who may talk Modbus to the station: an allow-list of client addresses.
+
+Modbus TCP has no authentication of its own, so the only checks are the network's (keep the
+PLC link on an isolated cell network, docs/security.md) and this one: a connection from an
+address outside ``line.modbus.allow`` is closed as soon as it is accepted, before a byte of it
+is read.
+
+pymodbus (3.x) has no documented hook that sees a client's address when it connects
+(``trace_connect`` gets only a bool), so this is the narrowest wrapper: the server makes its
+per-connection handler through ``callback_new_connection``, and our handler checks the peer in
+asyncio's ``connection_made`` before pymodbus sees the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+
+from ..logs import log_event
+
+
+class AllowList:
+    def __init__(self, entries: list[str]):
+        self.networks = [ipaddress.ip_network(e, strict=False) for e in entries]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def admits(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if getattr(address, "ipv4_mapped", None):  # ::ffff:10.0.0.5 on a dual-stack socket
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+
+class _GatedHandler(ServerRequestHandler):
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername") or ("?",)
+        allow = self.server.allow_list
+        if allow and not allow.admits(str(peer[0])):
+            log_event("modbus_refused", client=str(peer[0]), reason="not in line.modbus.allow")
+            self.server.refused += 1
+            if self.listener is not None:
+                self.listener.active_connections.pop(self.unique_id, None)
+            transport.abort()  # never set as our transport: pymodbus does not see this connection
+            return
+        super().connection_made(transport)
+
+
+class AllowListTcpServer(ModbusTcpServer):
+    """A ModbusTcpServer that accepts connections only from the allow-list (empty: from anyone)."""
+
+    def __init__(self, context, allow: list[str], **kwargs):
+        super().__init__(context, **kwargs)
+        self.allow_list, self.refused = AllowList(allow), 0
+
+    def callback_new_connection(self):
+        return _GatedHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)

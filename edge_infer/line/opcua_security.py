@@ -1,0 +1,152 @@
+"""OPC UA security for the line's server (asyncua): certificates, users and roles.
+
+With ``line.opcua.security`` the server offers only Basic256Sha256 endpoints (Sign and/or
+SignAndEncrypt) with its own certificate; a client needs a certificate (from the
+``trusted_clients`` folder, when given) and logs in with a user name token checked against
+the station's users file (`lineside users`; a machine's token works as its password). Roles
+are the page's: StartSingleJob, AcknowledgeResult and ResetError need operator,
+ActivateRecipe needs engineer; a method not listed needs admin. A client without a user name
+is refused (``anonymous: off``) or may browse, read and subscribe but never call or write
+(``anonymous: read-only``).
+
+Without ``security`` the server keeps asyncua's open defaults (no security, anyone may call),
+which is why the endpoint defaults to loopback and `health` warns when it is not.
+
+The caller of a method (``caller()``) is the user name the permission check saw for the same
+request: asyncua runs the check and the method in one task, so a ContextVar carries it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncua import ua
+from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.ua.ua_binary import struct_from_binary
+
+from ..errors import LinesideError
+from ..users import ROLES, UsersFile, role_at_least
+
+METHOD_ROLES = {"StartSingleJob": "operator", "AcknowledgeResult": "operator", "ResetError": "operator",
+                "ActivateRecipe": "engineer"}
+_CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("opcua_caller", default="opcua")
+_CALL = ua.NodeId(ua.ObjectIds.CallRequest_Encoding_DefaultBinary)
+_WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
+_SESSION_TYPES = set(map(ua.NodeId, USER_TYPES))
+MODES = {"Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+         "SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt}
+
+
+def caller() -> str:
+    """Who called the method being run: USER@opcua, or "opcua" on a server without security."""
+    return _CALLER.get()
+
+
+@dataclass
+class LinesideUser(User):
+    lineside_role: str | None = None
+
+
+class StationUsers:
+    """asyncua's user manager over the station's users file."""
+
+    def __init__(self, users: UsersFile | None, anonymous: str):
+        self.users, self.anonymous = users, anonymous
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        if username is None:
+            return LinesideUser(role=UserRole.Anonymous) if self.anonymous == "read-only" else None
+        if self.users is None or password is None:
+            return None
+        principal = self.users.authenticate(username, password)
+        if principal is None:
+            token = self.users.by_token(password)
+            principal = token if token is not None and token.name == username else None
+        if principal is None:
+            return None
+        return LinesideUser(role=UserRole.User, name=principal.name, lineside_role=principal.role)
+
+
+class RoleRuleset(PermissionRuleset):
+    """Session services for everyone admitted; writes for nobody (the variables are read-only);
+    calls by role, per method."""
+
+    def check_validity(self, user, action_type_id, body):
+        if action_type_id not in _SESSION_TYPES or action_type_id == _WRITE:
+            return False
+        if action_type_id != _CALL:
+            return True
+        role = getattr(user, "lineside_role", None)
+        if role not in ROLES:
+            return False  # anonymous: read-only
+        try:
+            params = struct_from_binary(ua.CallParameters, body.copy())
+        except Exception:  # noqa: BLE001 (a malformed request is refused, the processor reports it)
+            return False
+        for method in params.MethodsToCall:
+            name = str(method.MethodId.Identifier).rsplit(".", 1)[-1]
+            if not role_at_least(role, METHOD_ROLES.get(name, "admin")):
+                return False
+        _CALLER.set(f"{user.name}@opcua")
+        return True
+
+
+def make_server(security, users_cfg):
+    """An asyncua Server, with the station's users when security is configured."""
+    from asyncua import Server
+
+    if security is None:
+        return Server()
+    if users_cfg is None and security.anonymous == "off":
+        raise LinesideError("line.opcua.security needs users: add `security: {users: PATH}` to the station config "
+                            "and `lineside users add`, or set line.opcua.security.anonymous: read-only")
+    users = UsersFile(users_cfg.users) if users_cfg is not None else None
+    if users is not None:
+        users.users()  # a users file readable by others stops the start, not the first login
+    return Server(user_manager=StationUsers(users, security.anonymous))
+
+
+async def apply(server, security) -> None:
+    """Certificates, endpoints, identity tokens, client trust: before server.start()."""
+    if security is None:
+        return
+    for path in (security.certificate, security.private_key):
+        if not Path(path).is_file():
+            raise LinesideError(f"OPC UA security: {path} does not exist: make a certificate with "
+                                "`lineside keys tls --out DIR --uri urn:lineside:STATION` (docs/security.md)")
+    await server.load_certificate(str(security.certificate))
+    await server.load_private_key(str(security.private_key))
+    uri = _certificate_uri(security.certificate)
+    if uri:
+        await server.set_application_uri(uri)  # clients check the server's URI against its certificate
+    server.set_security_policy([MODES[m] for m in security.modes], permission_ruleset=RoleRuleset())
+    tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if security.anonymous == "read-only" else [])
+    server.set_identity_tokens(tokens)
+    if security.trusted_clients is not None:
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        folder = Path(security.trusted_clients)
+        if not folder.is_dir():
+            raise LinesideError(f"OPC UA security: trusted_clients {folder} is not a folder: copy each client's "
+                                "certificate there")
+        store = TrustStore([folder], [])
+        await store.load()
+        options = (CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED
+                   | CertificateValidatorOptions.PEER_CLIENT)
+        server.set_certificate_validator(CertificateValidator(options, store))
+
+
+def _certificate_uri(path: Path) -> str | None:
+    from cryptography import x509
+
+    data = Path(path).read_bytes()
+    cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
