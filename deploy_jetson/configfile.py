@@ -19,7 +19,8 @@ PACKED_NAME = "station.yaml"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"  # edge_infer's station config default for sockets.control
 # (section, key) of the station config's paths that must outlive a bundle version
 DEVICE_PATHS = (("journal", "path"), ("curve", "server_secret_key"), ("curve", "authorized_clients"),
-                ("disk", "dir"))
+                ("disk", "dir"), ("security", "users"), ("security", "session_secret"))
+TOP_DEVICE_PATHS = ("secrets_file",)  # top-level keys that are device paths
 
 
 def read_config(path: str | Path) -> dict:
@@ -28,12 +29,12 @@ def read_config(path: str | Path) -> dict:
         raise LinesideError(f"{path} must be an existing .yaml/.yml/.toml file")
     text = path.read_text()
     try:
-        if path.suffix == ".toml":
-            data = _tomllib().loads(text)
-        else:
-            import yaml
+        from edge_infer import secret_refs  # keeps `!secret NAME` references as they are
 
-            data = yaml.safe_load(text)
+        if path.suffix == ".toml":
+            data = secret_refs.from_toml(_tomllib().loads(text))
+        else:
+            data = secret_refs.load_yaml(text)
     except Exception as exc:  # the parsers' own error types differ; all mean "fix this file"
         raise LinesideError(f"cannot parse {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -51,9 +52,12 @@ def _tomllib():
 
 def for_device(data: dict) -> str:
     """The station config as the device gets it (YAML text): see the module docstring."""
-    import yaml
+    from edge_infer import secret_refs
 
     out = dict(data)
+    for key in TOP_DEVICE_PATHS:
+        if isinstance(out.get(key), str) and not Path(out[key]).is_absolute():
+            out[key] = str(Path("../..") / out[key])
     out["bundle"] = "."
     for section, key in DEVICE_PATHS:
         holder = out.get("alerts", {}) if section == "disk" else out
@@ -65,20 +69,27 @@ def for_device(data: dict) -> str:
                 out["alerts"] = {**out["alerts"], "disk": table}
             else:
                 out[section] = table
-    return yaml.safe_dump(out, sort_keys=False)
+    return secret_refs.dump_yaml(out)
 
 
 def control_address(bundle_dir: Path) -> str:
     """Where the service in bundle_dir listens for control requests, as reached from the device itself."""
+    return control_endpoint(bundle_dir)[0]
+
+
+def control_endpoint(bundle_dir: Path) -> tuple[str, Path | None]:
+    """The control address (as reached from the device) and, when the station uses CurveZMQ, the file
+    holding the server's key (its public half is what a client needs)."""
     path = Path(bundle_dir) / PACKED_NAME
     data = read_config(path) if path.is_file() else {}
-    if data.get("curve"):
-        raise LinesideError(f"{path} puts the control socket under CurveZMQ; asking it for health with client "
-                            "keys is not implemented in lineside flash yet: set the target's `control` setting "
-                            "to an unencrypted loopback address the service also binds")
     address = (data.get("sockets") or {}).get("control") or DEFAULT_CONTROL
     # a server bound to all interfaces is reached on loopback
-    return address.replace("tcp://*:", "tcp://127.0.0.1:").replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+    address = address.replace("tcp://*:", "tcp://127.0.0.1:").replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+    curve = data.get("curve")
+    if not curve:
+        return address, None
+    server_key = Path(curve["server_secret_key"])
+    return address, server_key if server_key.is_absolute() else (path.parent.resolve() / server_key).resolve()
 
 
 def journal_path(bundle_dir: Path) -> Path:

@@ -34,6 +34,7 @@ from edge_infer.errors import LinesideError
 MANIFEST = "manifest.json"
 BUNDLE_ID = r"[0-9a-f]{12}"  # edge_infer.signing.bundle_id
 TAR_NAME = r"[0-9a-f]{64}\.tar"
+HEALTH_KEY = "keys/health.key_secret"  # the health check's CurveZMQ key pair, relative to the device root
 
 
 def read_station(root: Path) -> str | None:
@@ -232,11 +233,13 @@ def _mentions(obj, text: str) -> bool:
     return False
 
 
-def wait_healthy(address: str, timeout: float, station: str | None = None, old_bundle: str | None = None) -> dict:
+def wait_healthy(address: str, timeout: float, station: str | None = None, old_bundle: str | None = None,
+                 curve: tuple[Path, Path] | None = None) -> dict:
     """Ask the control socket {"cmd": "health"} until it answers ok/ready (for this station) or time runs out.
 
     With ``old_bundle``, an answer whose bundle names that id (and is thus still the old service) does
     not count: a restart that did not happen must not pass for a healthy new version.
+    With ``curve`` (the server's key file, this client's NAME.key_secret) the request goes over CurveZMQ.
     """
     import zmq
 
@@ -246,6 +249,10 @@ def wait_healthy(address: str, timeout: float, station: str | None = None, old_b
         sock = ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, int(1000 * min(1.0, max(deadline - time.monotonic(), 0.05))))
+        if curve is not None:
+            from edge_infer.security import secure_client
+
+            secure_client(sock, *curve)
         try:
             sock.connect(address)
             sock.send_json({"cmd": "health"})
@@ -265,6 +272,24 @@ def wait_healthy(address: str, timeout: float, station: str | None = None, old_b
             raise LinesideError(f"the service did not report healthy on {address} within {timeout:g} s "
                                 f"(last: {last}); check `journalctl -u lineside@{station or 'STATION'}`")
         time.sleep(0.2)
+
+
+def health_endpoint(args) -> tuple[str, tuple[Path, Path] | None]:
+    """--address, else the running station's control socket; with CurveZMQ, the keys to speak it."""
+    from .configfile import control_endpoint
+
+    if args.root is None:
+        return args.address, None
+    address, server_key = control_endpoint(args.root / "current")
+    if server_key is None:
+        return args.address or address, None
+    client_key = Path(args.client_key) if args.client_key else args.root / HEALTH_KEY
+    if not client_key.is_file():
+        raise LinesideError(f"the station's control socket uses CurveZMQ, and the health check's client key "
+                            f"{client_key} does not exist: make it on the device with `lineside keys --out "
+                            f"{client_key.parent} {client_key.name.removesuffix('.key_secret')}` and copy its "
+                            "public .key into the station's curve.authorized_clients (docs/security.md)")
+    return args.address or address, (server_key, client_key)
 
 
 def last_verdict(root: Path) -> dict:
@@ -317,6 +342,7 @@ def main(argv=None) -> int:
     s.add_argument("--timeout", type=float, default=60)
     s.add_argument("--station")
     s.add_argument("--old-bundle", help="answers that still name this bundle id do not count")
+    s.add_argument("--client-key", help=f"CurveZMQ: this check's NAME.key_secret (default: ROOT/{HEALTH_KEY})")
     args = p.parse_args(argv)
     try:
         print(json.dumps(_dispatch(args)))
@@ -341,10 +367,8 @@ def _dispatch(args) -> dict:
     if cmd == "health":
         if not (args.address or args.root):
             raise LinesideError("health needs --root ROOT or --address ADDR")
-        from .configfile import control_address
-
-        address = args.address or control_address(args.root / "current")
-        return wait_healthy(address, args.timeout, args.station, args.old_bundle)
+        address, curve = health_endpoint(args)
+        return wait_healthy(address, args.timeout, args.station, args.old_bundle, curve=curve)
     root = args.root
     if cmd == "state":
         return state(root)

@@ -100,6 +100,7 @@ class Device:
         args += ["--address", s.control] if s.control else []
         args += ["--station", station] if station else []
         args += ["--old-bundle", old_bundle] if old_bundle else []
+        args += ["--client-key", s.health_key] if s.health_key else []
         return self.call("health", *args, timeout=(timeout or s.health_timeout) + 60)
 
     def restart(self, station: str) -> None:

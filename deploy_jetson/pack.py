@@ -51,8 +51,10 @@ def pack_bundle(source: str | Path, station_config: str | Path, key: str | Path,
     src = find_bundle_dir(source)
     from edge_infer.station import load_station
 
-    station = load_station(station_config).station  # the runtime's own validation and messages
     config = read_config(station_config)
+    refuse_inline_secrets(config, station_config)
+    # the runtime's own validation and messages; secrets are resolved on the device, not here
+    station = load_station(station_config, resolve_secrets=False).station
     bundle = Bundle.load(src, verify=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,6 +77,20 @@ def pack_bundle(source: str | Path, station_config: str | Path, key: str | Path,
         _write_tar(stage, out)
         ident, version = bundle_id(stage), staged.manifest.model.version
     return Packed(out, ident, version, station, kid, sha256_file(out), out.stat().st_size)
+
+
+def refuse_inline_secrets(config: dict, path: str | Path) -> None:
+    """A bundle travels (devices, artifact stores): a secret written into its config would travel too."""
+    from edge_infer.secret_refs import inline_secrets
+
+    found = inline_secrets(config)
+    if found:
+        first = found[0].rsplit(".", 1)[-1]
+        raise LinesideError(
+            f"{path} holds {'an inline secret' if len(found) == 1 else 'inline secrets'} at {', '.join(found)}: it "
+            f"would travel inside the bundle. Reference it instead: `{first}: !secret NAME` with NAME in the "
+            f"device's secrets_file, or `{first}: ${{LINESIDE_{first.upper().replace('-', '_')}}}` from the "
+            "service's environment (docs/security.md)")
 
 
 def _write_tar(stage: Path, out: Path) -> None:

@@ -42,6 +42,9 @@ class Settings(BaseModel):
     control: str | None = Field(None, description="the control socket as reached on the device (default: "
                                 "sockets.control of the station config in the running bundle)")
     health_timeout: float = 90.0
+    health_key: str | None = Field(None, description="CurveZMQ stations: the health check's key pair on the device "
+                                   "(NAME.key_secret; NAME.key in curve.authorized_clients); default "
+                                   "ROOT/keys/health.key_secret")
     build: str = "{python} -m lineside build-engine {bundle}"
     trt_check: str = "{python} -c 'import tensorrt'"
     build_timeout: float = 3600.0
