@@ -129,8 +129,8 @@ def register_runtime(sub) -> None:
                        description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME. "
                        "signing: NAME.sign.key (Ed25519, keep it on the host that packs bundles) and "
                        "NAME.sign.pub (give it to devices: `lineside provision TARGET --trust NAME.sign.pub`). "
-                       "tls: NAME.crt (self-signed, for commissioning) and NAME.pem (its key, mode 0600); "
-                       "`lineside keys tls --out DIR` makes operator-page.crt/.pem.")
+                       "tls: NAME.cert.pem (self-signed, for commissioning) and NAME.key.pem (its key, mode 0600); "
+                       "`lineside keys tls --out DIR` makes operator-page.cert.pem and operator-page.key.pem.")
     p.add_argument("names", nargs="+", metavar="[TYPE] NAME", help="key names, e.g. server cam0 operator; a first "
                    "word curve, signing or tls picks the type")
     p.add_argument("--type", default=None, help="key type: curve, signing or tls (default: curve)")

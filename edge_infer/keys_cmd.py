@@ -36,7 +36,7 @@ def signing_pair(out: Path, name: str) -> list[Path]:
 
 def tls_pair(out: Path, name: str, hosts: list[str] | None = None, uri: str | None = None,
              days: int = 825) -> list[Path]:
-    """NAME.crt (self-signed, for commissioning) and NAME.pem (its private key, mode 0600).
+    """NAME.cert.pem (self-signed, for commissioning) and NAME.key.pem (its private key, mode 0600).
 
     With ``uri`` (an OPC UA application URI) the key is RSA 2048, as Basic256Sha256 needs, and the
     certificate carries the URI and the key usages OPC UA checks; otherwise EC P-256 for HTTPS.
@@ -75,7 +75,8 @@ def tls_pair(out: Path, name: str, hosts: list[str] | None = None, uri: str | No
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
     cert = builder.sign(key, hashes.SHA256())
-    cert_path, key_path = out / f"{name}.crt", out / f"{name}.pem"
+    # .pem in both names: asyncua (and other OPC UA stacks) read any other suffix as DER
+    cert_path, key_path = out / f"{name}.cert.pem", out / f"{name}.key.pem"
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # owner-only from the start
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -86,7 +87,7 @@ def tls_pair(out: Path, name: str, hosts: list[str] | None = None, uri: str | No
 
 GENERATORS: dict[str, Callable[..., list[Path]]] = {"curve": curve_pair, "signing": signing_pair, "tls": tls_pair}
 DEFAULT_NAMES = {"tls": ["operator-page"]}
-SUFFIXES = {"curve": (".key", ".key_secret"), "signing": (".key", ".pub"), "tls": (".crt", ".pem")}
+SUFFIXES = {"curve": (".key", ".key_secret"), "signing": (".key", ".pub"), "tls": (".pem",)}
 
 
 def main(args) -> int:

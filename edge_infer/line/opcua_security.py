@@ -116,34 +116,72 @@ async def apply(server, security) -> None:
         if not Path(path).is_file():
             raise LinesideError(f"OPC UA security: {path} does not exist: make a certificate with "
                                 "`lineside keys tls --out DIR --uri urn:lineside:STATION` (docs/security.md)")
-    await server.load_certificate(str(security.certificate))
-    await server.load_private_key(str(security.private_key))
-    uri = _certificate_uri(security.certificate)
+    cert = _read_certificate(Path(security.certificate))
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    await server.load_certificate(cert.public_bytes(Encoding.DER))  # DER bytes: whatever the file's suffix
+    await server.load_private_key(Path(security.private_key).read_bytes(), format="pem")
+    uri = _certificate_uri(cert)
     if uri:
         await server.set_application_uri(uri)  # clients check the server's URI against its certificate
     server.set_security_policy([MODES[m] for m in security.modes], permission_ruleset=RoleRuleset())
     tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if security.anonymous == "read-only" else [])
     server.set_identity_tokens(tokens)
     if security.trusted_clients is not None:
-        from asyncua.crypto.truststore import TrustStore
-        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+        server.set_certificate_validator(TrustedClients(Path(security.trusted_clients)))
 
-        folder = Path(security.trusted_clients)
+
+class TrustedClients:
+    """Admit a client certificate only if it is one of the folder's (exact match) and in its validity.
+
+    asyncua's TrustStore reads only *.der/*.pem names, so a client.crt copied in would be silently
+    ignored; this reads every file of the folder as PEM or DER and refuses to start on one it cannot.
+    """
+
+    def __init__(self, folder: Path):
         if not folder.is_dir():
             raise LinesideError(f"OPC UA security: trusted_clients {folder} is not a folder: copy each client's "
                                 "certificate there")
-        store = TrustStore([folder], [])
-        await store.load()
-        options = (CertificateValidatorOptions.TIME_RANGE | CertificateValidatorOptions.TRUSTED
-                   | CertificateValidatorOptions.PEER_CLIENT)
-        server.set_certificate_validator(CertificateValidator(options, store))
+        self.fingerprints = set()
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            self.fingerprints.add(_fingerprint(_read_certificate(path)))
+        if not self.fingerprints:
+            raise LinesideError(f"OPC UA security: trusted_clients {folder} holds no certificate: copy each "
+                                "client's certificate there")
+
+    async def __call__(self, cert, app_description) -> None:
+        import datetime
+
+        from asyncua.server.internal_session import ServiceError
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
+        if _fingerprint(cert) not in self.fingerprints:
+            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
 
 
-def _certificate_uri(path: Path) -> str | None:
+def _fingerprint(cert) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+
+    return cert.fingerprint(hashes.SHA256())
+
+
+def _read_certificate(path: Path):
     from cryptography import x509
 
-    data = Path(path).read_bytes()
-    cert = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    try:
+        data = path.read_bytes()
+        return (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
+                else x509.load_der_x509_certificate(data))
+    except (OSError, ValueError) as exc:
+        raise LinesideError(f"OPC UA security: {path} is not a readable X.509 certificate ({exc}): make one with "
+                            "`lineside keys tls --uri URI`") from None
+
+
+def _certificate_uri(cert) -> str | None:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:

@@ -1,4 +1,5 @@
-"""The operator page: token rules over HTTP, and the live page in real headless Chromium."""
+"""The operator page: changes need a login or a machine token and are journaled with the user; the
+live page in real headless Chromium, logged in through its login form."""
 
 import os
 import re
@@ -16,6 +17,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
+from security_helpers import PASSWORDS, make_users
 from line_helpers import free_port, line_station, start_line, wait_until
 
 from edge_infer.journal import read_events, read_verdicts
@@ -37,46 +39,51 @@ def part(defect: bool, i: int) -> np.ndarray:
 @pytest.fixture
 def page(tmp_path):
     port = free_port()
-    token = tmp_path / "operator.token"
-    token.write_text("s3cret\n")
+    users, token = make_users(tmp_path / "users.json")  # olga (operator), eve (engineer), plc-1 (a token)
     count = iter(range(10_000))
 
     def grab():
         i = next(count)
         return part(i % 3 == 0, i)
 
-    cfg = line_station(tmp_path, {"operator_page": {"host": "127.0.0.1", "port": port, "token_file": str(token)}})
+    cfg = line_station(tmp_path, {"operator_page": {"host": "127.0.0.1", "port": port}},
+                       security={"users": str(users)})
     server, service = start_line(cfg, grab)
-    yield f"http://127.0.0.1:{port}", server, service
+    yield f"http://127.0.0.1:{port}", server, service, token
     server.close()
 
 
-def test_read_only_without_the_token_and_changes_are_journaled(page):
-    url, _server, service = page
-    state = httpx.get(f"{url}/api/state", timeout=5).json()
-    assert state["recipe"] == {"id": 1, "name": "part-a"} and state["can_change"] is True
+def test_changes_need_a_user_and_are_journaled_with_their_name(page):
+    url, _server, service, token = page
+    assert httpx.get(f"{url}/api/state", timeout=5).status_code == 401
     assert httpx.post(f"{url}/api/trigger", timeout=5).status_code == 401
     assert httpx.post(f"{url}/api/trigger", headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
     assert service.signals.counters["triggers"] == 0
-    ok = httpx.post(f"{url}/api/trigger", headers={"Authorization": "Bearer s3cret"}, timeout=5).json()
+    machine = {"Authorization": f"Bearer {token}"}
+    state = httpx.get(f"{url}/api/state", headers=machine, timeout=5).json()
+    assert state["recipe"] == {"id": 1, "name": "part-a"} and state["can_change"] is True
+    ok = httpx.post(f"{url}/api/trigger", headers=machine, timeout=5).json()
     assert ok == {"ok": True, "inspection": 1}
-    bad = httpx.post(f"{url}/api/recipe", json={"id": 5}, headers={"Authorization": "Bearer s3cret"}, timeout=5)
-    assert bad.status_code == 400 and "UNKNOWN_RECIPE" in bad.json()["error"]
+    with httpx.Client(base_url=url, timeout=10) as eve:
+        assert eve.post("/login", json={"user": "eve", "password": PASSWORDS["eve"]}).status_code == 200
+        bad = eve.post("/api/recipe", json={"id": 5})
+        assert bad.status_code == 400 and "UNKNOWN_RECIPE" in bad.json()["error"]
     assert wait_until(lambda: service.live.summary()["alarm"])  # part 0 is NG: an alarm
-    ack = httpx.post(f"{url}/api/ack", headers={"Authorization": "Bearer s3cret"}, timeout=5).json()
+    ack = httpx.post(f"{url}/api/ack", headers=machine, timeout=5).json()
     assert ack["ok"] and ack["alarm"]["inspection"] == 1
-    kinds = [(e["kind"], e["who"].split(":")[0]) for e in service.journal.events()]
-    assert ("page_trigger", "page") in kinds and ("recipe_refused", "page") in kinds and ("alarm_ack", "page") in kinds
+    kinds = [(e["kind"], e["who"]) for e in service.journal.events()]
+    assert ("page_trigger", "plc-1@page") in kinds and ("recipe_refused", "eve@page") in kinds
+    assert ("alarm_ack", "plc-1@page") in kinds
 
 
 def test_review_and_a_new_shift_are_journaled_with_who(page):
-    url, server, service = page
-    auth = {"Authorization": "Bearer s3cret"}
+    url, server, service, token = page
+    auth = {"Authorization": f"Bearer {token}"}
     assert httpx.post(f"{url}/api/trigger", headers=auth, timeout=5).json()["ok"]  # part 0: NG
     ng = wait_until(lambda: service.live.summary()["ng"])
     verdict_id = ng[0]["verdict_id"]
     assert httpx.post(f"{url}/api/review", json={"verdict_id": verdict_id, "confirmed": False},
-                      timeout=5).status_code == 401  # reviews need the operator token too
+                      timeout=5).status_code == 401  # reviews need a user too
     answer = httpx.post(f"{url}/api/review", json={"verdict_id": verdict_id, "confirmed": False}, headers=auth,
                         timeout=5).json()
     assert answer == {"ok": True, "verdict_id": verdict_id, "confirmed": 0}
@@ -88,8 +95,8 @@ def test_review_and_a_new_shift_are_journaled_with_who(page):
     ended = httpx.post(f"{url}/api/shift", headers=auth, timeout=5).json()["ended"]
     assert ended["NG"] == 1 and service.live.summary()["shift"]["NG"] == 0
     events = {e["kind"]: e for e in read_events(server.cfg.journal.path)}
-    assert events["review"]["who"] == "page:127.0.0.1" and events["review"]["confirmed"] is False
-    assert events["shift_reset"]["who"] == "page:127.0.0.1" and events["shift_reset"]["NG"] == 1
+    assert events["review"]["who"] == "plc-1@page" and events["review"]["confirmed"] is False
+    assert events["shift_reset"]["who"] == "plc-1@page" and events["shift_reset"]["NG"] == 1
     assert events["alarm"]["inspection"] == 1  # the NG part latched the alarm, journaled once
 
 
@@ -108,13 +115,16 @@ def counter(view, name):
 @pytest.mark.parametrize("size", [(1920, 1080), (800, 480)], ids=["1080p", "800x480"])
 def test_the_hmi_in_headless_chromium(page, tmp_path, size):
     sync_api = pytest.importorskip("playwright.sync_api")
-    url, server, service = page
+    url, server, service, _token = page
     width, height = size
     with sync_api.sync_playwright() as p:
         browser, view = browser_page(p, url, width, height)
         try:
+            view.fill("input[name=user]", "olga")  # redirected to the login form first
+            view.fill("input[name=password]", PASSWORDS["olga"])
+            view.click("text=Log in")
             view.wait_for_selector("#conn.live", timeout=20_000)  # the event stream is up
-            view.fill("#token", "s3cret")
+            assert view.eval_on_selector("#user", "e => e.textContent").startswith("olga (operator)")
             view.click("text=Trigger")  # the page's own button: part 0, NG
             view.wait_for_function("document.getElementById('count-NG') && "
                                    "document.getElementById('count-NG').textContent === '1'", timeout=20_000)
