@@ -28,9 +28,9 @@ def read_config(path: str | Path) -> dict:
     if path.suffix not in SUFFIXES or not path.is_file():
         raise LinesideError(f"{path} must be an existing .yaml/.yml/.toml file")
     text = path.read_text()
-    try:
-        from edge_infer import secret_refs  # keeps `!secret NAME` references as they are
+    from edge_infer import secret_refs  # keeps `!secret NAME` references as they are
 
+    try:
         if path.suffix == ".toml":
             data = secret_refs.from_toml(_tomllib().loads(text))
         else:

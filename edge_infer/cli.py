@@ -148,10 +148,10 @@ def register_runtime(sub) -> None:
                        "Passwords are read from a prompt, or from stdin when it is not a terminal; never from "
                        "the command line.")
     users = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, helptext in (("add", "add a user (password prompt) or, with --token, a machine (prints its token "
-                            "once)"), ("passwd", "set a new password (or a new token for a machine)"),
-                           ("remove", "remove a user or machine: its sessions end at once"),
-                           ("list", "names and roles")):
+    actions = {"add": "add a user (password prompt) or, with --token, a machine (prints its token once)",
+               "passwd": "set a new password (or a new token for a machine)",
+               "remove": "remove a user or machine: its sessions end at once", "list": "names and roles"}
+    for name, helptext in actions.items():
         u = users.add_parser(name, help=helptext)
         u.add_argument("config", metavar="USERS|station.yaml", help="the users file, or the station config "
                        "that names it (security.users)")

@@ -15,8 +15,8 @@ import logging
 from asyncua import ua
 
 from ..errors import LinesideError
-from .channels import LoopThread
 from . import opcua_security
+from .channels import LoopThread
 from .plc_signals import COUNTERS, PlcError
 
 NAMESPACE = "urn:lineside:machine-vision"

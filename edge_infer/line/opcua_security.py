@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asyncua import ua
-from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.crypto.permission_rules import (
+    USER_TYPES,
+    PermissionRuleset,
+    User,
+    UserRole,
+)
 from asyncua.ua.ua_binary import struct_from_binary
 
 from ..errors import LinesideError
@@ -83,7 +88,7 @@ class RoleRuleset(PermissionRuleset):
             return False  # anonymous: read-only
         try:
             params = struct_from_binary(ua.CallParameters, body.copy())
-        except Exception:  # noqa: BLE001 (a malformed request is refused, the processor reports it)
+        except Exception:  # noqa: BLE001 (a malformed request is refused; the processor reports it)
             return False
         for method in params.MethodsToCall:
             name = str(method.MethodId.Identifier).rsplit(".", 1)[-1]

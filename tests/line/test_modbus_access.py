@@ -19,7 +19,7 @@ def test_a_client_from_an_address_outside_the_allow_list_is_refused(tmp_path):
         stranger = ModbusTcpClient("127.0.0.1", port=port, timeout=2, source_address=("127.0.0.2", 0), retries=0)
         try:
             stranger.connect()
-            with pytest.raises(ModbusException):  # the connection is closed before pymodbus reads it
+            with pytest.raises((ModbusException, ConnectionError)):  # closed before pymodbus reads it
                 answer = stranger.write_register(m.CONTROL, 1)  # a Trigger, if it got through
                 if answer.isError():
                     raise ModbusException(str(answer))

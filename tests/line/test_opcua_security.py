@@ -8,7 +8,14 @@ import pytest
 pytest.importorskip("asyncua")
 from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
-from line_helpers import free_port, gray, line_station, make_tiny_bundle, start_line, wait_until
+from line_helpers import (
+    free_port,
+    gray,
+    line_station,
+    make_tiny_bundle,
+    start_line,
+    wait_until,
+)
 from security_helpers import PASSWORDS, audit, certificate, make_users
 
 from edge_infer.errors import LinesideError
@@ -99,7 +106,7 @@ def test_wrong_password_untrusted_certificate_and_no_security_are_refused(secure
         c = await make()
         try:
             await c.connect()
-        except Exception:  # noqa: BLE001 asyncua raises status-code errors or closes the channel
+        except Exception:  # noqa: BLE001 (asyncua raises status-code errors or closes the channel)
             return False
         await c.disconnect()
         return True

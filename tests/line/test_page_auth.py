@@ -12,7 +12,14 @@ pytest.importorskip("uvicorn")
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from line_helpers import free_port, gray, line_station, make_tiny_bundle, start_line, wait_until
+from line_helpers import (
+    free_port,
+    gray,
+    line_station,
+    make_tiny_bundle,
+    start_line,
+    wait_until,
+)
 from security_helpers import PASSWORDS, audit, certificate, make_users
 
 from edge_infer.journal import read_events
@@ -81,7 +88,7 @@ def test_operator_cannot_switch_recipes_an_engineer_can_and_audit_names_both(pag
 
 
 def test_a_machine_token_acts_with_its_role_and_sessions_end_with_the_password(page):
-    url, service, token, config = page
+    url, _service, token, config = page
     machine = httpx.post(f"{url}/api/trigger", headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert machine.json() == {"ok": True, "inspection": 1}
     forged = httpx.post(f"{url}/api/trigger", headers={"Authorization": f"Bearer {token[:-2]}xx"}, timeout=5)
@@ -135,7 +142,7 @@ def test_fuzzing_login_and_api_finds_no_500_and_no_bypass(tmp_path):
     try:
         with login(url, "olga") as operator:
             olga = operator.cookies.get("lineside_session").strip('"')
-        name, expires, generation, mac = olga.split("|")
+        _name, expires, generation, mac = olga.split("|")
         forged_cookies = [f"eve|{expires}|{generation}|{mac}", f"olga|9999999999|{generation}|{mac}",
                           f"olga|{expires}|{generation}|{'0' * 64}", f"olga|{expires}|{'0' * 16}|{mac}",
                           f"ada|{expires}|{generation}|{mac}", "eve|1|x|y", "|||", olga + "|x", ""]

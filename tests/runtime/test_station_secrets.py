@@ -93,9 +93,9 @@ def test_services_open_beyond_loopback_without_security_warn_in_health(tmp_path)
     path.write_text(yaml.safe_dump(data))
     cfg = load_station(path)
     found = warnings(cfg)
+    page = "operator page on 0.0.0.0:8080 is open to the network without users (security.users) and TLS"
     for needle in ("frames listen beyond loopback without Curve", "metrics on 0.0.0.0:9100", "Modbus on 10.0.5.2",
-                   "OPC UA at opc.tcp://eth0.local", "operator page on 0.0.0.0:8080 is open to the network without "
-                   "users (security.users) and TLS"):
+                   "OPC UA at opc.tcp://eth0.local", page):
         assert any(needle in w for w in found), (needle, found)
     data["line"]["modbus"]["allow"] = ["10.0.5.10"]
     path.write_text(yaml.safe_dump(data))

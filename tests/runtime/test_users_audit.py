@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def lineside(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "lineside", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lineside", *args], input=stdin, capture_output=True, text=True, check=False,
                           env=env, timeout=120)
 
 
