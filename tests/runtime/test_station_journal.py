@@ -13,10 +13,12 @@ from edge_infer.station import load_station
 DOC = Path(__file__).resolve().parents[2] / "docs" / "station-config.md"
 
 
-def test_the_documented_example_config_is_valid(tmp_path):
+def test_the_documented_example_config_is_valid(tmp_path, monkeypatch):
     example = re.search(r"```yaml\n(.*?)```", DOC.read_text(), re.S).group(1)
     (tmp_path / "weld-3.yaml").write_text(example)
+    monkeypatch.setenv("MES_TOKEN", "t0k3n")  # the example's webhook token comes from the environment
     cfg = load_station(tmp_path / "weld-3.yaml")
+    assert cfg.alerts.webhook.headers == {"Authorization": "Bearer t0k3n"}
     assert cfg.station == "weld-3" and cfg.bundle == tmp_path / "bundles" / "weld-3"
     assert cfg.thresholds.image == 0.62 and cfg.alerts.gpio.pin == 12 and cfg.curve is not None
     assert [c.name for c in cfg.cameras] == ["top", "side"]
