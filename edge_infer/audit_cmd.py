@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from .errors import LinesideError
-from .journal import read_events
-
-DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from .journal import parse_duration, read_events
+from .review_cmd import journal_of
 
 
 def parse_since(text: str | None, now: float | None = None) -> float | None:
+    """A duration back from now (90m, 8h, 2d) or an ISO time (UTC unless it names a zone)."""
     if text is None:
         return None
-    m = DURATION.match(text.strip())
-    if m:
-        return (now or time.time()) - float(m.group(1)) * UNIT_S[m.group(2)]
+    try:
+        return (now or time.time()) - parse_duration(text)
+    except LinesideError:
+        pass
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -31,22 +29,12 @@ def parse_since(text: str | None, now: float | None = None) -> float | None:
     return when.timestamp()
 
 
-def journal_and_station(given: str) -> tuple[Path, str | None]:
-    path = Path(given)
-    if path.suffix.lower() in (".yaml", ".yml", ".toml"):
-        from .station import load_station
-
-        cfg = load_station(path, resolve_secrets=False)
-        return cfg.journal.path, cfg.station
-    return path, None
-
-
 def matches_who(who: str, wanted: str | None) -> bool:
     return wanted is None or who == wanted or who.split("@", 1)[0] == wanted
 
 
 def main(args) -> int:
-    journal, station = journal_and_station(args.journal)
+    journal, station = journal_of(args.journal)
     events = [e for e in read_events(journal, station=station, since=parse_since(args.since), kind=args.kind)
               if matches_who(str(e["who"]), args.who)]
     for e in events:

@@ -38,7 +38,7 @@ def journal_of(source: str) -> tuple[Path, str | None]:
     if path.suffix.lower() in STATION_SUFFIXES:
         from .station import load_station
 
-        cfg = load_station(path)
+        cfg = load_station(path, resolve_secrets=False)  # reading the journal needs no secrets
         return cfg.journal.path, cfg.station
     if not path.is_file():
         raise LinesideError(f"{source} is neither a journal file nor a station config (.yaml/.toml): give "
