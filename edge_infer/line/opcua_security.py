@@ -22,7 +22,7 @@ import contextvars
 from dataclasses import dataclass
 from pathlib import Path
 
-from asyncua import ua
+from asyncua import Server, ua
 from asyncua.crypto.permission_rules import (
     USER_TYPES,
     PermissionRuleset,
@@ -98,19 +98,54 @@ class RoleRuleset(PermissionRuleset):
         return True
 
 
-def make_server(security, users_cfg):
+def make_server(security, users_cfg) -> Server:
     """An asyncua Server, with the station's users when security is configured."""
-    from asyncua import Server
-
     if security is None:
         return Server()
+    return GatedServer(user_manager=_user_manager(security, users_cfg))
+
+
+def _user_manager(security, users_cfg):
     if users_cfg is None and security.anonymous == "off":
         raise LinesideError("line.opcua.security needs users: add `security: {users: PATH}` to the station config "
                             "and `lineside users add`, or set line.opcua.security.anonymous: read-only")
     users = UsersFile(users_cfg.users) if users_cfg is not None else None
     if users is not None:
         users.users()  # a users file readable by others stops the start, not the first login
-    return Server(user_manager=StationUsers(users, security.anonymous))
+    return StationUsers(users, security.anonymous)
+
+
+class GatedServer(Server):
+    """asyncua checks a trusted-client list only against the certificate a client names when it
+    creates a session, which a client may leave out; the certificate that secures the channel is
+    the one that counts. So the channel's security policies are wrapped to check it when the
+    channel opens (``_setup_server_nodes`` is where asyncua makes them, at start)."""
+
+    trusted: TrustedClients | None = None
+
+    async def _setup_server_nodes(self) -> None:
+        await super()._setup_server_nodes()
+        if self.trusted is not None:
+            self._policies[:] = [ChannelGate(p, self.trusted) for p in self._policies]
+
+
+class ChannelGate:
+    """A security policy factory that opens a channel only for a trusted client certificate."""
+
+    def __init__(self, factory, trusted: TrustedClients):
+        self.factory, self.trusted = factory, trusted
+
+    def matches(self, uri, mode=None):
+        return self.factory.matches(uri, mode)
+
+    def create(self, peer_certificate):
+        from asyncua.crypto.uacrypto import x509_from_der
+
+        cert = x509_from_der(peer_certificate) if peer_certificate else None
+        status = self.trusted.refusal(cert)
+        if status is not None:
+            raise ua.UaStatusCodeError(status)
+        return self.factory.create(peer_certificate)
 
 
 async def apply(server, security) -> None:
@@ -133,7 +168,9 @@ async def apply(server, security) -> None:
     tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if security.anonymous == "read-only" else [])
     server.set_identity_tokens(tokens)
     if security.trusted_clients is not None:
-        server.set_certificate_validator(TrustedClients(Path(security.trusted_clients)))
+        trusted = TrustedClients(Path(security.trusted_clients))
+        server.set_certificate_validator(trusted)  # the certificate named in CreateSession
+        server.trusted = trusted  # and the channel's own (GatedServer)
 
 
 class TrustedClients:
@@ -154,16 +191,23 @@ class TrustedClients:
             raise LinesideError(f"OPC UA security: trusted_clients {folder} holds no certificate: copy each "
                                 "client's certificate there")
 
-    async def __call__(self, cert, app_description) -> None:
+    def refusal(self, cert):
+        """None when the certificate is trusted and valid now; else the status code that refuses it."""
         import datetime
 
-        from asyncua.server.internal_session import ServiceError
-
+        if cert is None or _fingerprint(cert) not in self.fingerprints:
+            return ua.StatusCodes.BadCertificateUntrusted
         now = datetime.datetime.now(datetime.timezone.utc)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise ServiceError(ua.StatusCodes.BadCertificateTimeInvalid)
-        if _fingerprint(cert) not in self.fingerprints:
-            raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+            return ua.StatusCodes.BadCertificateTimeInvalid
+        return None
+
+    async def __call__(self, cert, app_description) -> None:
+        from asyncua.server.internal_session import ServiceError
+
+        status = self.refusal(cert)
+        if status is not None:
+            raise ServiceError(status)
 
 
 def _fingerprint(cert) -> bytes:

@@ -139,3 +139,24 @@ def test_security_without_users_and_anonymous_off_is_refused_at_start(tmp_path):
                                             "security": {"certificate": str(cert), "private_key": str(key)}}})
     with pytest.raises(LinesideError, match="needs users"):
         start_line(cfg, lambda: gray(20))
+
+
+def test_an_untrusted_client_that_names_no_certificate_in_create_session_is_refused(secured):
+    """asyncua's own check looks only at the certificate a client names in CreateSession; this
+    crafted client names none, so only the check on its channel's certificate can refuse it."""
+
+    async def run():
+        c = await client(secured, "eve", cert=secured["stranger"])
+        create_session = c.uaclient.create_session
+
+        async def without_certificate(params):
+            params.ClientCertificate = None
+            return await create_session(params)
+
+        c.uaclient.create_session = without_certificate
+        async with c:
+            await activate(c, 2)
+
+    with pytest.raises((ua.UaError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        asyncio.run(run())
+    assert secured["service"].recipes.active.id == 1
