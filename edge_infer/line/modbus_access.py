@@ -9,11 +9,15 @@ pymodbus (3.x) has no documented hook that sees a client's address when it conne
 (``trace_connect`` gets only a bool), so this is the narrowest wrapper: the server makes its
 per-connection handler through ``callback_new_connection``, and our handler checks the peer in
 asyncio's ``connection_made`` before pymodbus sees the connection.
+
+A refusal is logged, and journaled (`lineside audit --kind modbus_refused`) at most once a minute
+per address, so a port scan cannot flood the journal.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
 
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
@@ -43,8 +47,7 @@ class _GatedHandler(ServerRequestHandler):
         peer = transport.get_extra_info("peername") or ("?",)
         allow = self.server.allow_list
         if allow and not allow.admits(str(peer[0])):
-            log_event("modbus_refused", client=str(peer[0]), reason="not in line.modbus.allow")
-            self.server.refused += 1
+            self.server.refuse(str(peer[0]))
             if self.listener is not None:
                 self.listener.active_connections.pop(self.unique_id, None)
             transport.abort()  # never set as our transport: pymodbus does not see this connection
@@ -55,9 +58,24 @@ class _GatedHandler(ServerRequestHandler):
 class AllowListTcpServer(ModbusTcpServer):
     """A ModbusTcpServer that accepts connections only from the allow-list (empty: from anyone)."""
 
+    JOURNAL_EVERY_S = 60.0
+
     def __init__(self, context, allow: list[str], **kwargs):
         super().__init__(context, **kwargs)
         self.allow_list, self.refused = AllowList(allow), 0
+        service = getattr(context, "service", None)  # the line service, when the context is lineside's
+        self.journal = getattr(service, "journal", None)
+        self.last_journaled: dict[str, float] = {}
+
+    def refuse(self, host: str) -> None:
+        self.refused += 1
+        log_event("modbus_refused", client=host, reason="not in line.modbus.allow")
+        now = time.monotonic()
+        if self.journal is not None and now - self.last_journaled.get(host, -1e9) >= self.JOURNAL_EVERY_S:
+            if len(self.last_journaled) > 1024:
+                self.last_journaled.clear()
+            self.last_journaled[host] = now
+            self.journal.event("modbus_refused", f"{host}@modbus", reason="not in line.modbus.allow")
 
     def callback_new_connection(self):
         return _GatedHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)

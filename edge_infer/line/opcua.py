@@ -82,7 +82,7 @@ class OpcUaChannel:
         server = opcua_security.make_server(cfg.security, self.service.server.cfg.security)
         await server.init()
         server.set_endpoint(cfg.endpoint)
-        await opcua_security.apply(server, cfg.security)  # certificates, endpoints, users and roles
+        await opcua_security.apply(server, cfg.security, self.service.journal.event)  # certificates, users, roles
         server.set_server_name(f"lineside {self.service.station}")
         idx = await server.register_namespace(NAMESPACE)
         root = await server.nodes.objects.add_object(ua.NodeId(ROOT, idx), ua.QualifiedName(ROOT, idx))

@@ -32,7 +32,7 @@ from asyncua.crypto.permission_rules import (
 from asyncua.ua.ua_binary import struct_from_binary
 
 from ..errors import LinesideError
-from ..users import ROLES, UsersFile, role_at_least
+from ..users import UsersFile, role_at_least
 
 METHOD_ROLES = {"StartSingleJob": "operator", "AcknowledgeResult": "operator", "ResetError": "operator",
                 "ActivateRecipe": "engineer"}
@@ -76,7 +76,10 @@ class StationUsers:
 
 class RoleRuleset(PermissionRuleset):
     """Session services for everyone admitted; writes for nobody (the variables are read-only);
-    calls by role, per method."""
+    calls by role, per method. A refused call is journaled (``opcua_refused``)."""
+
+    def __init__(self, journal_event=None):
+        self.journal_event = journal_event or (lambda kind, who, **detail: None)
 
     def check_validity(self, user, action_type_id, body):
         if action_type_id not in _SESSION_TYPES or action_type_id == _WRITE:
@@ -84,17 +87,17 @@ class RoleRuleset(PermissionRuleset):
         if action_type_id != _CALL:
             return True
         role = getattr(user, "lineside_role", None)
-        if role not in ROLES:
-            return False  # anonymous: read-only
+        who = f"{getattr(user, 'name', None) or 'anonymous'}@opcua"
         try:
             params = struct_from_binary(ua.CallParameters, body.copy())
         except Exception:  # noqa: BLE001 (a malformed request is refused; the processor reports it)
             return False
-        for method in params.MethodsToCall:
-            name = str(method.MethodId.Identifier).rsplit(".", 1)[-1]
-            if not role_at_least(role, METHOD_ROLES.get(name, "admin")):
-                return False
-        _CALLER.set(f"{user.name}@opcua")
+        names = [str(m.MethodId.Identifier).rsplit(".", 1)[-1] for m in params.MethodsToCall]
+        refused = [n for n in names if not role_at_least(role, METHOD_ROLES.get(n, "admin"))]
+        if refused:  # anonymous (no role) may call nothing
+            self.journal_event("opcua_refused", who, methods=refused, role=role or "anonymous")
+            return False
+        _CALLER.set(who)
         return True
 
 
@@ -148,7 +151,7 @@ class ChannelGate:
         return self.factory.create(peer_certificate)
 
 
-async def apply(server, security) -> None:
+async def apply(server, security, journal_event=None) -> None:
     """Certificates, endpoints, identity tokens, client trust: before server.start()."""
     if security is None:
         return
@@ -164,7 +167,7 @@ async def apply(server, security) -> None:
     uri = _certificate_uri(cert)
     if uri:
         await server.set_application_uri(uri)  # clients check the server's URI against its certificate
-    server.set_security_policy([MODES[m] for m in security.modes], permission_ruleset=RoleRuleset())
+    server.set_security_policy([MODES[m] for m in security.modes], permission_ruleset=RoleRuleset(journal_event))
     tokens = [ua.UserNameIdentityToken] + ([ua.AnonymousIdentityToken] if security.anonymous == "read-only" else [])
     server.set_identity_tokens(tokens)
     if security.trusted_clients is not None:

@@ -6,6 +6,7 @@ pytest.importorskip("pymodbus")
 from line_helpers import free_port, gray, line_station, start_line, wait_until
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
+from security_helpers import audit
 
 from edge_infer.errors import LinesideError
 from edge_infer.line import modbus as m
@@ -34,6 +35,8 @@ def test_a_client_from_an_address_outside_the_allow_list_is_refused(tmp_path):
         channel = next(c for c in service.channels if isinstance(c, m.ModbusChannel))
         assert channel.server.refused >= 1
         assert service.signals.counters["triggers"] == 0
+        refusals = audit(tmp_path / "station.yaml", "--kind", "modbus_refused")
+        assert [e["who"] for e in refusals] == ["127.0.0.2@modbus"]  # once a minute per address at most
     finally:
         server.close()
 

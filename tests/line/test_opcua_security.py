@@ -87,6 +87,9 @@ def test_anonymous_reads_but_cannot_call_and_operator_cannot_switch_recipes(secu
     asyncio.run(run())
     assert secured["service"].recipes.active.id == 1
     assert secured["service"].signals.counters["triggers"] == 1
+    refused = audit(secured["config"], "--kind", "opcua_refused")
+    assert [(e["who"], e["methods"]) for e in refused] == [("anonymous@opcua", ["StartSingleJob"]),
+                                                           ("olga@opcua", ["ActivateRecipe"])]
 
 
 def test_engineer_with_the_right_certificate_switches_recipes_and_audit_names_them(secured):
