@@ -60,11 +60,10 @@ class AllowListTcpServer(ModbusTcpServer):
 
     JOURNAL_EVERY_S = 60.0
 
-    def __init__(self, context, allow: list[str], **kwargs):
+    def __init__(self, context, allow: list[str], journal=None, **kwargs):
         super().__init__(context, **kwargs)
         self.allow_list, self.refused = AllowList(allow), 0
-        service = getattr(context, "service", None)  # the line service, when the context is lineside's
-        self.journal = getattr(service, "journal", None)
+        self.journal = journal  # the line's journal (event(kind, who, **detail)), for refusals
         self.last_journaled: dict[str, float] = {}
 
     def refuse(self, host: str) -> None:
