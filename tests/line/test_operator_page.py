@@ -17,8 +17,8 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from security_helpers import PASSWORDS, make_users
 from line_helpers import free_port, line_station, start_line, wait_until
+from security_helpers import PASSWORDS, make_users
 
 from edge_infer.journal import read_events, read_verdicts
 
