@@ -2,6 +2,7 @@
 uvicorn on loopback), and a hypothesis fuzz of its login and API endpoints."""
 
 import ssl
+import time
 from contextlib import contextmanager
 
 import pytest
@@ -97,8 +98,17 @@ def test_a_machine_token_acts_with_its_role_and_sessions_end_with_the_password(p
                       headers={"Authorization": f"Bearer {token}"}).status_code == 403  # an operator's token
     with login(url, "eve") as engineer:
         assert engineer.get("/api/state").status_code == 200
-        UsersFile(config.parent / "users.json").set_password("eve", None, "a-new-password")
-        assert engineer.get("/api/state").status_code == 401  # the old session ended
+        with engineer.stream("GET", "/api/events") as stream:  # the page's live stream, open
+            lines = stream.iter_lines()
+            assert next(lines).startswith("event: state")
+            UsersFile(config.parent / "users.json").set_password("eve", None, "a-new-password")
+            assert engineer.get("/api/state").status_code == 401  # the old session ended
+            ended, deadline = True, time.monotonic() + 10  # ... and so does the open stream
+            for _line in lines:
+                if time.monotonic() > deadline:  # still streaming: it would run for ever
+                    ended = False
+                    break
+        assert ended
     assert any(e["who"] == "plc-1@page" and e["kind"] == "page_trigger" for e in audit(config, "--who", "plc-1"))
 
 
@@ -129,9 +139,10 @@ def test_no_users_configured_means_read_only(tmp_path):
         server.close()
 
 
-PATHS = ["/", "/login", "/logout", "/api/state", "/api/trigger", "/api/ack", "/api/recipe", "/api/review",
-         "/api/threshold", "/api/reload", "/api/users", "/live.jpg", "/ng/1.jpg", "/api/", "/api/%00", "/..%2f",
-         "//api/recipe", "/api/recipe/", "/API/recipe", "/api/recipe?x=1"]
+PATHS = ["/", "/login", "/logout", "/api/state", "/api/events", "/api/trigger", "/api/ack", "/api/recipe",
+         "/api/review", "/api/shift", "/api/threshold", "/api/reload", "/api/users", "/live.jpg", "/ng/1.jpg",
+         "/image/1.jpg?layer=raw", "/api/", "/api/%00", "/..%2f", "//api/recipe", "/api/recipe/", "/API/recipe",
+         "/api/recipe?x=1"]
 
 
 def test_fuzzing_login_and_api_finds_no_500_and_no_bypass(tmp_path):

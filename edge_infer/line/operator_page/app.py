@@ -61,7 +61,8 @@ def build_app(service, auth: page_auth.PageAuth, stopping: threading.Event | Non
         """Server-Sent Events: the state on every change, and at least every HEARTBEAT_S."""
         async def stream():
             seq = None
-            while not stopping.is_set() and not await request.is_disconnected():
+            while (not stopping.is_set() and not await request.is_disconnected()
+                   and auth.still_valid(request)):  # a removed user or a new password ends the stream
                 body = json.dumps(page_state(service, page_auth.describe(request)), default=str,
                                   separators=(",", ":"))
                 yield f"event: state\ndata: {body}\n\n"

@@ -69,6 +69,10 @@ class PageAuth:
         cookie = request.cookies.get(COOKIE)
         return self.sessions.check(cookie) if cookie else None
 
+    def still_valid(self, request: Request) -> bool:
+        """For long requests (the event stream): does the request's login still hold?"""
+        return not self.enabled or self.principal(request) is not None
+
     def routes(self) -> list[Route]:
         return [Route("/login", self.login_page, methods=["GET"]), Route("/login", self.login, methods=["POST"]),
                 Route("/logout", self.logout, methods=["POST", "GET"])]
