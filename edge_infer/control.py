@@ -1,7 +1,9 @@
 """The control protocol (REQ/REP, JSON) and `lineside ctl`.
 
-Request: ``{"cmd": "health" | "stats" | "reload" | "threshold" | "shutdown", ...args}``.
-Answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+Request: one message part, a JSON object ``{"cmd": "health" | "stats" | "reload" | "threshold" |
+"shutdown", ...args}``. Answer: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``;
+every request gets exactly one answer, a malformed one (several parts, not JSON, wrong
+types) an ``"ok": false`` naming what is wrong.
 
 - ``health`` → ``{"ok", "status": "ready"|"draining"|..., "station", "bundle": {"path", "family",
   "version", "manifest_sha256", ...}, "pid"}``
@@ -27,6 +29,24 @@ from .logs import log_event
 
 MAX_REQUEST_BYTES = 16 * 1024
 THRESHOLD_KEYS = ("image", "pixel", "min_area")
+
+
+def handle_request(server, parts: list[bytes]) -> dict:
+    """A request as read off the REP socket (its parts) → one answer; never raises."""
+    if len(parts) != 1:
+        count = len(parts) if len(parts) < 3 else "3 or more"  # the server keeps at most 3 of a message
+        return {"ok": False, "error": f"request has {count} message parts; a control request is exactly "
+                                      'one part, a JSON object: {"cmd": "health"}'}
+    return handle_command(server, bytes(parts[0]))
+
+
+def encode_answer(answer: dict) -> bytes:
+    """The answer as JSON; one that cannot be encoded (a bug) becomes an error answer, still JSON."""
+    try:
+        return json.dumps(answer, default=str).encode()
+    except (TypeError, ValueError) as exc:
+        log_event("control_answer_unencodable", error=repr(exc))
+        return json.dumps({"ok": False, "error": f"internal error: answer not encodable ({exc})"}).encode()
 
 
 def handle_command(server, raw: bytes) -> dict:

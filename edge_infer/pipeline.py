@@ -1,9 +1,11 @@
 """The server's scoring steps for frames off the wire, and its bounded queue.
 
 The steps are the Scorer's (score.py): decode → preprocess → backend → decide, with the
-model loaded by ``Scorer`` itself. The difference is only that each frame's failure
-(undecodable, wrong shape, ROI outside) becomes that frame's ERROR verdict instead of
-stopping a batch, and a backend failure becomes an ERROR for the frames of that batch.
+model loaded by ``Scorer`` itself. The server decodes each frame as it receives it (before
+the queue may shed it, so an undecodable image is always an ERROR); ``Model.score`` does the
+rest. The difference from the Scorer is only that each frame's failure (ROI outside)
+becomes that frame's ERROR verdict instead of stopping a batch, and a backend failure
+becomes an ERROR for the frames of that batch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from .errors import LinesideError
 from .preprocess import preprocess
 from .score import Scorer
 from .station import StationConfig
-from .wire import Frame, WireError, decode_frame
+from .wire import Frame
 
 
 @dataclass
@@ -35,11 +37,12 @@ class Item:
     captured_at: float | None
     received_at: float  # unix seconds
     t_received: float  # perf_counter, for latencies
-    frame: Frame | None = None
+    frame: Frame | None = None  # until the receiver decodes it into ``image``
     verdict: Verdict | None = None
     tags: dict = field(default_factory=dict)
     bundle_sha: str | None = None
-    image: np.ndarray | None = None  # kept for NG frames only (disk alerts)
+    image: np.ndarray | None = None  # decoded on receipt; kept after scoring for NG frames only (disk alerts)
+    decode_ms: float | None = None
     anomaly_map: np.ndarray | None = None
     id: int | None = None  # journal row id once recorded
     inflight_id: int | None = None  # its row in the journal's ``inflight`` table, until recorded
@@ -90,21 +93,15 @@ class Model:
     def score(self, items: list[Item]) -> None:
         """Give every item its verdict (OK, NG or ERROR); never raises for one bad frame."""
         t_start = time.perf_counter()
-        inputs, ready, decode_ms = [], [], {}
+        inputs, ready, preprocess_ms = [], [], {}
         for it in items:
             t0 = time.perf_counter()
             try:
-                image = decode_frame(it.frame)
-                t1 = time.perf_counter()
-                inputs.append(preprocess(image, self.spec))
-            except WireError as exc:
-                it.verdict = Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}")
-                continue
+                inputs.append(preprocess(it.image, self.spec))
             except LinesideError as exc:
-                it.verdict = Verdict("ERROR", reason=f"cannot preprocess: {exc}")
+                it.verdict, it.image = Verdict("ERROR", reason=f"cannot preprocess: {exc}"), None
                 continue
-            decode_ms[id(it)] = ((t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3)
-            it.image = image
+            preprocess_ms[id(it)] = (time.perf_counter() - t0) * 1e3
             ready.append(it)
         if not ready:
             return
@@ -116,9 +113,9 @@ class Model:
             return
         sha = self.info["manifest_sha256"]
         for i, (it, verdict) in enumerate(zip(ready, verdicts)):
-            dec, pre = decode_ms[id(it)]
-            verdict.latency_ms = {"queue": round((t_start - it.t_received) * 1e3, 3), "decode": round(dec, 3),
-                                  "preprocess": round(pre, 3), **verdict.latency_ms}
+            verdict.latency_ms = {"queue": round((t_start - it.t_received) * 1e3, 3),
+                                  "decode": round(it.decode_ms or 0.0, 3),
+                                  "preprocess": round(preprocess_ms[id(it)], 3), **verdict.latency_ms}
             it.verdict = verdict
             it.bundle_sha = sha
             if it.verdict.status == "OK":

@@ -1,12 +1,14 @@
 """`lineside serve`: frames in on PULL, one verdict out per frame on PUB, control on REP.
 
-Four threads, each owning its sockets (ZeroMQ sockets are not thread-safe):
+Four loops, each on its own thread and owning its sockets (ZeroMQ sockets are not
+thread-safe), each supervised (edge_infer/supervise.py): a loop that raises is restarted and
+the crash shows in `ctl health` under ``loops``:
 
-    receiver  PULL → parse_frame (limits) → journal "inflight" → bounded DropQueue
-                                                    (bad message → ERROR, overflow → DROPPED)
-    worker    DropQueue → Model.score (decode, preprocess, batch, backend, decide)
+    receiver  PULL → parse_frame (limits) → journal "inflight" → decode → bounded DropQueue
+                                 (bad message or undecodable image → ERROR, overflow → DROPPED)
+    worker    DropQueue → Model.score (preprocess, batch, backend, decide)
     output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
-    control   REP: health, stats, reload, threshold, shutdown
+    control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
 single output step. The receiver notes each burst of messages in the journal's ``inflight``
@@ -15,7 +17,7 @@ that records its verdict; rows a crash leaves behind become ERROR verdicts ("los
 crash") at the next start, so the accounting holds across ``kill -9`` too. ``Server.listeners`` (callables taking ``(item, event)``, called after
 the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or
 `ctl shutdown`) drains: the receiver empties its socket, the worker the queue, the output
-the journal, then the process exits.
+the journal, then the process exits, within SHUTDOWN_S whatever state the loops are in.
 Several stations can run in one process, one ``Server`` (and ZeroMQ context) each.
 """
 
@@ -33,20 +35,25 @@ from collections.abc import Callable
 import zmq
 
 from .alerts import AlertWorker, ImageCache, build_sinks
-from .control import handle_command
+from .control import encode_answer, handle_request
 from .decide import Verdict
 from .errors import LinesideError
 from .journal import LOST_IN_CRASH, Journal
 from .logs import log_event
 from .pipeline import DropQueue, Item, Model
 from .station import StationConfig
+from .supervise import Loop, join_all
 from .telemetry import Telemetry
-from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
+from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, decode_frame, parse_frame, verdict_message
 
 POLL_MS = 100
 DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
 MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
 BURST = 64  # messages taken per wake-up at most; their receipt is journaled in one transaction
+SCORE_DRAIN_S = 5.0  # after a stop, frames still queued this long are not scored: ERROR "not scored"
+SHUTDOWN_S = 8.0  # a stop ends within this, whatever state the loops are in
+MAX_CONTROL_MESSAGE = 1 << 20  # bytes a control message part may have before ZeroMQ drops the peer
+REBIND_S = 5.0  # a loop's socket that must be bound again after a crash: retried this long
 
 
 class Server:
@@ -67,12 +74,15 @@ class Server:
         self.sinks = build_sinks(cfg)
         self.images = ImageCache()
         self.stopping = threading.Event()  # drain and stop
+        self.stop_at: float | None = None  # time.monotonic() of the stop request
         self.received_all = threading.Event()  # receiver has emptied its socket and left
         self.finished = threading.Event()  # every verdict journaled and published
         self.last_ids: dict[str, int] = {}
         self.auth = None
-        self.threads: list[threading.Thread] = []
+        self.threads: list[Loop] = []  # the server's own loops
         self.alert_workers: list[AlertWorker] = []
+        self.loops: list[Loop] = []  # every supervised loop, reported by health (hooks add theirs)
+        self.control_owes_answer = False  # REP state: a request was read and its answer not yet sent
         self.status = "starting"
         from .exposure import warnings as exposure_warnings
 
@@ -106,8 +116,15 @@ class Server:
             self.telemetry.serve_http(self.cfg.metrics_port, self.cfg.metrics_host)
         self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
                               for s in self.sinks]
-        for target in (self._receive, self._work, self._output, self._control):
-            self.threads.append(threading.Thread(target=target, name=target.__name__.strip("_"), daemon=True))
+        self.threads = [
+            Loop("receiver", self._receive, recover=self._rebind_frames, finish=self._receiver_done,
+                 stopping=self.stopping),
+            Loop("worker", self._work, finish=lambda: self.outbox.put(None), stopping=self.stopping),
+            Loop("output", self._output, finish=self._output_done, stopping=self.stopping),
+            Loop("control", self._control, recover=self._recover_control, finish=lambda: self.control_sock.close(),
+                 stopping=self.stopping),
+        ]
+        self.loops += self.threads + self.alert_workers
         for t in self.threads + self.alert_workers:
             t.start()
         for item in lost:  # before the line starts, whose inspection ids begin anew in this run
@@ -123,10 +140,13 @@ class Server:
 
     def _bind(self, kind: int, address: str) -> zmq.Socket:
         sock = self.ctx.socket(kind)
-        sock.linger = 0
+        sock.linger = 0  # a close never waits on unsent messages: shutdown stays bounded
         if kind == zmq.PULL:
             sock.rcvhwm = self.cfg.queue.socket_hwm
             sock.setsockopt(zmq.MAXMSGSIZE, HARD_MAX_PAYLOAD + MAX_HEADER_BYTES)  # bigger: peer disconnected
+        if kind == zmq.REP:
+            # over MAX_REQUEST_BYTES: an error answer; over this, the peer is disconnected unread
+            sock.setsockopt(zmq.MAXMSGSIZE, MAX_CONTROL_MESSAGE)
         if self.cfg.curve:
             from .security import secure_server
 
@@ -138,29 +158,59 @@ class Server:
             raise LinesideError(f"cannot bind {address}: {exc}; pick a free address in the station's sockets") from None
         return sock
 
+    def _rebind(self, sock: zmq.Socket, kind: int, address: str) -> zmq.Socket:
+        """A fresh socket on the same address, for a loop whose socket a crash left unusable.
+        The old one is closed first; its address may take a moment to free, hence the retries."""
+        sock.close()
+        deadline = time.monotonic() + REBIND_S
+        while True:
+            try:
+                return self._bind(kind, address)
+            except LinesideError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             self.status = "draining"
+            self.stop_at = time.monotonic()
             log_event("draining", station=self.station, queued=len(self.queue))
             self.stopping.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.finished.wait(timeout)
 
+    def past_shutdown_deadline(self) -> bool:
+        return self.stop_at is not None and time.monotonic() > self.stop_at + SHUTDOWN_S
+
     def close(self) -> None:
-        """Stop (draining first), join every thread and release the sockets."""
+        """Stop (draining first), join every loop and release the sockets, within SHUTDOWN_S.
+
+        Each loop closes its own sockets as it ends. A loop still running at the deadline
+        (stuck in a listener or a backend call) is named in the log and left to end with the
+        process: the context is then not terminated, since ``term`` would wait for its socket.
+        """
         self.request_stop()
-        for t in self.threads + self.alert_workers:
-            t.join(timeout=30)
+        deadline = self.stop_at + SHUTDOWN_S
+        stuck = join_all(self.threads + self.alert_workers, deadline)
         for hook in self.hooks:  # after the drain: they see (and send) every last verdict
             hook.close()
         if self.auth:
             self.auth.stop()
         self.telemetry.close()
-        with self.model_lock:
-            self.model.close()
-        if self.own_context:
-            self.ctx.term()
+        if self.model_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                self.model.close()
+            finally:
+                self.model_lock.release()
+        else:
+            stuck.append("model")
+        if stuck:
+            log_event("shutdown_incomplete", level=logging.ERROR, station=self.station, stuck=stuck,
+                      waited_s=SHUTDOWN_S)
+        elif self.own_context:
+            self.ctx.term()  # every socket is closed by now: this returns at once
         log_event("stopped", station=self.station, **self.telemetry.snapshot()["verdicts"])
 
     # ---- receiver -------------------------------------------------------------------
@@ -172,13 +222,19 @@ class Server:
                 self._accept_burst(_recv_burst(sock, 0))
         # Drain: what already reached the socket still gets its verdict. Bounded in time,
         # since a camera that keeps sending would otherwise keep the server alive.
-        deadline = time.monotonic() + DRAIN_S
+        deadline = self.stop_at + DRAIN_S
         while time.monotonic() < deadline:
             burst = _recv_burst(sock, zmq.NOBLOCK)
             if not burst:
                 break
             self._accept_burst(burst)
-        sock.close()
+
+    def _rebind_frames(self, exc: BaseException) -> None:
+        if isinstance(exc, zmq.ZMQError):  # the socket itself failed: a fresh one on the same address
+            self.frames_sock = self._rebind(self.frames_sock, zmq.PULL, self.cfg.sockets.frames)
+
+    def _receiver_done(self) -> None:
+        self.frames_sock.close()
         self.receipts.close()
         self.received_all.set()
 
@@ -254,10 +310,19 @@ class Server:
         if item.verdict is not None:
             return self._emit(item)
         self._track_ids(item.camera, item.frame_id)
+        # Decode here, before the queue can shed anything: an undecodable image is an ERROR
+        # whatever the load, and DROPPED only ever means a good frame left unscored.
+        t_decode = time.perf_counter()
+        try:
+            item.image = decode_frame(item.frame)
+        except WireError as exc:
+            item.frame, item.verdict = None, Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}")
+            return self._emit(item)
+        item.frame, item.decode_ms = None, (time.perf_counter() - t_decode) * 1e3
         dropped = self.queue.put(item)
         self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
         if dropped is not None:
-            dropped.frame = None
+            dropped.image = None
             dropped.verdict = Verdict("DROPPED", reason=f"overload: queue of {self.queue.capacity} full, "
                                       f"policy {self.queue.policy}")
             self._emit(dropped)
@@ -292,7 +357,13 @@ class Server:
             with self.model_lock:
                 n = min(self.cfg.batch.max_frames, self.model.max_batch)
             batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
-            if batch:
+            if batch and self.stopping.is_set() and time.monotonic() > self.stop_at + SCORE_DRAIN_S:
+                for item in batch:  # the stop is bounded: what is still queued gets its verdict unscored
+                    item.image = None
+                    item.verdict = Verdict("ERROR", reason=f"not scored: the server stopped and its queue did "
+                                                           f"not drain within {SCORE_DRAIN_S:g} s")
+                    self._emit(item)
+            elif batch:
                 try:
                     with self.model_lock:  # a reload swaps the model between batches, never inside one
                         self.model.score(batch)
@@ -301,12 +372,10 @@ class Server:
                 for item in batch:
                     if item.verdict is None:
                         item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
-                    item.frame = None
                     self._emit(item)
                 self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
             elif self.received_all.is_set() and not len(self.queue):
                 break
-        self.outbox.put(None)
 
     # ---- output ---------------------------------------------------------------------
     def _output(self) -> None:
@@ -327,7 +396,9 @@ class Server:
                     self._journal_and_publish(journal, items, sinks)
                 except Exception as exc:  # journaled already (it retries); keep the stream going
                     log_event("publish_failed", level=logging.ERROR, station=self.station, error=repr(exc))
-        journal.close()
+
+    def _output_done(self) -> None:
+        self.journal.close()
         self.pub_sock.close()
         self.status = "stopped"
         self.finished.set()
@@ -377,17 +448,35 @@ class Server:
 
     # ---- control --------------------------------------------------------------------
     def _control(self) -> None:
+        """REP: every request, whatever its shape, gets exactly one answer (the socket's state
+        machine allows nothing else), so the next request can be read."""
         sock, poller = self.control_sock, zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        while not self.finished.is_set():
+        while not (self.finished.is_set() or self.past_shutdown_deadline()):
             if poller.poll(POLL_MS):
-                sock.send_json(handle_command(self, sock.recv()))
-        sock.close()
+                parts = _recv_parts(sock, 0)
+                self.control_owes_answer = True
+                sock.send(encode_answer(handle_request(self, parts)))
+                self.control_owes_answer = False
+
+    def _recover_control(self, exc: BaseException) -> None:
+        """After a crash: answer the request that was read, or, if the socket cannot, bind a fresh one."""
+        if self.control_owes_answer:
+            try:
+                self.control_sock.send(encode_answer({"ok": False, "error": f"internal error: {exc!r}"}))
+                self.control_owes_answer = False
+                return
+            except zmq.ZMQError:
+                pass
+        if self.control_owes_answer or isinstance(exc, zmq.ZMQError):
+            self.control_sock = self._rebind(self.control_sock, zmq.REP, self.cfg.sockets.control)
+            self.control_owes_answer = False
 
     def health(self) -> dict:
         with self.model_lock:
             bundle = dict(self.model.info)
-        answer = {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid()}
+        answer = {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid(),
+                  "loops": {loop.name: loop.report() for loop in self.loops}}
         if self.exposed:
             answer["security_warnings"] = self.exposed
         return answer
@@ -446,7 +535,7 @@ def serve_forever(servers: list[Server]) -> None:
     try:
         for server in servers:
             server.start()
-        while not all(server.finished.wait(0.5) for server in servers):
+        while not all(server.finished.wait(0.5) or server.past_shutdown_deadline() for server in servers):
             pass
     finally:
         for server in servers:
@@ -455,19 +544,23 @@ def serve_forever(servers: list[Server]) -> None:
 
 
 def main(args) -> int:
+    from .logs import json_logging
     from .station import load_station
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     configs = [load_station(path) for path in args.station_config]
     names = [cfg.station for cfg in configs]
     if len(set(names)) != len(names):
         raise LinesideError(f"station names must differ between the configs, got {names}")
-    # each station has its own ZeroMQ context, hence its own Curve authenticator and its own keys
-    servers = [Server(cfg) for cfg in configs]
-    for server in servers:
-        if server.cfg.line:
-            from .line.service import LineService
+    restore_stderr = json_logging()  # from here on, every stderr line is one JSON object, native ones too
+    try:
+        # each station has its own ZeroMQ context, hence its own Curve authenticator and its own keys
+        servers = [Server(cfg) for cfg in configs]
+        for server in servers:
+            if server.cfg.line:
+                from .line.service import LineService
 
-            LineService(server)
-    serve_forever(servers)
+                LineService(server)
+        serve_forever(servers)
+    finally:
+        restore_stderr()
     return 0

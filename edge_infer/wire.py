@@ -61,9 +61,11 @@ class Limits:
 
 
 class FrameHeader(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as documented, no coercion (`"captured_at": "123"` and `"v": true` are
+    # refused, not read as 123.0 and 1); an int is still a number where a number is asked for
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    v: Literal[1]
+    v: StrictInt  # Literal[1] would take `true`, since True == 1 in Python
     station: str = Field(pattern=NAME_PATTERN)
     camera: str = Field(pattern=NAME_PATTERN)
     frame_id: StrictInt = Field(ge=0, le=2**63 - 1)
@@ -72,6 +74,13 @@ class FrameHeader(BaseModel):
     dtype: Literal["uint8"] = "uint8"
     shape: list[StrictInt] = Field(min_length=2, max_length=3)
     tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("v")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"schema version {v} is not {SCHEMA_VERSION}, the one this server reads")
+        return v
 
     @field_validator("captured_at")
     @classmethod

@@ -15,6 +15,7 @@ from collections import OrderedDict
 
 from ..station import StationConfig
 from ..logs import log_event
+from ..supervise import Loop
 from ..telemetry import Telemetry
 
 
@@ -66,16 +67,17 @@ def build_sinks(cfg: StationConfig) -> list[Sink]:
     return sinks
 
 
-class AlertWorker(threading.Thread):
-    """Delivers one sink's pending alerts from the journal, with retry and backoff."""
+class AlertWorker(Loop):
+    """Delivers one sink's pending alerts from the journal, with retry and backoff; a crash
+    (a locked journal, a bug) restarts it (edge_infer/supervise.py), and what was pending stays so."""
 
     def __init__(self, sink: Sink, cfg: StationConfig, images: ImageCache, telemetry: Telemetry,
                  stop: threading.Event):
-        super().__init__(name=f"alert-{sink.name}", daemon=True)
+        super().__init__(f"alert-{sink.name}", stopping=stop)
         self.sink, self.cfg, self.images, self.telemetry, self.stop = sink, cfg, images, telemetry, stop
         self.wake = threading.Event()
 
-    def run(self) -> None:
+    def body(self) -> None:
         from ..journal import Journal
 
         journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
@@ -90,7 +92,9 @@ class AlertWorker(threading.Thread):
                     self.wake.clear()
         finally:
             journal.close()
-            self.sink.close()
+
+    def finish(self) -> None:
+        self.sink.close()
 
     def deliver_pending(self, journal) -> int:
         done = 0

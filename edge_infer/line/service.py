@@ -12,6 +12,7 @@ import threading
 
 from ..errors import LinesideError
 from ..logs import log_event
+from ..supervise import Loop
 from .events import LineJournal, LineMetrics
 from .hw import Clock, DebouncedInput, EdgeCounter, SimGpio, Timers, open_gpio
 from .live import LiveView
@@ -111,9 +112,10 @@ class LineService:
         if self.reject or self.trigger_input:  # deadlines to keep; otherwise no I/O thread at all
             self.timers.start()
         if any(r.trigger == "free-run" for r in self.cfg.recipes):
-            t = threading.Thread(target=lambda: self.hub.free_run(self.stop), name="line-free-run", daemon=True)
+            t = Loop("line-free-run", lambda: self.hub.free_run(self.stop), stopping=self.stop)  # restarted if it raises
             t.start()
             self.threads.append(t)
+        self.server.loops.extend(self.threads)
         from .channels import start_channels
 
         self.channels = start_channels(self)

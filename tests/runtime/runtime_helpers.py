@@ -16,7 +16,7 @@ from tiny_bundle import gray, make_tiny_bundle
 from edge_infer.journal import read_verdicts
 from edge_infer.station import StationConfig, load_station
 
-__all__ = ["gray", "make_tiny_bundle", "station", "wait_for_rows", "bright", "dark"]
+__all__ = ["gray", "make_tiny_bundle", "station", "wait_for_rows", "bright", "dark", "corrupt_png"]
 
 
 def short_dir() -> Path:
@@ -67,3 +67,16 @@ def bright(size=(40, 48)) -> np.ndarray:
 
 def dark(size=(40, 48)) -> np.ndarray:
     return gray(20, size)  # score 20/255 → OK
+
+
+def corrupt_png(image: np.ndarray) -> bytes:
+    """A PNG whose signature and IHDR are intact (it passes the wire checks) but whose pixel
+    data is garbage: only decoding finds out, and libpng complains on stderr as it does."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image)
+    data = bytearray(buf.tobytes())
+    start = data.find(b"IDAT") + 8
+    for i in range(start, min(len(data) - 16, start + 32)):
+        data[i] ^= 0x5A
+    return bytes(data)
