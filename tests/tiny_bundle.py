@@ -10,7 +10,9 @@ import numpy as np
 
 
 def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: int = 3,
-                     image_threshold: float | None = 0.5, max_batch: int = 8) -> Path:
+                     image_threshold: float | None = 0.5, max_batch: int = 8, ballast_mb: int = 0) -> Path:
+    """``ballast_mb``: about that many MB of convolution weights whose result adds 0 to the score,
+    for tests that need a model whose loading costs memory as a real one's does (slow to run)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -21,8 +23,24 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes1"], ["m"], keepdims=1),
         helper.make_node("Div", ["m", "c255"], ["anomaly_map"]),
-        helper.make_node("ReduceMax", ["anomaly_map", "axes123"], ["score"], keepdims=0),
+        helper.make_node("ReduceMax", ["anomaly_map", "axes123"], ["score"] if not ballast_mb else ["peak"],
+                         keepdims=0),
     ]
+    ballast = []
+    if ballast_mb:  # 1x1 convolutions of 4 MB each, whose result is multiplied by 0 (ONNX Runtime
+        # prepacks convolution weights at load, as it does a real model's: that is the memory that counts)
+        width_c, layers, x = 1024, max(1, ballast_mb // 4), "f"
+        rng = np.random.default_rng(0)
+        for i in range(layers):
+            c_in = channels if i == 0 else width_c
+            w = (rng.standard_normal((width_c, c_in, 1, 1)) * 1e-3).astype(np.float32)
+            ballast.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, list(w.shape), w.tobytes(), raw=True))
+            nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"]))
+            x = f"c{i}"
+        ballast.append(helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]))
+        nodes += [helper.make_node("ReduceMax", [x], ["ballast_max"], keepdims=0),
+                  helper.make_node("Mul", ["ballast_max", "zero"], ["nothing"]),
+                  helper.make_node("Add", ["peak", "nothing"], ["score"])]
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", channels, height, width])],
@@ -30,7 +48,7 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
          helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
         initializer=[helper.make_tensor("axes1", TensorProto.INT64, [1], [1]),
                      helper.make_tensor("axes123", TensorProto.INT64, [3], [1, 2, 3]),
-                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0])],
+                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), *ballast],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8

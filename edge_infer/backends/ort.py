@@ -49,6 +49,11 @@ class OrtBackend(Backend):
         anomaly_map, score = self.session.run(["anomaly_map", "score"], {"image": images})
         return ModelOutputs(anomaly_map.astype(np.float32, copy=False), score.astype(np.float32, copy=False))
 
+    def close(self) -> None:
+        # Drop the session now (its arena, thread pool and weights), not whenever the last
+        # reference to this backend goes: a reload must not hold two models' memory for long.
+        self.session = None
+
     def describe(self) -> dict:
         return {**super().describe(), "providers": self.session.get_providers()}
 

@@ -17,7 +17,7 @@ from edge_infer.camera import Publisher
 from edge_infer.control import request
 from edge_infer.journal import read_verdicts
 from edge_infer.wire import encode_frame
-from runtime_helpers import bright, cleanup, corrupt_png, dark, station, wait_for_rows
+from runtime_helpers import bright, cleanup, corrupt_png, dark, make_tiny_bundle, station, wait_for_rows
 from test_process import start_server
 from test_server import serve  # noqa: F401  (the fixture)
 
@@ -200,3 +200,26 @@ def test_health_lists_every_loop(serve):
     loops = request(server.cfg.sockets.control, {"cmd": "health"})["loops"]
     assert {"receiver", "worker", "output", "control"} <= set(loops)
     assert all(loop["restarts"] == 0 and loop["alive"] for loop in loops.values())
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def test_reloads_give_their_memory_back(serve, tmp_path):
+    heavy = make_tiny_bundle(tmp_path / "heavy", ballast_mb=40)  # loading costs memory, as a real model's does
+    server = serve(bundle=heavy)
+    address = server.cfg.sockets.control
+
+    def reloads(n):
+        for _ in range(n):
+            assert request(address, {"cmd": "reload", "bundle": str(heavy)}, timeout_s=60)["ok"]
+
+    reloads(3)  # warm-up: allocator arenas, ONNX Runtime's first-use state
+    before = rss_mb()
+    reloads(30)
+    grown = rss_mb() - before
+    # A model held twice, or arenas that keep what each load freed, is 40 MB or more per
+    # reload; 15 MB over 30 reloads leaves room for allocator noise and nothing else.
+    assert grown < 15, f"RSS grew {grown:.1f} MB over 30 reloads"
