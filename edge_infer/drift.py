@@ -123,5 +123,5 @@ class DriftMonitor:
     def report(self) -> dict:
         if self.reference.size == 0:
             return drift_from_provenance({}, [])
-        return drift_check(self.reference, np.fromiter(self.live, np.float64, len(self.live)),
-                           reference_count=self.reference_count)
+        live = list(self.live)  # a copy taken at once: the worker appends while stats reads
+        return drift_check(self.reference, np.asarray(live, np.float64), reference_count=self.reference_count)

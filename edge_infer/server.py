@@ -471,9 +471,10 @@ class Server:
             self.control_sock = self._rebind(self.control_sock, zmq.REP, self.cfg.sockets.control)
             self.control_owes_answer = False
 
+    # health and stats read the model reference once, without the scoring lock: a reload swaps
+    # the reference whole, and a batch that takes seconds must not keep control from answering
     def health(self) -> dict:
-        with self.model_lock:
-            bundle = dict(self.model.info)
+        bundle = dict(self.model.info)
         answer = {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid(),
                   "loops": {loop.name: loop.report() for loop in self.loops}}
         if self.exposed:
@@ -481,9 +482,9 @@ class Server:
         return answer
 
     def stats(self) -> dict:
-        with self.model_lock:
-            thresholds = self.model.thresholds.model_dump(exclude={"provenance"})
-            drift = self.model.drift.report()
+        model = self.model
+        thresholds = model.thresholds.model_dump(exclude={"provenance"})
+        drift = model.drift.report()
         return {"ok": True, "station": self.station, "status": self.status, **self.telemetry.snapshot(),
                 "queue": {"depth": len(self.queue), "high_water": self.queue.high_water,
                           "capacity": self.queue.capacity, "policy": self.queue.policy},

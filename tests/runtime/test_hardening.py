@@ -223,3 +223,10 @@ def test_reloads_give_their_memory_back(serve, tmp_path):
     # A model held twice, or arenas that keep what each load freed, is 40 MB or more per
     # reload; 15 MB over 30 reloads leaves room for allocator noise and nothing else.
     assert grown < 15, f"RSS grew {grown:.1f} MB over 30 reloads"
+
+
+def test_health_and_stats_answer_while_a_batch_holds_the_model(serve):
+    server = serve()
+    with server.model_lock:  # a batch that takes long (a slow model on a busy device)
+        assert request(server.cfg.sockets.control, {"cmd": "health"}, timeout_s=5)["status"] == "ready"
+        assert request(server.cfg.sockets.control, {"cmd": "stats"}, timeout_s=5)["ok"]

@@ -76,6 +76,8 @@ class Station:
         frames, verdicts, control = free_tcp_addresses(3)
         self.bundles = [make_tiny_bundle(tmp / "a", height=96, width=96, image_threshold=0.5),
                         make_tiny_bundle(tmp / "b", height=96, width=96, image_threshold=0.55)]
+        # for the kill: a model slow enough (tenths of a second a frame) that frames are surely queued
+        self.slow = make_tiny_bundle(tmp / "slow", height=96, width=96, image_threshold=0.5, ballast_mb=8)
         journal = {"path": str(tmp / "journal.sqlite")}
         self.budget = "retain" in JournalConfig.model_fields  # the disk budget (journal.retain.max_mb)
         if self.budget:
@@ -248,7 +250,7 @@ CONTROL_FUZZ = [
     lambda rng: [json.dumps(rng.choice([[], "health", 3, None, {"cmd": 7}, {"cmd": None}])).encode()],
     lambda rng: [json.dumps({"cmd": rng.choice(["fly", "", "HEALTH", "reload", "threshold"])}).encode()],
     lambda rng: [json.dumps({"cmd": "threshold", rng.choice(["image", "pixel", "min_area"]):
-                             rng.choice(["0.5", [0.5], None, True, {"x": 1}, -1.5, 1e308])}).encode()],
+                             rng.choice(["0.5", [0.5], True, {"x": 1}, "nan", float("inf")])}).encode()],
     lambda rng: [json.dumps({"cmd": "reload", "bundle": rng.choice([12, [], "/nonexistent", ""])}).encode()],
     lambda rng: [b'{"cmd": "health", "who": ' + json.dumps("\u0000" * 10).encode() + b"}"],
 ]
@@ -264,6 +266,7 @@ class Control:
         self.refused: list[dict] = []  # reloads or health that answered "ok": false
         self.rss: dict[int, list[float]] = defaultdict(list)  # per server start
         self.done = threading.Event()
+        self.changing = threading.Lock()  # held by a reload or threshold change, and around the kill
         self.threads = [threading.Thread(target=target, daemon=True)
                         for target in (self._monitor, self._fuzz, self._changes)]
 
@@ -311,6 +314,10 @@ class Control:
         state = {"n": 0}
 
         def step():
+            with self.changing:
+                change()
+
+        def change():
             state["n"] += 1
             if state["n"] % 2:
                 bundle = self.station.bundles[state["n"] // 2 % 2]
@@ -378,7 +385,7 @@ def wait_received(station: Station, senders: Senders, since_start: int, timeout_
     deadline = time.monotonic() + timeout_s
     while (received := station.stats()["received"]) < (sent := senders.total_sent() - since_start):
         assert time.monotonic() < deadline, f"the server read {received} of the {sent} messages sent to it"
-        time.sleep(0.005)
+        time.sleep(0.001)
 
 
 def test_soak():
@@ -412,13 +419,25 @@ def run_soak(station: Station) -> None:
     time.sleep(SECONDS / 2)
     senders.pause()
     wait_received(station, senders, received_before_start)
+    # the slow model, a burst, and the kill as soon as the server has read the burst: frames are
+    # queued inside the server (journaled as received, not decided) when it dies
+    control.changing.acquire()
+    assert control.ask("reload", [json.dumps({"cmd": "reload", "bundle": str(station.slow)}).encode()])["ok"]
+    burst = Publisher(station.cfg["sockets"]["frames"], "soak", "burst", "raw", hwm=1000, linger_ms=60_000)
+    for _ in range(32):
+        frame_id = burst.next_id
+        if burst.publish(senders.images[frame_id % 2], block=True):
+            senders.sent["burst"].append(frame_id)
+    wait_received(station, senders, received_before_start)
     in_server = station.stats()
     station.down()
     station.proc.send_signal(signal.SIGKILL)
     station.proc.wait(30)
+    burst.close()
     queued_at_kill = in_server["queue"]["depth"]
     received_before_start = senders.total_sent()
     station.start()
+    control.changing.release()
     senders.resume()
     time.sleep(max(0.0, SECONDS - (time.monotonic() - t_start)))
 
