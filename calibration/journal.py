@@ -13,26 +13,14 @@ are streamed, not loaded).
 from __future__ import annotations
 
 import time
-from array import array
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from edge_infer.errors import LinesideError
 from edge_infer.journal import iter_verdicts, parse_duration
 
+from .journal_scores import JournalScores, tally
+
 __all__ = ["JournalScores", "parse_duration", "read_journal", "tally"]
-
-
-@dataclass
-class JournalScores:
-    good: np.ndarray
-    defects: np.ndarray
-    unreviewed_ng: int
-    since: float
-    rows: int
-    thresholds_seen: list[float] = field(default_factory=list)
 
 
 def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_only: bool = False,
@@ -60,25 +48,3 @@ def read_journal(path: str | Path, station: str, since: str = "7d", confirmed_on
                             f"{since} ({hint}): check --station or widen --since"
                             + (", or review verdicts first (`lineside review`)" if confirmed_only else ""))
     return scores
-
-
-def tally(rows, start: float) -> JournalScores:
-    """Sort verdict rows (status, score, confirmed, threshold), streamed, into good and defect scores."""
-    good, defects, unreviewed, n, thresholds = array("d"), array("d"), 0, 0, set()
-    for row in rows:
-        status, score, confirmed = row["status"], row["score"], row["confirmed"]
-        if score is None:
-            continue
-        n += 1
-        if row["threshold"] is not None:
-            thresholds.add(float(row["threshold"]))
-        if status == "OK":
-            (defects if confirmed == 0 else good).append(score)
-        elif status == "NG" and confirmed == 0:  # a false reject: the part was good
-            good.append(score)
-        elif status == "NG" and confirmed == 1:
-            defects.append(score)
-        elif status == "NG":
-            unreviewed += 1
-    return JournalScores(np.frombuffer(good, dtype=np.float64).copy(), np.frombuffer(defects, dtype=np.float64).copy(),
-                         unreviewed, start, n, sorted(thresholds))

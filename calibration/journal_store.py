@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 
 from edge_infer.errors import LinesideError
+from edge_infer.journal import parse_duration
 
-from .journal import JournalScores, parse_duration, tally
+from .journal_scores import JournalScores, tally
 
 FETCH = 10_000  # rows per round trip of the server-side cursor
 

@@ -9,44 +9,16 @@ and rows left at shutdown or a crash are delivered after the next start: at leas
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
 import time
-from collections import OrderedDict
 
-from ..station import StationConfig
 from ..logs import log_event
+from ..station import StationConfig
 from ..supervise import Loop
 from ..telemetry import Telemetry
-
-
-class Sink(ABC):
-    """One alert destination. ``deliver`` raises to ask for a retry."""
-
-    name = "sink"
-
-    @abstractmethod
-    def deliver(self, verdict: dict, images: "ImageCache") -> str | None:
-        """Deliver one NG verdict (a journal row, ``detail`` parsed); return a note or None."""
-
-    def close(self) -> None:
-        """Release what the sink holds (a GPIO line); the default holds nothing."""
-
-
-class ImageCache:
-    """The last NG images and anomaly maps by journal id, for the disk sink (bounded)."""
-
-    def __init__(self, size: int = 64):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
-
-    def put(self, verdict_id: int, image, anomaly_map) -> None:
-        with self.lock:
-            self.items[verdict_id] = (image, anomaly_map)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-
-    def pop(self, verdict_id: int):
-        with self.lock:
-            return self.items.pop(verdict_id, (None, None))
+from .sink import (  # the sinks import these from .sink, so no module imports this package back
+    ImageCache,
+    Sink,
+)
 
 
 def build_sinks(cfg: StationConfig) -> list[Sink]:

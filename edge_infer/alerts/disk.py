@@ -13,7 +13,7 @@ import numpy as np
 
 from ..bundle import write_json_atomic
 from ..station import DiskConfig
-from . import Sink
+from .sink import Sink
 
 
 class DiskSink(Sink):

@@ -11,7 +11,7 @@ import time
 
 from ..errors import LinesideError
 from ..station import GpioConfig
-from . import Sink
+from .sink import Sink
 
 
 class GpioSink(Sink):

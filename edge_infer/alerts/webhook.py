@@ -6,7 +6,7 @@ import json
 import urllib.request
 
 from ..station import WebhookConfig
-from . import Sink
+from .sink import Sink
 
 
 class WebhookSink(Sink):

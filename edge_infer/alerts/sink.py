@@ -1,0 +1,37 @@
+"""What every alert sink is, and the cache of NG images the disk sink reads."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+
+
+class Sink(ABC):
+    """One alert destination. ``deliver`` raises to ask for a retry."""
+
+    name = "sink"
+
+    @abstractmethod
+    def deliver(self, verdict: dict, images: "ImageCache") -> str | None:
+        """Deliver one NG verdict (a journal row, ``detail`` parsed); return a note or None."""
+
+    def close(self) -> None:
+        """Release what the sink holds (a GPIO line); the default holds nothing."""
+
+
+class ImageCache:
+    """The last NG images and anomaly maps by journal id, for the disk sink (bounded)."""
+
+    def __init__(self, size: int = 64):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def put(self, verdict_id: int, image, anomaly_map) -> None:
+        with self.lock:
+            self.items[verdict_id] = (image, anomaly_map)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+    def pop(self, verdict_id: int):
+        with self.lock:
+            return self.items.pop(verdict_id, (None, None))
