@@ -19,6 +19,9 @@ def register(sub) -> None:
     from .trigger import register_trigger  # the line's trigger-to-reject timing (argparse only)
 
     register_trigger(cmds)
+    from train_host.cli import register_device_check  # argparse only: the check imports torch when it runs
+
+    register_device_check(cmds)
 
 
 def _latency(cmds, handler) -> None:

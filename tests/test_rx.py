@@ -35,7 +35,7 @@ def run(category, tmp_path_factory):
 def fitted(split, batch_size):
     class Context:
         log = staticmethod(lambda *_: None)
-        def loader(self, samples, progress=""):
+        def loader(self, samples, progress="", **_):
             return iter(make_loader(samples, SPEC, batch_size=batch_size))
     context = Context()
     context.split = split

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from edge_infer.cli import handler
 
+from .device import add_device_options
+
 
 def register(sub) -> None:
     train = sub.add_parser("train", help="train a detector on a station's good images",
@@ -38,6 +40,8 @@ def register(sub) -> None:
            description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
            "features; the exported graph holds the bank and searches it as a matrix product.")
 
+    register_weights(sub)
+
     synth = sub.add_parser("synth", help="write synthetic anomalies and their masks to a folder to look at",
                            description="Make synthetic anomalies (as dinov2-lora trains on) from a dataset's good "
                            "training images; writes KIND_NNN.png, KIND_NNN_mask.png and KIND_NNN_overlay.png.")
@@ -64,6 +68,7 @@ def register(sub) -> None:
     ev.add_argument("--limit", type=int, help="evaluate at most this many images per split part (quick checks)")
     ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     ev.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_device_options(ev, amp=False, workers=False)
     ev.set_defaults(handler=handler("train_host.evaluate:main"))
 
     ex = sub.add_parser("export", help="export a run to an ONNX bundle, checked against PyTorch",
@@ -79,6 +84,7 @@ def register(sub) -> None:
                     help="largest relative error against PyTorch that passes (default: 1e-3)")
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_device_options(ex, amp=False, workers=False)
     precision_options(ex)
     ex.set_defaults(handler=handler("train_host.export:main"))
 
@@ -124,7 +130,10 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
     p.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="model input channels (default: 3)")
-    p.add_argument("--weights", help="local backbone checkpoint (.safetensors or .pth); default: random init")
+    p.add_argument("--weights", help="pretrained backbone: 'imagenet' (CNN families) or 'dinov2' (ViT families), "
+                   "resolved through the Hugging Face hub cache at a pinned revision (`lineside weights pull` carries "
+                   "them to an offline host), or a local checkpoint (.safetensors or .pth); default: random init, "
+                   "which costs accuracy (docs/weights.md)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init (default: 0)")
     p.add_argument("--val-share", type=float, default=0.1,
@@ -137,6 +146,39 @@ def common_train_options(p, stations: bool = False) -> None:
                    help="move this many labelled defect images from test into validation, for families that "
                    "validate on real defects (cutpaste); the test set then excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
+    add_device_options(p)
+    p.add_argument("--yes", action="store_true", help="train even when the expected time on this hardware is past "
+                   "the bound `train` asks about (default: ask, or refuse when not on a terminal)")
+
+
+def register_weights(sub) -> None:
+    w = sub.add_parser("weights", help="pretrained backbones: carry them to an air-gapped training host",
+                       description="`pull` downloads a pretrained backbone at its pinned revision (on a connected "
+                       "machine) into a folder with its sha256; `import` checks the hashes and puts the files into "
+                       "the Hugging Face hub cache, where `train --weights imagenet|dinov2` finds them offline.")
+    cmds = w.add_subparsers(dest="weights_command", metavar="WEIGHTS_COMMAND", required=True)
+    pull = cmds.add_parser("pull", help="download NAME (pinned revision) into DIR with its sha256")
+    pull.add_argument("name", nargs="+", help="resnet18, efficientnet_b4, dinov2-vits14, dinov2-vitb14, ... "
+                      "(`lineside weights list`)")
+    pull.add_argument("--out", required=True, help="folder to write (a manifest weights.json and the files)")
+    pull.set_defaults(handler=handler("train_host.pretrained:pull_main"))
+    imp = cmds.add_parser("import", help="check DIR's hashes and put its files into the hub cache")
+    imp.add_argument("dir", help="folder written by `lineside weights pull`")
+    imp.set_defaults(handler=handler("train_host.pretrained:import_main"))
+    ls = cmds.add_parser("list", help="the names `pull` and `train --weights` know, and what is cached")
+    ls.set_defaults(handler=handler("train_host.pretrained:list_main"))
+
+
+def register_device_check(sub) -> None:
+    p = sub.add_parser("device-check", help="train every family a few steps on the GPU, export, compare with the CPU",
+                       description="One script (`python -m train_host.device_check`) that verifies every GPU path: "
+                       "each family trains a few steps on the accelerator and on the CPU, is exported, and the "
+                       "scores are compared. Skips with the reason when there is no accelerator.")
+    p.add_argument("--device", default="auto", help="the accelerator to check (default: the first CUDA GPU)")
+    p.add_argument("--families", help="comma-separated (default: all)")
+    p.add_argument("--out", help="working folder (default: a temporary one)")
+    p.add_argument("--json", metavar="FILE", help="also write the report to FILE")
+    p.set_defaults(handler=handler("train_host.device_check:main"))
 
 
 def int_tuple(text: str) -> tuple[int, ...]:
@@ -209,7 +251,8 @@ def rddpm_options(p) -> None:
     p.add_argument("--seeds", type=int, help="fixed noise draws averaged at inference (default: 1)")
     p.add_argument("--unet", choices=["tiny", "nano", "small", "base"], help="UNet preset (default: nano, Jetson Orin Nano)")
     p.add_argument("--epochs", type=int, help="passes over the training images (default: 200)")
-    p.add_argument("--max-minutes", type=float, help="training wall-clock budget in minutes (default: 5)")
+    p.add_argument("--max-minutes", type=float, help="training wall-clock budget in minutes (default: none: the "
+                   "200 epochs; on a CPU `train` measures a step and asks first when they would run long)")
     p.add_argument("--lr", type=float, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--crop", type=int, help="train on random N×N crops (cheaper steps, no global context); "
                    "default 0: whole images")

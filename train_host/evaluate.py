@@ -21,7 +21,7 @@ def main(args) -> int:
     set_threads(args.threads)
     if len(args.run) > 1:
         return compare(args)
-    model, record = load_run(args.run[0])
+    model, record = load_run(args.run[0], device=args_device(args))
     data = run_data(record, args.data, args.run[0])
     split = run_split(record, data, args.limit)
     metrics = evaluate_model(model, record, split, batch_size=args.batch_size)
@@ -47,7 +47,7 @@ def compare(args) -> int:
                             "images): compare runs made from one split, or give --data another dataset")
     rows = []
     for run, split in zip(args.run, splits):
-        model, record = load_run(run)
+        model, record = load_run(run, device=args_device(args))
         metrics = evaluate_model(model, record, replace(split, test=test), batch_size=args.batch_size)
         rows.append({"run": str(run), **setting(record), **metrics})
     rows.sort(key=lambda row: row["contamination"])  # stable: runs at one level stay in the order given
@@ -56,6 +56,12 @@ def compare(args) -> int:
         write_json_atomic(Path(args.json), {"test_images": len(test), "runs": rows})
         print(f"wrote {args.json}")
     return 0
+
+
+def args_device(args):
+    from .device import resolve_device
+
+    return resolve_device(getattr(args, "device", "auto"))
 
 
 def setting(record: dict) -> dict:

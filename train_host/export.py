@@ -35,9 +35,11 @@ def main(args) -> int:
                               calib_method=args.calib_method, calib_images=args.calib_images,
                               auroc_tolerance=args.auroc_tolerance, eval_limit=args.eval_limit,
                               int8_activations=args.int8_activations)
+    from .device import resolve_device
+
     bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
                            parity_images=args.parity_images, tolerance=args.tolerance, force=args.force,
-                           variants=variants)
+                           variants=variants, device=resolve_device(getattr(args, "device", "auto")))
     entry = bundle.manifest.files["model.onnx"]
     parity = entry.checks["parity"]
     print(f"exported {bundle.root}/model.onnx: parity on {parity['images']} images, max relative error "
@@ -51,8 +53,9 @@ def main(args) -> int:
 
 def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch: int = 8,
                   parity_images: int = 16, tolerance: float = 1e-3, force: bool = False,
-                  variants=None) -> Bundle:
-    """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for."""
+                  variants=None, device=None) -> Bundle:
+    """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for.
+    The graph is traced on the CPU; PyTorch's side of the parity check runs on ``device`` (default: CPU)."""
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
     if record["data"].get("zero_shot"):
@@ -61,7 +64,7 @@ def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch
     prepare_out(out, force)
     export_onnx(model, spec, out / "model.onnx", max_batch)
     images = parity_batch(data or record["data"].get("data"), record, spec, parity_images)
-    parity = parity_check(model, out / "model.onnx", spec, images, tolerance, max_batch)
+    parity = parity_check(model, out / "model.onnx", spec, images, tolerance, max_batch, device)
     bundle = Bundle(out, make_manifest(record, spec, max_batch))
     bundle.add_file("model.onnx", "model", f"torch.onnx.export (opset {OPSET}, torch {torch.__version__}) "
                     f"of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
@@ -92,16 +95,17 @@ def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: 
 
 @torch.no_grad()
 def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, images: np.ndarray,
-                 tolerance: float, max_batch: int = 8) -> dict:
+                 tolerance: float, max_batch: int = 8, device=None) -> dict:
     """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``."""
     ort_out = OrtBackend(onnx_path, spec, max_batch=max_batch).run_all(images)
-    ref_map, ref_score = (t.numpy() for t in model(torch.from_numpy(images)))
+    ref_map, ref_score = reference_outputs(model, images, device)
     result = {
         "images": int(len(images)),
         "score_rel_err": relative_error(ort_out.score, ref_score),
         "map_rel_err": relative_error(ort_out.anomaly_map, ref_map),
         "tolerance": tolerance,
         "backend": "onnxruntime CPUExecutionProvider",
+        "torch_device": str(device or "cpu"),
     }
     worst = max(result["score_rel_err"], result["map_rel_err"])
     if not worst <= tolerance:
@@ -110,6 +114,24 @@ def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, image
             "The export is refused; report this with the run, or raise --tolerance if the difference is understood"
         )
     return result
+
+
+@torch.no_grad()
+def reference_outputs(model: torch.nn.Module, images: np.ndarray, device=None) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's map and score for ``images`` on ``device``, in true FP32 (no TF32 on a GPU), back on the CPU."""
+    device = device or torch.device("cpu")
+    if device.type == "cpu":
+        return tuple(t.numpy() for t in model(torch.from_numpy(images)))
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            model.to(device)
+            outs = model(torch.from_numpy(images).to(device))
+            return tuple(t.float().cpu().numpy() for t in outs)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        model.cpu()
 
 
 def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) -> np.ndarray:

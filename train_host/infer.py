@@ -26,10 +26,13 @@ class Predictions:
 @torch.no_grad()
 def predict(model, samples, spec: InputSpec, batch_size: int = 16, keep_maps: bool = False,
             progress: str = "") -> Predictions:
-    loader = make_loader(samples, spec, batch_size=batch_size)
+    from .device import model_device
+
+    device = model_device(model)  # scores where the model is: the run's device during training, --device after
+    loader = make_loader(samples, spec, batch_size=batch_size, pin_memory=device.type == "cuda")
     scores, labels, paths, maps, masks = [], [], [], [], []
     for batch in progress_bar(loader, progress):
-        amap, score = model(batch["image"])
+        amap, score = (t.float().cpu() for t in model(batch["image"].to(device, non_blocking=True)))
         scores.append(score.numpy())
         labels.append(batch["label"].numpy())
         picked = [samples[i] for i in batch["index"].tolist()]

@@ -46,8 +46,9 @@ def read_record(run: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_run(run: str | Path):
-    """(model in eval mode, record) from a run directory; weights load with safetensors only."""
+def load_run(run: str | Path, device=None):
+    """(model in eval mode on ``device``, default the CPU; record) from a run directory; weights load with
+    safetensors only."""
     from safetensors.torch import load_model
 
     record = read_record(run)
@@ -57,6 +58,8 @@ def load_run(run: str | Path):
     if sha256_file(weights) != record["weights_sha256"]:
         raise LinesideError(f"{weights} does not match the hash in {RECORD}: the run was altered; train again")
     load_model(model, str(weights))
+    if device is not None:
+        model.to(device)
     return model.eval(), record
 
 

@@ -18,50 +18,87 @@ from .infer import predict
 from .run import save_run
 
 COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "seed", "val_share", "limit",
-          "contamination", "val_defects", "threads", "family", "command", "handler"}
+          "contamination", "val_defects", "threads", "family", "command", "handler", "device", "amp", "workers",
+          "yes"}
+# Families built on convolutions: channels_last memory layout on an accelerator (cuDNN's fast path).
+CNN_FAMILIES = {"rx", "adtr", "rddpm", "cutpaste"}
 
 
 def main(args) -> int:
+    from . import distributed
+    from .device import hardware_from_args
+
     set_threads(args.threads)
+    hardware = hardware_from_args(args, channels_last=args.family in CNN_FAMILIES)
+    distributed.start(hardware.device)
+    log = print if hardware.rank == 0 else (lambda *_: None)  # one voice under torchrun
     spec = input_spec(args)
     split = training_split(args)
     out = Path(args.out)
     held = f" (+{len(split.val_defects)} defect)" if split.val_defects else ""
-    print(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation{held}, "
-          f"{len(split.test)} test images")
+    log(f"data: {split.name}: {len(split.train)} train, {len(split.val)} validation{held}, "
+        f"{len(split.test)} test images")
+    log(f"device: {hardware.describe()}")
     config = {"seed": args.seed, **family_config(args)}  # one --seed for the split and the model's init
-    train_run(args.family, config, spec, split, out, options=vars(args))
-    print(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
+    try:
+        train_run(args.family, config, spec, split, out, options=vars(args), log=log, hardware=hardware)
+    finally:
+        distributed.stop()
+    log(f"saved the run to {out}; next: `lineside evaluate {out}` and `lineside export {out} --out BUNDLE`")
     return 0
 
 
 def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, options: dict | None = None,
-              log=print) -> dict:
-    """Build, fit, score the validation images and save; returns the run record's training part."""
+              log=print, hardware=None) -> dict:
+    """Build, fit, score the validation images and save (rank 0); returns the run record's training part."""
     import torch
 
+    from .context import cpu_hardware
+    from .schedule import check_schedule
+
     options = {"batch_size": 16, "seed": 0, **(options or {})}
+    hardware = hardware or cpu_hardware()
     torch.manual_seed(options["seed"])
     module = load_family(family)
     model = module.build(config, spec)
-    weights_info = {"weights": None, "note": "random initialisation: no --weights given"}
-    if options.get("weights"):
-        from .backbones import load_backbone_weights
-
-        # A family whose checkpoints need key mapping (DINOv2's official layouts) brings its own loader.
-        loader = getattr(module, "load_weights", None)
-        if loader is None and not hasattr(model, "backbone"):
-            raise LinesideError(f"the {family} family trains from scratch and has no backbone: drop --weights")
-        weights_info = loader(model, options["weights"]) if loader else load_backbone_weights(model.backbone,
-                                                                                             options["weights"])
-    context = TrainContext(split, spec, options, log)
+    weights_info = load_weights(module, model, family, options, log)
+    model.to(hardware.device)
+    if hardware.channels_last:
+        model.to(memory_format=torch.channels_last)
+    context = TrainContext(split, spec, options, log, hardware=hardware)
+    check_schedule(module, model, context)
     started = time.perf_counter()
     training = module.fit(model, context)
     model.eval()
-    training.update(seconds=round(time.perf_counter() - started, 1), backbone_weights=weights_info)
+    training.update(seconds=round(time.perf_counter() - started, 1), backbone_weights=weights_info,
+                    hardware=hardware.record())
+    if hardware.rank != 0:
+        return training
     config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
     save_fitted(out, family, config_used, spec, model, split, training, options["batch_size"], log, context.skipped)
     return training
+
+
+def load_weights(module, model, family: str, options: dict, log=print) -> dict:
+    """``--weights``: a local file, or a name (imagenet, dinov2) resolved through the hub cache; none: loud."""
+    weights = options.get("weights")
+    if not weights:
+        from .pretrained import random_backbone_note
+
+        note = random_backbone_note(family, model)
+        if note:
+            log(note)
+        return {"weights": None, "note": "random initialisation: no --weights given"}
+    from .backbones import load_backbone_weights
+    from .pretrained import resolve_named
+
+    # A family whose checkpoints need key mapping (DINOv2's official layouts) brings its own loader.
+    loader = getattr(module, "load_weights", None)
+    if loader is None and not hasattr(model, "backbone"):
+        raise LinesideError(f"the {family} family trains from scratch and has no backbone: drop --weights")
+    path, provenance = resolve_named(weights, family, model, log)
+    info = loader(model, path) if loader else load_backbone_weights(model.backbone, path)
+    return {**info, **provenance}
 
 
 def save_fitted(out: Path, family: str, config: dict, spec: InputSpec, model, split, training: dict,
@@ -69,6 +106,7 @@ def save_fitted(out: Path, family: str, config: dict, spec: InputSpec, model, sp
     """Score the validation images into the record (the provisional threshold's evidence), report the
     unreadable images, save the run."""
     val = predict(model, split.val, spec, batch_size, progress="validation") if split.val else None
+    model.cpu()  # safetensors writes from host memory; the record and weights do not depend on the device
     if val is not None and len(val.scores):
         training["validation_good_scores"] = summarise(val.scores)
     skipped = (skipped or []) + (val.skipped if val else [])

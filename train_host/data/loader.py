@@ -72,9 +72,10 @@ class SkippingLoader:
     raises LinesideError, since there is nothing to train or evaluate on.
     """
 
-    def __init__(self, loader: DataLoader, dataset: ImageDataset):
+    def __init__(self, loader: DataLoader, dataset: ImageDataset, memory: dict | None = None):
         self.loader = loader
         self.dataset = dataset
+        self.memory = memory
         self.skipped: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
@@ -88,6 +89,8 @@ class SkippingLoader:
             if batch["image"] is None:
                 continue
             loaded += len(batch["index"])
+            if self.memory is not None:
+                remember(self.memory, batch)
             yield batch
         if loaded == 0 and self.skipped:
             path, reason = self.skipped[0]
@@ -106,17 +109,37 @@ class SkippingLoader:
 
 
 def make_loader(samples: list[Sample], spec: InputSpec, batch_size: int = 16, shuffle: bool = False,
-                seed: int = 0, workers: int = 0) -> SkippingLoader:
+                seed: int = 0, workers: int = 0, pin_memory: bool = False, memory: dict | None = None) -> SkippingLoader:
+    """``workers`` processes decode in parallel (the order of batches does not change); ``pin_memory`` for
+    fast copies to a GPU; ``memory`` (a dict kept by the caller) holds decoded items after the first pass,
+    so later passes skip decoding and resizing: the same batches, in the same order."""
     dataset = ImageDataset(samples, spec)
     loader = DataLoader(
-        _Checked(dataset),
+        _Checked(dataset, memory),
         batch_size=batch_size,
         shuffle=shuffle,
         generator=torch.Generator().manual_seed(seed) if shuffle else None,
         num_workers=workers,
         collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
     )
-    return SkippingLoader(loader, dataset)
+    return SkippingLoader(loader, dataset, memory)
+
+
+MEMORY_LIMIT_BYTES = 2 << 30  # decoded images kept per loader; past this, the rest are decoded every pass
+
+
+def remember(memory: dict, batch: dict) -> None:
+    """Keep a batch's decoded items by index (masks as bool: they are 0/1), up to MEMORY_LIMIT_BYTES."""
+    used = memory.setdefault("_bytes", 0)
+    for j, index in enumerate(batch["index"].tolist()):
+        if index in memory or used > MEMORY_LIMIT_BYTES:
+            continue
+        image, mask = batch["image"][j].clone(), batch["mask"][j] > 0.5
+        memory[index] = (image, int(batch["label"][j]), mask)
+        used += image.numel() + mask.numel()
+    memory["_bytes"] = used
 
 
 def collate(results: list[tuple[dict | None, str, str]]) -> dict:
@@ -137,13 +160,18 @@ def collate(results: list[tuple[dict | None, str, str]]) -> dict:
 class _Checked(Dataset):
     """Yields (item, path, reason) so the collate knows which path failed and why."""
 
-    def __init__(self, dataset: ImageDataset):
+    def __init__(self, dataset: ImageDataset, memory: dict | None = None):
         self.dataset = dataset
+        self.memory = memory
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        if self.memory is not None and index in self.memory:
+            image, label, mask = self.memory[index]
+            item = {"image": image, "label": label, "mask": mask.float(), "index": index}
+            return item, str(self.dataset.samples[index].path), ""
         return self.dataset.load(index)
 
 

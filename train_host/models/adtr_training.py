@@ -36,6 +36,7 @@ class Cache:
 
 @torch.inference_mode()
 def extract(model, images: torch.Tensor) -> torch.Tensor:
+    """Backbone features for the cache, on the model's device (the cache stays there: float16)."""
     return model.features(images).half()
 
 
@@ -59,10 +60,10 @@ def confetti_pool(model, images: torch.Tensor, seed: int, round_: int, batch_siz
 
     feats, ys = [], []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size].numpy()
+        chunk = images[start:start + batch_size].cpu().numpy()
         made = [confetti(im, np.random.default_rng([seed, round_, start + i])) for i, im in enumerate(chunk)]
-        synth = torch.from_numpy(np.stack([m[0] for m in made]))
-        mask = torch.from_numpy(np.stack([m[1] for m in made]))[:, None]
+        synth = torch.from_numpy(np.stack([m[0] for m in made])).to(images.device)
+        mask = torch.from_numpy(np.stack([m[1] for m in made]))[:, None].to(images.device)
         feats.append(extract(model, synth))
         ys.append(grid_share(mask, model.grid))
     return Cache(torch.cat(feats), None, torch.cat(ys))
@@ -91,10 +92,17 @@ class Schedule:
                 "lr_drop_epoch": round(self.drop_at * self.planned), "shortened": self.planned < self.epochs}
 
 
-def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refresh=None, every: int = 1) -> dict:
-    """Train the reconstructor for ``schedule`` epochs; ``batches(epoch)`` yields loss inputs."""
+def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refresh=None, every: int = 1,
+              context=None) -> dict:
+    """Train the reconstructor for ``schedule`` epochs; ``batches(epoch)`` yields loss inputs (global
+    batches: under torchrun each rank trains on its slice, DDP averaging the gradients)."""
+    from ..context import TrainContext
+    from ..device import step
+
+    context = context or TrainContext(None, model.spec, log=log)
     params = [p for p in model.reconstructor.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=model.config.weight_decay)
+    net, scaler = context.wrap(model.reconstructor), context.hardware.scaler()
     model.train()
     started, losses, epoch = time.monotonic(), [], 0
     while epoch < schedule.planned:
@@ -106,15 +114,17 @@ def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refre
             group["lr"] = schedule.lr_at(epoch)
         total, count = 0.0, 0
         for inputs in batches(epoch):
+            inputs = [context.local(t) for t in inputs]
             feats = inputs[0].float()
-            loss = loss_fn(feats, model.reconstructor(feats), *inputs[1:])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            with context.autocast():
+                recon = net(feats)
+            loss = loss_fn(feats, recon.float(), *inputs[1:])
+            step(loss, opt, scaler)
             total, count = total + loss.item() * len(feats), count + len(feats)
         losses.append(total / count)
         if epoch == 0:  # a pool refresh is paid once every `every` epochs
             schedule.plan(time.monotonic() - tick - refresh_seconds + refresh_seconds / every)
+            schedule.planned = int(context.agree(schedule.planned))  # rank 0's clock decides for every rank
         log(f"adtr {name}: epoch {epoch + 1}/{schedule.planned} loss {losses[-1]:.5f} "
             f"lr {opt.param_groups[0]['lr']:.1e}")
         epoch += 1
@@ -128,7 +138,7 @@ def shuffled(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int):
         order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            yield tuple(t[idx] for t in tensors)
+            yield tuple(t[idx.to(t.device)] for t in tensors)
     return batches
 
 
@@ -181,7 +191,7 @@ def fit(model, context) -> dict:
         phase_deadline = None if deadline is None else time.monotonic() + share * (deadline - time.monotonic())
         schedule = Schedule(config.epochs, config.lr, config.drop_at, phase_deadline)
         result["normal"] = run_phase(model, "L_norm", schedule, shuffled((cache.feats,), batch_size, seed),
-                                     l_norm, log)
+                                     l_norm, log, context=context)
     if config.anomaly_available:
         result["anomaly"] = train_anomaly_available(model, context, cache, real, deadline, batch_size, log)
     return result
@@ -206,7 +216,7 @@ def train_anomaly_available(model, context, cache: Cache, real, deadline, batch_
 
     schedule = Schedule(config.px_epochs, config.lr, config.px_drop_at, deadline)
     info = run_phase(model, "L_px", schedule, batches, lambda f, r, y: l_px(f, r, y, config.alpha), log,
-                     refresh, every=max(1, config.pool_refresh))
+                     refresh, every=max(1, config.pool_refresh), context=context)
     info.update(pool=f"one confetti variant per training image, regenerated every {config.pool_refresh} epochs",
                 labelled_defects=len(real))
     return info

@@ -32,8 +32,19 @@ from .cutpaste_validation import ValidationSet, build_validation, validation_aur
 
 
 def train_bilevel(model, context) -> dict:
+    """The synthesis runs on the CPU (OpenCV and NumPy per image); the network trains on the device,
+    under torchrun with DDP (each rank its slice of every synthesised global batch)."""
+    from edge_infer.errors import LinesideError
+
+    from ..device import step
+
     opts = context.options
     learned = bool(opts.get("learned_synthesis"))
+    device = context.device
+    if learned and context.hardware.world_size > 1:
+        raise LinesideError("cutpaste --learned-synthesis under torchrun is not supported: its hypergradient "
+                            "(an unrolled look-ahead of the whole network) is not split across processes. Train it "
+                            "in one process (one GPU), or drop --learned-synthesis to train on several")
     epochs = int(opts.get("epochs") or 5)
     deadline = time.monotonic() + 60 * float(opts.get("max_minutes") or math.inf)
     upper_every = int(opts.get("upper_every") or 2)
@@ -44,32 +55,34 @@ def train_bilevel(model, context) -> dict:
         context.log(f"cutpaste: {len(crops.paths)} defect crops from {opts['defect_crops']}"
                     + (f" ({len(crops.skipped)} skipped)" if crops.skipped else ""))
     synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)), crops=crops)
-    vset = build_validation(context, int(opts.get("seed", 0)))
+    vset = build_validation(context, int(opts.get("seed", 0))).to(device)
     context.log(f"cutpaste: validation signal: {vset.signal}")
     preview = first_images(context, context.split.train, 8)
     synth_out = Path(opts["synth_out"]) if opts.get("synth_out") else None
     if synth_out:
         save_synthesis_pngs(synth, preview, vset, synth_out, "before")
     net_opt = torch.optim.Adam(model.parameters(), lr=float(opts.get("lr") or 1e-3))
+    net, scaler = context.wrap(model.backbone), context.hardware.scaler()
     synth_opt = synthesis_optimizer(synth, opts)
     synth_lr, placement_lr = (g["lr"] for g in reversed(synth_opt.param_groups))
     steps, upper_steps, val_losses, losses, stopped = 0, 0, [], [], "epochs"
     epoch_aurocs, best = [], None  # real defects choose the epoch kept: (auroc, epoch, state)
     for epoch in range(epochs):
-        for batch in context.loader(context.split.train, shuffle=True, progress=f"cutpaste: epoch {epoch + 1}"):
+        for batch in context.loader(context.split.train, shuffle=True, progress=f"cutpaste: epoch {epoch + 1}",
+                                    keep=True, on_device=False):
             model.train()
             with torch.no_grad():
-                x, m = synth(batch["image"])
-            loss = focal_dice_loss(model.logits(x), m)
-            net_opt.zero_grad()
-            loss.backward()
-            net_opt.step()
+                x, m = (context.local(t).to(device, non_blocking=True) for t in synth(batch["image"]))
+            with context.autocast():
+                logits = net(model.normalize(x))
+            loss = focal_dice_loss(logits.float(), m)
+            step(loss, net_opt, scaler)
             losses.append(loss.item())
             steps += 1
             if learned and steps % upper_every == 0:
                 val_losses.append(upper_step(model, synth, synth_opt, batch["image"], vset, inner_lr))
                 upper_steps += 1
-            if time.monotonic() > deadline:
+            if context.agree(time.monotonic() > deadline):
                 stopped = "max_minutes"
                 break
         auroc = validation_auroc(model, vset) if vset.real else None
@@ -127,7 +140,7 @@ def upper_step(model, synth, synth_opt, images, vset: ValidationSet, inner_lr: f
     seg = model.backbone  # the whole segmentation net; named so the precision export can find it
     params = dict(seg.named_parameters())
     buffers = {k: v.clone() for k, v in seg.named_buffers()}  # the look-ahead leaves BN statistics alone
-    x, m = synth(images)  # differentiable in the synthesis parameters
+    x, m = (t.to(model.normalize.mean.device) for t in synth(images))  # differentiable in the synthesis
     train_loss = focal_dice_loss(functional_call(seg, (params, buffers), (model.normalize(x),)), m)
     grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=True)
     unrolled = {k: p - inner_lr * g for (k, p), g in zip(params.items(), grads)}
@@ -142,7 +155,7 @@ def upper_step(model, synth, synth_opt, images, vset: ValidationSet, inner_lr: f
 
 def first_images(context, samples, count: int) -> torch.Tensor:
     images = []
-    for batch in context.loader(samples[:count], batch_size=count):
+    for batch in context.loader(samples[:count], batch_size=count, on_device=False):
         images.append(batch["image"])
     return torch.cat(images) if images else torch.zeros(0, context.spec.channels, context.spec.height,
                                                          context.spec.width, dtype=torch.uint8)
@@ -225,6 +238,7 @@ def save_synthesis_pngs(synth, images, vset: ValidationSet, out: Path, tag: str)
     heat = [cv2.applyColorMap(np.uint8(255 * (p / p.max()).numpy()), cv2.COLORMAP_JET) for p in prob]
     cv2.imwrite(str(out / f"placement_{tag}.png"), tile([bgr(i) for i in images] + heat, columns=len(images)))
     # the validation set's defects (masks outlined where it has them)
+    vset = vset.to("cpu")
     defects = vset.images[vset.labels == 1][:8]
     masks = vset.masks[vset.labels == 1][:8] if vset.masks is not None else torch.zeros_like(defects[:, :1])
     cv2.imwrite(str(out / "validation_defects.png"), tile([outlined(a, b) for a, b in zip(defects, masks)]))

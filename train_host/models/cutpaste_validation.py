@@ -39,6 +39,10 @@ class ValidationSet:
     def real(self) -> bool:
         return self.signal.startswith("real")
 
+    def to(self, device) -> "ValidationSet":
+        masks = self.masks.to(device) if self.masks is not None else None
+        return ValidationSet(self.images.to(device), self.labels.to(device), masks, self.signal)
+
     def loss(self, model, logits: torch.Tensor) -> torch.Tensor:
         """The validation loss of the network's ``logits`` on these images (differentiable)."""
         if self.masks is not None:
@@ -86,7 +90,7 @@ def read_set(context, samples) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images, float masks) of the samples, in the model's input geometry."""
     spec = context.spec
     images, masks = [], []
-    for batch in context.loader(samples, batch_size=max(1, len(samples))):
+    for batch in context.loader(samples, batch_size=max(1, len(samples)), on_device=False):
         images.append(batch["image"])
         masks.append(batch["mask"])
     if not images:
@@ -114,11 +118,11 @@ def validation_auroc(model, vset: ValidationSet) -> float | None:
     """Image AUROC of the detector on a validation set with both classes (real defects); else None."""
     from sklearn.metrics import roc_auc_score
 
-    labels = vset.labels.numpy()
+    labels = vset.labels.cpu().numpy()
     if len(set(labels.tolist())) < 2:
         return None
     was_training = model.training
     model.eval()
-    scores = torch.cat([model(vset.images[i:i + 32])[1] for i in range(0, len(vset.images), 32)]).numpy()
+    scores = torch.cat([model(vset.images[i:i + 32])[1] for i in range(0, len(vset.images), 32)]).float().cpu().numpy()
     model.train(was_training)
     return float(roc_auc_score(labels, scores))

@@ -105,7 +105,7 @@ def greedy_coreset(feats: torch.Tensor, size: int, projection: int, seed: int) -
     generator = torch.Generator().manual_seed(seed)
     if projection and projection < feats.shape[1]:
         matrix = torch.randn(feats.shape[1], projection, generator=generator) / projection**0.5
-        reduced = feats @ matrix
+        reduced = feats @ matrix.to(feats.device)
     else:
         reduced = feats
     picked = torch.empty(size, dtype=torch.long)
@@ -134,18 +134,21 @@ def fit(model: DinoKNNDetector, context) -> dict:
 
         pick = np.random.default_rng([cfg.seed, 11]).permutation(len(samples))[: cfg.shots]
         samples = [samples[i] for i in sorted(pick)]
+    from ..distributed import gather_rows
+
+    # each rank its share under torchrun, gathered in rank order: the bank a single process builds
     feats = [model.features(batch["image"]).flatten(0, 1)
-             for batch in context.loader(samples, progress="dinov2-knn: features")]
-    if not feats:
+             for batch in context.loader(samples, progress="dinov2-knn: features", shard=True)]
+    feats = gather_rows(torch.cat(feats) if feats else model.bank[:0])
+    if not len(feats):
         raise LinesideError("dinov2-knn found no readable good training image: check --data")
-    feats = torch.cat(feats)
     size = min(cfg.bank_size, len(feats))
     if size == len(feats):
-        index = torch.arange(len(feats))
+        index = torch.arange(len(feats), device=feats.device)
     elif cfg.coreset == "greedy":
-        index = greedy_coreset(feats, size, cfg.projection, cfg.seed)
+        index = greedy_coreset(feats, size, cfg.projection, cfg.seed).to(feats.device)
     else:
-        index = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed))[:size]
+        index = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed))[:size].to(feats.device)
     model.set_bank(feats[index])
     images = len(feats) // (model.spec.height // 14 * (model.spec.width // 14))
     context.log(f"dinov2-knn: memory bank of {size} of {len(feats)} patch features ({cfg.coreset} coreset) "

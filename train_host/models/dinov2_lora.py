@@ -145,7 +145,7 @@ class SplitQKV(nn.Module):
         super().__init__()
         d, o = qkv.in_features, qkv.out_features // 3
         bias = qkv.bias is not None
-        self.query, self.key, self.value = (nn.Linear(d, o, bias=bias) for _ in range(3))
+        self.query, self.key, self.value = (nn.Linear(d, o, bias=bias, device=qkv.weight.device) for _ in range(3))
         with torch.no_grad():
             for i, part in enumerate((self.query, self.key, self.value)):
                 part.weight.copy_(qkv.weight[i * o:(i + 1) * o])
@@ -157,7 +157,8 @@ class SplitQKV(nn.Module):
 
     def fused(self) -> nn.Linear:
         parts = (self.query, self.key, self.value)
-        linear = nn.Linear(self.query.in_features, 3 * self.query.out_features, bias=self.query.bias is not None)
+        linear = nn.Linear(self.query.in_features, 3 * self.query.out_features, bias=self.query.bias is not None,
+                           device=self.query.weight.device)
         with torch.no_grad():
             linear.weight.copy_(torch.cat([p.weight for p in parts]))
             if linear.bias is not None:
@@ -221,6 +222,9 @@ def load_weights(model: DinoSegDetector, path) -> dict:
 def fit(model: DinoSegDetector, context) -> dict:
     from .dinov2_training import fit_segmentation
 
+    if context.hardware.world_size > 1:
+        raise LinesideError("dinov2-lora under torchrun is not supported yet: its LoRA and head training run in one "
+                            "process. Train it on one GPU (`lineside train dinov2-lora --device cuda`)")
     stations = len(context.split.info.get("stations", []))
     if model.config.zero_shot and stations < 2:
         raise LinesideError(f"zero-shot training needs the good images of two or more stations, got {stations}: "

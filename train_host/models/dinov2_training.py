@@ -62,7 +62,7 @@ def step_loss(model, tokens, masks, labels) -> torch.Tensor:
 
 def read_images(context, samples) -> list[np.ndarray]:
     images = []
-    for batch in context.loader(samples, shuffle=False):
+    for batch in context.loader(samples, shuffle=False, on_device=False):  # synthesis is NumPy work
         images.extend(batch["image"].numpy())
     return images
 
@@ -100,8 +100,14 @@ def seg_data(goods: list[np.ndarray], per_kind: int, kinds, seed: int, donors_fr
 
 
 def train_head(model, data: SegData, epochs: int, batch_size: int, seed: int, log, params=None,
-               frozen: bool = True, desc: str = "") -> float:
-    """AdamW over the head (and ``params``, e.g. LoRA's); frozen backbones get their tokens cached."""
+               frozen: bool = True, desc: str = "", hardware=None) -> float:
+    """AdamW over the head (and ``params``, e.g. LoRA's); frozen backbones get their tokens cached.
+    The images stay on the CPU and each batch goes to the model's device; ``hardware`` brings autocast."""
+    from ..context import cpu_hardware
+    from ..device import model_device, step
+
+    hardware = hardware or cpu_hardware()
+    device, scaler = model_device(model), hardware.scaler()
     cfg = model.config
     cached = cache_tokens(model, data.images, batch_size) if frozen else None
     groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr}]
@@ -114,17 +120,17 @@ def train_head(model, data: SegData, epochs: int, batch_size: int, seed: int, lo
     for epoch in range(epochs):
         started, total, steps = time.perf_counter(), 0.0, 0
         for idx in torch.randperm(len(data), generator=generator).split(batch_size):
-            if cached is not None:
-                tokens = cached[idx]
-            elif frozen:
-                with torch.no_grad():
-                    tokens = model.tokens(data.images[idx])
-            else:
-                tokens = model.tokens(data.images[idx])
-            loss = step_loss(model, tokens, data.masks[idx], data.labels[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            images = data.images[idx].to(device, non_blocking=True)
+            with hardware.autocast():
+                if cached is not None:
+                    tokens = cached[idx.to(cached.device)]
+                elif frozen:
+                    with torch.no_grad():
+                        tokens = model.tokens(images)
+                else:
+                    tokens = model.tokens(images)
+                loss = step_loss(model, tokens, data.masks[idx].to(device), data.labels[idx].to(device))
+            step(loss.float(), optimiser, scaler)
             total, steps = total + loss.item(), steps + 1
         loss_value = total / max(steps, 1)
         log(f"{desc}: epoch {epoch + 1}/{epochs} loss {loss_value:.4f} ({time.perf_counter() - started:.0f} s)")
@@ -134,11 +140,14 @@ def train_head(model, data: SegData, epochs: int, batch_size: int, seed: int, lo
 
 @torch.no_grad()
 def cache_tokens(model, images: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+    from ..device import model_device
+
     model.eval()
-    first = model.tokens(images[:1])
+    device = model_device(model)  # the cache is built, and kept, on the model's device
+    first = model.tokens(images[:1].to(device))
     if first.numel() * 4 * len(images) > CACHE_LIMIT_BYTES:
         return None
-    return torch.cat([model.tokens(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    return torch.cat([model.tokens(images[i:i + batch_size].to(device)) for i in range(0, len(images), batch_size)])
 
 
 @torch.no_grad()
@@ -146,12 +155,15 @@ def validate(model, data: SegData, batch_size: int) -> dict:
     """Image and pixel AUROC on held-out good images and synthetic anomalies; ``select`` is their mean."""
     from sklearn.metrics import roc_auc_score
 
+    from ..device import model_device
+
     model.eval()
+    device = model_device(model)
     maps, scores = [], []
     for i in range(0, len(data), batch_size):
-        amap, score = model(data.images[i:i + batch_size])
-        maps.append(amap)
-        scores.append(score)
+        amap, score = model(data.images[i:i + batch_size].to(device))
+        maps.append(amap.float().cpu())
+        scores.append(score.float().cpu())
     maps, scores = torch.cat(maps), torch.cat(scores)
     image = float(roc_auc_score(data.labels.numpy(), scores.numpy()))
     pixel = float(roc_auc_score(data.masks.flatten().numpy() > 0.5, maps.flatten().numpy()))
@@ -191,7 +203,8 @@ def fit_segmentation(model, context) -> dict:
 
     if cfg.adapt in ("baseline", "best"):
         started = time.perf_counter()
-        train_head(model, train, cfg.epochs, batch_size, cfg.seed, log, desc="baseline (frozen backbone)")
+        train_head(model, train, cfg.epochs, batch_size, cfg.seed, log, desc="baseline (frozen backbone)",
+                   hardware=context.hardware)
         results["baseline"] = {**validate(model, val, batch_size), "seconds": round(time.perf_counter() - started, 1)}
         log(f"baseline: validation {results['baseline']}")
         baseline_state = copy.deepcopy(model.state_dict())
@@ -199,7 +212,8 @@ def fit_segmentation(model, context) -> dict:
             model.load_state_dict(initial)
 
     if cfg.adapt in ("lora", "best"):
-        rank = choose_rank(model, train, val, batch_size, log, record) if cfg.rank == "auto" else None
+        rank = choose_rank(model, train, val, batch_size, log, record, context.hardware) if cfg.rank == "auto" \
+            else None
         rank, alpha, targets = lora_settings(cfg, rank)
         started = time.perf_counter()
         adapter = LoRAAdapter(model, rank, alpha, targets, seed=cfg.seed)
@@ -210,7 +224,7 @@ def fit_segmentation(model, context) -> dict:
             log(f"note: these adapters are {100 * report['share_of_backbone']:.2f}% of the {cfg.backbone} backbone, "
                 f"over the {100 * SHARE_NOTE:g}% the default aims for (vitb14 at rank 16: 0.69%)")
         train_head(model, train, cfg.epochs, batch_size, cfg.seed, log, params=adapter.parameters(),
-                   frozen=False, desc=f"LoRA r{rank}")
+                   frozen=False, desc=f"LoRA r{rank}", hardware=context.hardware)
         record["merge_check"] = merge_checked(model, adapter, real_images(val, val_goods, goods))
         results["lora"] = {**validate(model, val, batch_size), "seconds": round(time.perf_counter() - started, 1),
                            **report}
@@ -229,7 +243,7 @@ def fit_segmentation(model, context) -> dict:
     return record
 
 
-def choose_rank(model, train: SegData, val: SegData, batch_size: int, log, record: dict) -> int:
+def choose_rank(model, train: SegData, val: SegData, batch_size: int, log, record: dict, hardware=None) -> int:
     """Adaptive rank: a short training per candidate rank on a copy of the model; best validation wins."""
     from .dinov2_lora import LoRAAdapter, lora_settings
 
@@ -239,7 +253,7 @@ def choose_rank(model, train: SegData, val: SegData, batch_size: int, log, recor
         r, alpha, targets = lora_settings(cfg, rank)
         adapter = LoRAAdapter(trial, r, alpha, targets, seed=cfg.seed)
         train_head(trial, train, cfg.sweep_epochs, batch_size, cfg.seed, log, params=adapter.parameters(),
-                   frozen=False, desc=f"rank sweep r{rank}")
+                   frozen=False, desc=f"rank sweep r{rank}", hardware=hardware)
         sweep[rank] = validate(trial, val, batch_size)["select"]
     best = max(sweep, key=sweep.get)
     log(f"rank sweep ({cfg.sweep_epochs} epochs each): {sweep} → rank {best}")
@@ -258,10 +272,13 @@ def merge_checked(model, adapter, images: torch.Tensor) -> dict:
     """Merge the adapters, and prove the merged model scores ``images`` as the adapted one did."""
     from edge_infer.backends.base import relative_error
 
+    from ..device import model_device
+
     model.eval()
-    adapted_map, adapted_score = model(images)
+    images = images.to(model_device(model))
+    adapted_map, adapted_score = (t.cpu() for t in model(images))
     adapter.merge()
-    merged_map, merged_score = model(images)
+    merged_map, merged_score = (t.cpu() for t in model(images))
     if any("lora_" in k for k in model.state_dict()):
         raise LinesideError("LoRA adapters are still in the model after merging: report this with the run")
     worst = max(relative_error(merged_map.numpy(), adapted_map.numpy()),

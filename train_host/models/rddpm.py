@@ -48,7 +48,7 @@ class RDDPMConfig:
     seeds: int = 1  # fixed noise draws whose reconstructions are averaged
     train_t_max: int = 500  # training timesteps drawn from [0, train_t_max]: inference never goes deeper
     epochs: int = 200
-    max_minutes: float = 5.0  # training stops at this wall-clock budget, whichever comes first
+    max_minutes: float | None = None  # wall-clock budget, whichever comes first (on a CPU, `train` asks for one)
     lr: float = 1e-3
     ema: float = 0.995  # decay of the weight average used for inference
     crop: int = 0  # 0: whole images (the layout of the part is context); N: random N×N crops, ~4× cheaper per step
@@ -128,7 +128,7 @@ class RDDPMDetector(nn.Module):
         for i, t in enumerate(self.timesteps):
             a_t = ab[t]
             a_prev = ab[self.timesteps[i + 1]] if i + 1 < len(self.timesteps) else 1.0
-            eps = self.backbone(xt, torch.tensor([float(t)]))
+            eps = self.backbone(xt, torch.tensor([float(t)], device=xt.device))
             x0 = ((xt - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)).clamp(-1.0, 1.0)
             xt = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
         return xt.reshape(-1, seeds, c, h, w).mean(1)
@@ -243,38 +243,48 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch
 
 
 def fit(model: RDDPMDetector, context) -> dict:
-    """Train the denoiser with the configured loss, then choose t0 and K on validation."""
-    cfg = model.config
+    """Train the denoiser with the configured loss, then choose t0 and K on validation.
+
+    Random draws (order, timesteps, noise) come from one seeded CPU generator, whatever the
+    device, so a run is the same on any hardware up to arithmetic; under torchrun every rank
+    draws the whole global batch and trains on its slice (DDP averages the slices' gradients)."""
+    from ..device import step
+
+    cfg, device = model.config, context.device
     images = load_images(context, context.split.train, "train")
     batch_size = int(context.options.get("batch_size") or 16)
     generator = torch.Generator().manual_seed(cfg.seed)
     ab = torch.tensor(model.alphas_cumprod, dtype=torch.float32)
     loss_fn = RobustLoss(cfg.loss, delta=cfg.delta, keep=cfg.keep, timesteps=cfg.train_t_max + 1)
     unet = model.backbone.train()
+    net = context.wrap(unet)
+    scaler = context.hardware.scaler()
     ema = [p.detach().clone() for p in unet.parameters()]
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     started, steps, losses, epoch = time.perf_counter(), 0, [], 0
-    budget = cfg.max_minutes * 60
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(images), batch_size):
-            x0 = random_crop(model.to_unit(images[order[start:start + batch_size]]), cfg.crop, generator)
+            x0 = random_crop(model.to_unit(images[order[start:start + batch_size].to(images.device)]), cfg.crop,
+                             generator)
             t = torch.randint(0, cfg.train_t_max + 1, (len(x0),), generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            a = ab[t].view(-1, 1, 1, 1)
-            loss = loss_fn(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - noise, t)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            noise = torch.randn(x0.shape, generator=generator).to(device)
+            a = ab[t].view(-1, 1, 1, 1).to(device)
+            x0, t, noise, a = (context.local(v) for v in (x0, t, noise, a))
+            with context.autocast():
+                residual = net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t.to(device)) - noise
+            loss = loss_fn(residual.float(), t)
+            step(loss, optimizer, scaler)
             with torch.no_grad():
                 for e, p in zip(ema, unet.parameters()):
                     e.lerp_(p, 1 - min(cfg.ema, (1 + steps) / (10 + steps)))  # warm-up: early EMA tracks fast
             steps += 1
             losses.append(loss.item())
-            if time.perf_counter() - started > budget:
+            if context.agree(time.perf_counter() - started > budget):
                 break
         context.log(f"rddpm: epoch {epoch} ({steps} steps): {cfg.loss} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
-        if time.perf_counter() - started > budget:
+        if context.agree(time.perf_counter() - started > budget):
             context.log(f"rddpm: stopped at the {cfg.max_minutes:g}-minute budget")
             break
     seconds = time.perf_counter() - started

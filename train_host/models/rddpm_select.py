@@ -24,7 +24,7 @@ TOLERANCE = 0.01
 def synthesize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """uint8 N×C×H×W → a copy of each image with one blob or scratch (half bright, half dark)."""
     rng = np.random.default_rng([seed, 17])
-    out = images.numpy().astype(np.float32).copy()
+    out = images.cpu().numpy().astype(np.float32).copy()
     _, _, h, w = out.shape
     for img in out:
         mask = np.zeros((h, w), np.float32)
@@ -41,12 +41,12 @@ def synthesize(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
                      max(1, min(h, w) // 48))
         strength = rng.uniform(50, 110) * (1 if rng.random() < 0.5 else -1)
         img += strength * mask[None]
-    return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8))
+    return torch.from_numpy(np.clip(out, 0, 255).astype(np.uint8)).to(images.device)
 
 
 @torch.no_grad()
 def scores(model, images: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    return np.concatenate([model(images[i:i + batch_size])[1].numpy() for i in range(0, len(images), batch_size)])
+    return np.concatenate([model(images[i:i + batch_size])[1].float().cpu().numpy() for i in range(0, len(images), batch_size)])
 
 
 def use(model, t0: int, steps: int, norm_images: torch.Tensor) -> None:

@@ -74,15 +74,15 @@ class TimestepScale:
 
     def reference(self, t: torch.Tensor, per_image: torch.Tensor) -> torch.Tensor:
         """Each image's expected loss at its timestep (its own loss where the bucket is new), then update."""
-        bucket = (t // self.width).clamp_max(len(self.mean) - 1)
-        values = per_image.detach()
+        bucket = (t.cpu() // self.width).clamp_max(len(self.mean) - 1)
+        values = per_image.detach().cpu()  # a few numbers per batch: the running means stay on the CPU
         ref = torch.where(self.seen[bucket], self.mean[bucket], values)
         for b in bucket.unique():
             picked = values[bucket == b].mean()
             old = self.mean[b] if self.seen[b] else picked
             self.mean[b] = self.momentum * old + (1 - self.momentum) * picked
             self.seen[b] = True
-        return ref
+        return ref.to(per_image.device)
 
 
 class RobustLoss:

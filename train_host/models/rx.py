@@ -93,25 +93,38 @@ class RXDetector(nn.Module):
 
 
 class MomentAccumulator:
-    """Running sums of x and x xᵀ per location, in float64 so long runs stay exact enough."""
+    """Running sums of x and x xᵀ per location, in float64 so long runs stay exact enough.
 
-    def __init__(self, locations: int, dim: int):
+    The sums live on ``device`` (the features' device; MPS has no float64, so there they stay on
+    the CPU); under torchrun each rank sums its share and ``combine`` adds the ranks' sums."""
+
+    def __init__(self, locations: int, dim: int, device=None):
+        device = torch.device("cpu") if device is None or device.type == "mps" else device
         self.n = 0
-        self.sum = torch.zeros(locations, dim, dtype=torch.float64)
-        self.outer = torch.zeros(locations, dim, dim, dtype=torch.float64)
+        self.sum = torch.zeros(locations, dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(locations, dim, dim, dtype=torch.float64, device=device)
 
     def add(self, feats: torch.Tensor) -> None:  # N×L×d
-        f = feats.double()
+        f = feats.to(self.sum.device, torch.float64)
         self.n += f.shape[0]
         self.sum += f.sum(0)
         self.outer += torch.einsum("nld,nle->lde", f, f)
+
+    def combine(self) -> None:
+        """Sum n, x and x xᵀ over torchrun's ranks (a no-op in one process)."""
+        from ..distributed import sum_all
+
+        count = sum_all(torch.tensor([float(self.n)], dtype=torch.float64, device=self.sum.device))
+        self.n = int(count.item())
+        sum_all(self.sum)
+        sum_all(self.outer)
 
     def gaussian(self, shrinkage: str) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Mean, whitening matrix and the mean shrinkage weight used."""
         if self.n < 2:
             raise ValueError("at least two training images are needed to fit a covariance")
-        mean = self.sum / self.n
-        cov = (self.outer - self.n * torch.einsum("ld,le->lde", mean, mean)) / (self.n - 1)
+        mean = self.sum.cpu() / self.n
+        cov = (self.outer.cpu() - self.n * torch.einsum("ld,le->lde", mean, mean)) / (self.n - 1)
         dim = cov.shape[-1]
         eye = torch.eye(dim, dtype=cov.dtype)
         trace_mean = torch.diagonal(cov, dim1=1, dim2=2).mean(-1)  # per location
@@ -143,10 +156,12 @@ def build(config: dict, spec: InputSpec) -> RXDetector:
 
 @torch.no_grad()
 def fit(model: RXDetector, context) -> dict:
-    """Fit the per-location Gaussians in one streaming pass over the training images."""
-    acc = MomentAccumulator(model.mean.shape[0], model.mean.shape[1])
-    for batch in context.loader(context.split.train, progress="rx: fitting"):
+    """Fit the per-location Gaussians in one streaming pass over the training images (each rank over its
+    share under torchrun; the sums are combined before the closed form)."""
+    acc = MomentAccumulator(model.mean.shape[0], model.mean.shape[1], model.mean.device)
+    for batch in context.loader(context.split.train, progress="rx: fitting", shard=True):
         acc.add(model.features(batch["image"]))
+    acc.combine()
     mean, whiten, weight = acc.gaussian(model.config.shrinkage)
     model.mean.copy_(mean)
     model.whiten.copy_(whiten)
