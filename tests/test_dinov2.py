@@ -214,16 +214,10 @@ def test_greedy_coreset_covers_every_cluster():
     assert sorted({int(i) // 200 for i in picked}) == [0, 1, 2, 3, 4]
 
 
-class Context:
-    def __init__(self, split, spec):
-        from train_host.data import make_loader
+def Context(split, spec):
+    from train_host.context import TrainContext
 
-        self.split, self.spec, self.options = split, spec, {"batch_size": 8}
-        self.log = lambda *_: None
-        self._make = lambda samples: make_loader(samples, spec, batch_size=8)
-
-    def loader(self, samples, shuffle=False, batch_size=None, progress=""):
-        return iter(self._make(samples))
+    return TrainContext(split, spec, {"batch_size": 8}, log=lambda *_: None)
 
 
 def test_knn_export_holds_the_bank_and_matches_pytorch(tmp_path):

@@ -6,13 +6,12 @@ import hashlib
 import json
 
 import pytest
-import torch
+from hub_fixture import Hub
+from mvtec_fixture import make_mvtec
 from safetensors.torch import save_file
+from test_dinov2 import meta_checkpoint, meta_to_hf
 
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
-from hub_fixture import Hub
-from test_dinov2 import meta_checkpoint, meta_to_hf
 from train_host.pretrained import REGISTRY
 
 ENTRY = REGISTRY["dinov2-vits14"]

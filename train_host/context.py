@@ -72,6 +72,20 @@ class TrainContext:
         hw = self.hardware
         return local_part(tensor, hw.rank, hw.world_size) if hw.world_size > 1 else tensor
 
+    def global_mean(self, value: float) -> float:
+        """The mean over ranks of a per-rank mean (a slice's loss → the global batch's); ``value`` in one process."""
+        from .distributed import sum_values
+
+        hw = self.hardware
+        if hw.world_size == 1:
+            return value
+        return sum_values([value], self.device if self.device.type == "cuda" else None)[0] / hw.world_size
+
+    def sum_over_ranks(self, values: list[float]) -> list[float]:
+        from .distributed import sum_values
+
+        return sum_values(values, self.device if self.device.type == "cuda" else None)
+
     def agree(self, value: float) -> float:
         """Rank 0's value on every rank (wall-clock decisions); ``value`` itself in one process."""
         from .distributed import agree

@@ -99,6 +99,17 @@ def agree(value: float, device=None) -> float:
     return float(t.item())
 
 
+def sum_values(values: list[float], device=None) -> list[float]:
+    """Python numbers summed over ranks (logged losses: the global batch's, not one rank's slice)."""
+    import torch
+
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    sum_all(t)
+    return t.tolist()
+
+
 def wrap(module, device):
     """DistributedDataParallel around ``module`` when running under torchrun, else ``module`` itself."""
     if not active():

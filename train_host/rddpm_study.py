@@ -95,8 +95,9 @@ def main(argv=None) -> int:
             run_dir = out / f"c{level:g}_{loss}"
             config = {"loss": loss, "epochs": args.epochs, "max_minutes": args.max_minutes, **extra_config(args.set)}
             if not (run_dir / "run.json").is_file():
+                # yes: the study's epochs and cap are its own explicit choice, for unattended runs
                 options = {"batch_size": args.batch_size, "seed": args.seed, "data": args.data,
-                           "contamination": level}
+                           "contamination": level, "yes": True}
                 train_run("rddpm", config, spec, split, run_dir, options)
             elif args.refit:
                 refit(run_dir, args.batch_size)

@@ -121,6 +121,7 @@ def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refre
             loss = loss_fn(feats, recon.float(), *inputs[1:])
             step(loss, opt, scaler)
             total, count = total + loss.item() * len(feats), count + len(feats)
+        total, count = context.sum_over_ranks([total, count])  # every rank's slices: the epoch's loss
         losses.append(total / count)
         if epoch == 0:  # a pool refresh is paid once every `every` epochs
             schedule.plan(time.monotonic() - tick - refresh_seconds + refresh_seconds / every)

@@ -280,7 +280,7 @@ def fit(model: RDDPMDetector, context) -> dict:
                 for e, p in zip(ema, unet.parameters()):
                     e.lerp_(p, 1 - min(cfg.ema, (1 + steps) / (10 + steps)))  # warm-up: early EMA tracks fast
             steps += 1
-            losses.append(loss.item())
+            losses.append(context.global_mean(loss.item()))  # the global batch's loss under torchrun
             if context.agree(time.perf_counter() - started > budget):
                 break
         context.log(f"rddpm: epoch {epoch} ({steps} steps): {cfg.loss} loss {sum(losses[-20:]) / len(losses[-20:]):.4f}")
