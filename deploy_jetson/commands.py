@@ -42,7 +42,7 @@ def inspect_bundle(path: str | Path, trust=None, station=None) -> dict:
     if not path.is_file():
         raise LinesideError(f"{path} does not exist: give the tar from `lineside bundle` or a bundle folder")
     with tempfile.TemporaryDirectory(prefix="lineside-verify-") as tmp:
-        return verify_bundle(extract_bundle_tar(path, Path(tmp) / "b"), trusted, station).describe()
+        return verify_bundle(extract_bundle_tar(path, Path(tmp) / "b"), trusted, station, incoming=True).describe()
 
 
 def verify_main(args) -> int:

@@ -152,7 +152,7 @@ def install(root: Path, tar_name: str, smoke: bool) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         extract_bundle_tar(tar_path, staging)
-        verified = verify_bundle(staging, load_trusted_keys([root / "trusted-keys"]), station)
+        verified = verify_bundle(staging, load_trusted_keys([root / "trusted-keys"]), station, incoming=True)
         if smoke:
             smoke_run(verified.bundle)
         final = root / "bundles" / verified.id

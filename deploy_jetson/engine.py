@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_infer.backends import standin
 from edge_infer.backends.base import relative_error
 from edge_infer.backends.engine_meta import current_environment, engine_path, write_sidecar
 from edge_infer.backends.tensorrt import import_tensorrt
@@ -30,7 +31,12 @@ TOLERANCE = {"fp32": 1e-2, "fp16": 5e-2, "int8": 0.15}  # max relative error vs 
 
 def main(args) -> int:
     bundle = Bundle.load(args.bundle)
-    precision = args.precision or ("fp16" if "fp16" in bundle.manifest.variants else "fp32")
+    precision = args.precision or default_precision(bundle)
+    if standin.enabled():  # tests only: say so loudly, write where the real build writes
+        result = standin.build(bundle, precision)
+        print(f"built {result['engine']} with the TEST STAND-IN builder ({standin.ENV}=1): a copy of the ONNX graph, "
+              f"run by ONNX Runtime as backend {standin.BACKEND}; not a TensorRT engine")
+        return 0
     result = build_engine(bundle, precision, batch=args.batch, workspace_mib=args.workspace,
                           timing_cache=Path(args.timing_cache).expanduser(), dla_core=args.dla_core,
                           weakly_typed=args.weakly_typed, images=args.images, check_images=args.check_images,
@@ -44,6 +50,11 @@ def main(args) -> int:
               f"on the DLA, the rest falls back to the GPU (list in {result['engine']}.layers.json)")
     print(f"next: `lineside score {bundle.root} IMAGES --backend tensorrt --precision {precision}`")
     return 0
+
+
+def default_precision(bundle: Bundle) -> str:
+    """fp16 when the bundle has an fp16 graph (what Jetsons run fastest), else fp32."""
+    return "fp16" if "fp16" in bundle.manifest.variants else "fp32"
 
 
 def build_engine(bundle: Bundle, precision: str = "fp16", batch: tuple[int, int, int] | None = None,
@@ -93,15 +104,17 @@ def build_engine(bundle: Bundle, precision: str = "fp16", batch: tuple[int, int,
     environment = current_environment()
     build = {"precision": precision, "onnx": onnx_path.name, "strongly_typed": not weakly_typed,
              "batch": [lo, opt, hi], "workspace_mib": workspace_mib, "dla_core": dla_core, "dla": dla,
-             "build_seconds": round(seconds, 1), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    write_sidecar(engine, bundle.root, environment, build)
+             "build_seconds": round(seconds, 1), "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "built_ns": time.time_ns()}
+    onnx_sha = bundle.model_sha256(precision)
+    write_sidecar(engine, onnx_path, onnx_sha, environment, build)
     try:
         check = compare_with_onnxruntime(bundle, precision, engine, images, check_images,
                                          tolerance if tolerance is not None else TOLERANCE[precision])
     except LinesideError:
         engine.unlink(missing_ok=True)
         raise
-    meta = write_sidecar(engine, bundle.root, environment, {**build, "check": check})
+    meta = write_sidecar(engine, onnx_path, onnx_sha, environment, {**build, "check": check})
     return {**meta, "engine": str(engine)}
 
 
@@ -183,7 +196,7 @@ def compare_with_onnxruntime(bundle: Bundle, precision: str, engine: Path, image
     batch, source = check_batch(bundle, images, count)
     max_batch = bundle.manifest.input.max_batch
     reference = OrtBackend(bundle.model_path(precision), bundle.input_spec, max_batch)
-    with TensorRTBackend(engine, bundle.root, bundle.input_spec, max_batch) as trt_backend:
+    with TensorRTBackend(engine, bundle.model_sha256(precision), bundle.input_spec, max_batch) as trt_backend:
         got = trt_backend.run_all(batch)
     ref = reference.run_all(batch)
     check = {"images": int(len(batch)), "source": source, "reference": "onnxruntime CPUExecutionProvider",

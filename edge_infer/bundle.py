@@ -4,6 +4,18 @@ A directory holding ``manifest.json``, the model graphs (``model.onnx`` and its 
 INT8 variants), ``thresholds.json`` and, once deploy_jetson signs it, a signature. The
 manifest lists the sha256 of every file and how each was produced; ``Bundle.load``
 refuses a bundle whose files do not match it.
+
+Two folders of a bundle are not part of its content, and a signature never covers them
+(docs/architecture.md, "Signed content and device data"):
+
+- ``engines/``: derived data, the TensorRT engines (and ONNX Runtime's TensorRT cache)
+  the device builds from the signed ONNX graphs; each engine's sidecar ties it to the
+  sha256 of the graph it was built from.
+- ``local/``: station data the device writes, i.e. ``local/thresholds.json`` from
+  `lineside calibrate` run on a signed bundle. A signed manifest cannot be rewritten
+  without the signing key, so on-device recalibration goes there, with its provenance
+  (the model sha256 it was calibrated for, the journal, who ran it), and takes precedence
+  over the signed ``thresholds.json`` as the bundle's thresholds.
 """
 
 from __future__ import annotations
@@ -24,6 +36,11 @@ from .preprocess import InputSpec
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 THRESHOLDS = "thresholds.json"
+SIGNATURE = "signature.ed25519"  # written by edge_infer.signing
+ENGINES_DIR = "engines"  # derived data: rebuilt from the signed graphs, never signed
+LOCAL_DIR = "local"  # station data written on the device, never signed
+LOCAL_THRESHOLDS = f"{LOCAL_DIR}/{THRESHOLDS}"
+UNSIGNED_DIRS = (ENGINES_DIR, LOCAL_DIR)
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -92,6 +109,13 @@ class Thresholds(_Strict):
     pixel: float | None = None
     min_area: int = Field(0, description="smallest defect region, in anomaly-map pixels")
     provenance: dict = Field(default_factory=dict)
+
+
+def _read_thresholds(path: Path) -> Thresholds:
+    try:
+        return Thresholds.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise LinesideError(f"{path} is not a valid thresholds file:\n{exc}") from None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -165,14 +189,34 @@ class Bundle:
         return self.root / self.manifest.variants[precision]
 
     @property
+    def signed(self) -> bool:
+        return (self.root / SIGNATURE).is_file()
+
+    @property
     def thresholds(self) -> Thresholds:
+        """The bundle's thresholds: the device's own calibration (local/) if any, else the signed file."""
+        return self.thresholds_with_source()[0]
+
+    def thresholds_with_source(self) -> tuple[Thresholds, str]:
+        local = self.root / LOCAL_THRESHOLDS
+        if local.is_file():
+            thresholds = _read_thresholds(local)
+            self._check_local_thresholds(local, thresholds)
+            return thresholds, LOCAL_THRESHOLDS
         path = self.root / THRESHOLDS
-        if not path.is_file():
-            return Thresholds()
-        try:
-            return Thresholds.model_validate_json(path.read_text())
-        except ValidationError as exc:
-            raise LinesideError(f"{path} is not a valid thresholds file:\n{exc}") from None
+        return (_read_thresholds(path) if path.is_file() else Thresholds()), THRESHOLDS
+
+    def _check_local_thresholds(self, path: Path, thresholds: Thresholds) -> None:
+        # Local thresholds are the device's own data: accepted only for a model this bundle signs.
+        made_for = thresholds.provenance.get("model_sha256")
+        models = {e.sha256 for e in self.manifest.files.values() if e.role == "model"}
+        if made_for not in models:
+            raise LinesideError(f"{path} was calibrated for model sha256 {made_for}, which is not one of this "
+                                f"bundle's models: recalibrate (`lineside calibrate {self.root} ...`) or delete it")
+
+    def model_sha256(self, precision: str) -> str:
+        """The signed sha256 of the graph for ``precision``: what an engine built from it is tied to."""
+        return self.manifest.files[self.model_path(precision).name].sha256
 
     def add_file(self, name: str, role: str, produced_by: str, precision: str | None = None,
                  checks: dict | None = None) -> None:
@@ -184,10 +228,23 @@ class Bundle:
         if role == "model" and precision:
             self.manifest.variants[precision] = name
 
-    def write_thresholds(self, thresholds: Thresholds, produced_by: str) -> None:
+    def write_thresholds(self, thresholds: Thresholds, produced_by: str) -> Path:
+        """Write the thresholds where they belong; returns the file written.
+
+        An unsigned bundle (on the host, before `lineside bundle`) takes them into its content
+        and manifest. A signed one keeps its signed content: they go to local/thresholds.json.
+        """
+        if self.signed:
+            path = self.root / LOCAL_THRESHOLDS
+            path.parent.mkdir(exist_ok=True)
+            doc = thresholds.model_dump()
+            doc["provenance"] = {**doc["provenance"], "produced_by": produced_by}
+            write_json_atomic(path, doc)
+            return path
         write_json_atomic(self.root / THRESHOLDS, thresholds.model_dump())
         self.add_file(THRESHOLDS, "thresholds", produced_by)
         self.save()
+        return self.root / THRESHOLDS
 
     def save(self) -> None:
         write_json_atomic(self.root / MANIFEST, self.manifest.model_dump())

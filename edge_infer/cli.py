@@ -78,8 +78,14 @@ def register_runtime(sub) -> None:
     p.add_argument("cmd", choices=["health", "stats", "reload", "threshold", "shutdown", "recipe", "trigger", "line"],
                    help="recipe/trigger/line: stations with a `line` section (docs/line-integration.md)")
     p.add_argument("--id", dest="recipe", type=int, help="recipe: the recipe id to switch to")
-    p.add_argument("--who", default="ctl", help="recipe/trigger: who asks, for the journal (default: ctl)")
-    p.add_argument("--bundle", help="reload: the new bundle directory (on the server's machine)")
+    p.add_argument("--who", default="ctl", help="recipe/trigger/threshold/reload: who asks, for the journal "
+                   "(default: ctl)")
+    p.add_argument("--force", action="store_true", help="threshold/reload: accept a threshold outside the range "
+                   "the bundle's calibration makes plausible")
+    p.add_argument("--clear", metavar="KEYS", help="threshold: drop runtime values (image,pixel,min_area or all), "
+                   "so the station pin or the bundle's value applies again")
+    p.add_argument("--bundle", help="reload: the bundle directory to load instead of the station config's "
+                   "(on the server's machine); without it, reload re-reads the config and its bundle's thresholds")
     p.add_argument("--image", type=float, help="reload/threshold: image threshold")
     p.add_argument("--pixel", type=float, help="reload/threshold: pixel threshold for regions")
     p.add_argument("--min-area", type=int, help="reload/threshold: smallest region, in map pixels")

@@ -7,13 +7,22 @@ types) an ``"ok": false`` naming what is wrong.
 
 - ``health`` → ``{"ok", "status": "ready"|"draining"|..., "station", "bundle": {"path", "family",
   "version", "manifest_sha256", ...}, "pid"}``
-- ``stats`` → counters, latency percentiles (ms), queue depth and high water, thresholds
-- ``reload`` ``{"bundle": PATH?, "image"?, "pixel"?, "min_area"?}`` → loads the new bundle
-  beside the running one, then swaps between two batches: no frame is lost or scored twice
-- ``threshold`` ``{"image"?, "pixel"?, "min_area"?}`` → new thresholds from the next batch
+- ``stats`` → counters, latency percentiles (ms), queue depth and high water, thresholds and
+  ``threshold_layers`` (each layer, and which one every effective value comes from)
+- ``reload`` ``{"bundle": PATH?, "image"?, "pixel"?, "min_area"?, "force"?, "who"?}`` → reads the
+  station config again and loads its bundle (or PATH) with the bundle's current thresholds
+  (what `lineside calibrate` wrote), verifying the signature when ``line.trusted_keys`` is
+  set, beside the running model; then swaps between two batches: no frame is lost or
+  scored twice. Settings a reload cannot apply (sockets, queue...) are listed in
+  ``restart_needed``.
+- ``threshold`` ``{"image"?, "pixel"?, "min_area"?, "force"?, "clear"?, "who"?}`` → runtime
+  thresholds from the next batch; ``clear`` (true or a list of keys) removes runtime values
 - ``shutdown`` → drains the queue, flushes the journal and exits (as SIGTERM does)
 
-Changes made here last until the server stops; to keep them, edit the station config.
+Thresholds follow one rule (edge_infer.thresholds): runtime → station pin → bundle. Runtime
+values implausible for the bundle's calibration are refused unless ``force``. Every
+threshold change and reload is journaled (``line_events``) with ``who``. Runtime values
+last until cleared or the server stops; to keep them, edit the station config.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from pathlib import Path
 
 from .errors import LinesideError
 from .logs import log_event
+from .thresholds import check_plausible
 
 MAX_REQUEST_BYTES = 16 * 1024
 THRESHOLD_KEYS = ("image", "pixel", "min_area")
@@ -94,37 +104,93 @@ def _threshold_updates(request: dict) -> dict:
     return updates
 
 
+def _who(request: dict) -> str:
+    who = request.get("who", "ctl")
+    if not isinstance(who, str) or not who.strip() or len(who) > 100:
+        raise LinesideError('"who" must be a short non-empty string naming who asks')
+    return who
+
+
+def _cleared(request: dict) -> list[str]:
+    clear = request.get("clear")
+    if clear in (None, False, []):
+        return []
+    if clear is True:
+        return list(THRESHOLD_KEYS)
+    if isinstance(clear, list) and all(k in THRESHOLD_KEYS for k in clear):
+        return list(clear)
+    raise LinesideError(f"clear must be true or a list of {', '.join(THRESHOLD_KEYS)}, got {clear!r}")
+
+
+def _runtime_layer(runtime: dict, bundle_thresholds, request: dict, updates: dict) -> dict:
+    """The runtime layer after this request: cleared keys removed, updates (plausible for the bundle) set."""
+    check_plausible(updates, bundle_thresholds, request.get("force") is True)
+    runtime = {k: v for k, v in runtime.items() if k not in _cleared(request)}
+    return {**runtime, **updates}
+
+
 def _threshold(server, request) -> dict:
-    updates = _threshold_updates(request)
-    if not updates:
-        raise LinesideError(f"threshold needs at least one of {', '.join(THRESHOLD_KEYS)}")
+    who, updates, cleared = _who(request), _threshold_updates(request), _cleared(request)
+    if not updates and not cleared:
+        raise LinesideError(f"threshold needs at least one of {', '.join(THRESHOLD_KEYS)}, or clear")
     with server.model_lock:
-        server.model.thresholds = server.model.thresholds.model_copy(update=updates)
-        now = server.model.thresholds.model_dump(exclude={"provenance"})
-    log_event("thresholds_changed", station=server.station, thresholds=now)
-    return {"ok": True, "thresholds": now}
+        model = server.model
+        before = model.thresholds.model_dump(exclude={"provenance"})
+        model.set_runtime(_runtime_layer(model.layers.runtime, model.layers.bundle, request, updates))
+        layers = model.layers.describe()
+    server.journal_event("threshold", who, before=before, after=layers["effective"], set=updates, cleared=cleared,
+                         forced=request.get("force") is True, source=layers["source"])
+    log_event("thresholds_changed", station=server.station, who=who, thresholds=layers["effective"])
+    return {"ok": True, "thresholds": layers["effective"], "source": layers["source"]}
 
 
 def _reload(server, request) -> dict:
+    """Load what a restart would load (the station config, its bundle and the bundle's thresholds), then swap.
+
+    ``bundle`` replaces the config's bundle for this reload; threshold keys set runtime values. The
+    runtime layer is carried over (edge_infer.thresholds); values it hides are named in the answer.
+    """
     from .pipeline import Model
 
-    updates = _threshold_updates(request)
+    who, updates = _who(request), _threshold_updates(request)
     bundle = request.get("bundle")
-    if bundle is None:
-        if not updates:
-            raise LinesideError("reload needs a bundle path and/or thresholds")
-        return _threshold(server, request)
-    if not isinstance(bundle, str):
+    if bundle is not None and not isinstance(bundle, str):
         raise LinesideError("reload's bundle must be a path string")
     t0 = time.perf_counter()
-    new = Model(server.cfg, bundle)  # loads while the old model keeps scoring
-    if updates:
-        new.thresholds = new.thresholds.model_copy(update=updates)
+    cfg, restart_needed, fresh = server.reread_config()
+    recipe = _active_recipe(server, fresh)
+    path = bundle or (recipe.bundle if recipe is not None else cfg.bundle)
+    trusted = fresh.line.trusted_keys if fresh.line else None
+    from .signing import load_trusted_bundle
+
+    loaded = load_trusted_bundle(path, trusted, server.station)  # refused here changes nothing
+    with server.model_lock:
+        carried = dict(server.model.layers.runtime)
+    runtime = _runtime_layer(carried, loaded.thresholds, request, updates)
+    new = Model(cfg, recipe=recipe, bundle=loaded, runtime=runtime)  # loads while the old model keeps scoring
     with server.model_lock:
         old, server.model = server.model, new
+        server.cfg = cfg
     old.close()
-    log_event("reloaded", station=server.station, bundle=new.info, load_s=round(time.perf_counter() - t0, 3))
-    return {"ok": True, "bundle": new.info, "thresholds": new.thresholds.model_dump(exclude={"provenance"})}
+    layers = new.layers.describe()
+    detail = {"bundle": new.info, "thresholds": layers["effective"], "source": layers["source"],
+              "runtime_kept": new.layers.shadowed(), "signature_checked": trusted is not None,
+              "restart_needed": restart_needed, "load_s": round(time.perf_counter() - t0, 3)}
+    server.journal_event("reload", who, **detail)
+    log_event("reloaded", station=server.station, who=who, **detail)
+    return {"ok": True, **detail}
+
+
+def _active_recipe(server, cfg):
+    """The running line recipe as the re-read config defines it (None for a station without a line)."""
+    current = getattr(server.model, "recipe", None)
+    if current is None or cfg.line is None:
+        return None
+    for recipe in cfg.line.recipes:
+        if recipe.id == current.id:
+            return recipe
+    raise LinesideError(f"the station config no longer has recipe {current.id}, which is running: switch recipes "
+                        "first (`ctl recipe --id N`) or restart")
 
 
 def _shutdown(server, request) -> dict:
@@ -162,8 +228,12 @@ def main(args) -> int:
         if args.recipe is None:
             raise LinesideError("ctl recipe needs --id N (a recipe id of the station's line.recipes)")
         message.update(id=args.recipe, who=args.who)
-    if args.cmd == "trigger":
+    if args.cmd in ("trigger", "threshold", "reload"):
         message["who"] = args.who
+    if args.cmd in ("threshold", "reload") and args.force:
+        message["force"] = True
+    if args.cmd == "threshold" and args.clear is not None:
+        message["clear"] = True if args.clear == "all" else args.clear.split(",")
     if args.cmd == "reload" and args.bundle:
         local = Path(args.bundle)  # the usual case: ctl runs on the device, beside the server
         message["bundle"] = str(local.resolve()) if local.exists() else args.bundle

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from .errors import LinesideError
 from .preprocess import preprocess
 from .score import Scorer
 from .station import StationConfig
+from .thresholds import ThresholdLayers
 from .wire import Frame
 
 
@@ -44,6 +45,7 @@ class Item:
     image: np.ndarray | None = None  # decoded on receipt; kept after scoring for NG frames only (disk alerts)
     decode_ms: float | None = None
     anomaly_map: np.ndarray | None = None
+    roi: tuple | None = None  # the crop the anomaly map covers, in frame pixels (None: the whole frame)
     id: int | None = None  # journal row id once recorded
     inflight_id: int | None = None  # its row in the journal's ``inflight`` table, until recorded
     decided_at: float | None = None
@@ -61,30 +63,41 @@ class Item:
 
 
 class Model:
-    """A bundle loaded for the station (via Scorer), with the station's ROI and thresholds."""
+    """A bundle loaded for the station (via Scorer), with the station's ROI and its threshold layers.
 
-    def __init__(self, cfg: StationConfig, bundle_path=None, thresholds: Thresholds | None = None):
-        bundle = Bundle.load(bundle_path or cfg.bundle)
-        if thresholds is None:
-            overrides = cfg.thresholds.model_dump(exclude_none=True)
-            thresholds = bundle.thresholds.model_copy(update=overrides)
+    ``recipe`` (a line recipe) adds its thresholds over the station's pins and its ROI over
+    the station's. The thresholds the model decides with follow edge_infer.thresholds' rule;
+    ``layers.runtime`` holds `ctl threshold` values, which `ctl reload` carries over.
+    """
+
+    def __init__(self, cfg: StationConfig, bundle_path=None, recipe=None, bundle: Bundle | None = None,
+                 runtime: dict | None = None):
+        bundle = bundle or Bundle.load(bundle_path or cfg.bundle)
+        pins = cfg.thresholds.model_dump(exclude_none=True)
+        if recipe is not None:
+            pins |= recipe.thresholds.model_dump(exclude_none=True)
+        self.recipe = recipe
+        self.layers = ThresholdLayers(*bundle.thresholds_with_source(), station=pins, runtime=dict(runtime or {}))
+        roi = (recipe.roi if recipe is not None and recipe.roi else None) or cfg.roi
         self.scorer = Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
-                             thresholds=thresholds)
-        self.drift = DriftMonitor(thresholds.provenance, thresholds.image)
-        self.spec = replace(self.scorer.spec, roi=tuple(cfg.roi)) if cfg.roi else self.scorer.spec
+                             thresholds=self.layers.effective(), roi=roi)
+        self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)
+        self.spec = self.scorer.spec
         m = bundle.manifest
         self.info = {"path": str(bundle.root), "family": m.model.family, "name": m.model.name,
                      "version": m.model.version, "manifest_sha256": sha256_file(bundle.root / "manifest.json"),
-                     "backend": self.scorer.backend.name, "precision": cfg.precision}
+                     "backend": self.scorer.backend.name, "precision": self.scorer.backend.precision,
+                     "signed": bundle.signed, "thresholds_file": self.layers.bundle_source}
 
     @property
     def thresholds(self) -> Thresholds:
         return self.scorer.thresholds
 
-    @thresholds.setter
-    def thresholds(self, value: Thresholds) -> None:
-        self.scorer.thresholds = value
-        self.drift = DriftMonitor(value.provenance, value.image)  # new thresholds, new reference
+    def set_runtime(self, runtime: dict) -> None:
+        """New runtime threshold layer; decisions use it from the next batch."""
+        self.layers.runtime = dict(runtime)
+        self.scorer.thresholds = self.layers.effective()
+        self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)  # new reference
 
     @property
     def max_batch(self) -> int:
@@ -121,7 +134,7 @@ class Model:
             if it.verdict.status == "OK":
                 self.drift.add(it.verdict.score)
             if it.verdict.status == "NG":
-                it.anomaly_map = out.anomaly_map[i]
+                it.anomaly_map, it.roi = out.anomaly_map[i], self.spec.roi
             else:
                 it.image = None
 

@@ -7,7 +7,7 @@ exported graph takes: uint8 CxHxW, RGB when the model has three channels. Normal
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
@@ -44,6 +44,15 @@ class InputSpec:
     def from_dict(cls, d: dict) -> "InputSpec":
         roi = d.get("roi")
         return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(roi) if roi else None)
+
+
+def station_spec(spec: InputSpec, roi) -> InputSpec:
+    """The bundle's input spec with the station's ROI (x, y, width, height), when it has one.
+
+    The one place a station's crop is applied: `serve` (pipeline.Model) and `calibrate`
+    both score through it, so thresholds are set on the crops the line scores.
+    """
+    return replace(spec, roi=tuple(int(v) for v in roi)) if roi else spec
 
 
 def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:

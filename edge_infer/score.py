@@ -18,7 +18,7 @@ from .bundle import Bundle, Thresholds
 from .decide import Verdict, decide
 from .errors import ImageReadError, LinesideError
 from .imageio import IMAGE_SUFFIXES, list_images, read_image
-from .preprocess import preprocess, preprocess_batch
+from .preprocess import preprocess, preprocess_batch, station_spec
 
 
 @dataclass
@@ -32,11 +32,11 @@ class Scorer:
     """A bundle loaded on a backend, with the station's thresholds."""
 
     def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, thresholds: Thresholds | None = None):
+                 threads: int | None = None, thresholds: Thresholds | None = None, roi=None):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.backend: Backend = open_backend(self.bundle, backend, precision, threads)
         self.thresholds = thresholds if thresholds is not None else self.bundle.thresholds
-        self.spec = self.bundle.input_spec
+        self.spec = station_spec(self.bundle.input_spec, roi)  # the station's crop, as serve applies it
 
     def run(self, images: list[np.ndarray]) -> ModelOutputs:
         """Raw outputs for decoded images of any count (split into the backend's batches)."""

@@ -46,6 +46,7 @@ from .supervise import Loop, join_all
 from .telemetry import Telemetry
 from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, decode_frame, parse_frame, verdict_message
 
+RELOADABLE = ("bundle", "backend", "precision", "threads", "roi", "thresholds")  # what `ctl reload` applies
 POLL_MS = 100
 DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
 MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
@@ -433,7 +434,7 @@ class Server:
             if ng and self.cfg.alerts.zmq:
                 self.pub_sock.send_multipart(verdict_message(event, alert=True))
             if ng and item.image is not None and self.cfg.alerts.disk:
-                self.images.put(verdict_id, item.image, item.anomaly_map)
+                self.images.put(verdict_id, item.image, item.anomaly_map, item.roi)
             policy = self.queue.policy if item.verdict.status == "DROPPED" else None
             self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
             for listener in self.listeners:
@@ -457,6 +458,32 @@ class Server:
                 self.control_owes_answer = True
                 sock.send(encode_answer(handle_request(self, parts)))
                 self.control_owes_answer = False
+
+    def reread_config(self) -> tuple[StationConfig, list[str], StationConfig]:
+        """The station config file again: (the running config with what a reload applies, the settings
+        that changed but need a restart, the file's config as it is now)."""
+        if self.cfg.source is None:  # made in code, not from a file: nothing to re-read
+            return self.cfg, [], self.cfg
+        from .station import load_station
+
+        fresh = load_station(self.cfg.source)
+        if fresh.station != self.station:
+            raise LinesideError(f"{self.cfg.source} is now station {fresh.station!r}, but this server is "
+                                f"{self.station!r}: a reload cannot rename a station; restart serve")
+        applied = self.cfg.model_copy(update={k: getattr(fresh, k) for k in RELOADABLE})
+        restart = [k for k in StationConfig.model_fields if k not in (*RELOADABLE, "line")
+                   and getattr(fresh, k) != getattr(self.cfg, k)]
+        if _without_recipes(fresh.line) != _without_recipes(self.cfg.line):
+            restart.append("line (its recipes' bundles, thresholds and ROI do apply)")
+        return applied, restart, fresh
+
+    def journal_event(self, kind: str, who: str, **detail) -> None:
+        """Journal one change (line_events) from the control thread, on its own connection."""
+        journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)
+        try:
+            journal.event(self.station, kind, who, **detail)
+        finally:
+            journal.close()
 
     def _recover_control(self, exc: BaseException) -> None:
         """After a crash: answer the request that was read, or, if the socket cannot, bind a fresh one."""
@@ -484,11 +511,18 @@ class Server:
     def stats(self) -> dict:
         model = self.model
         thresholds = model.thresholds.model_dump(exclude={"provenance"})
+        layers = model.layers.describe()
         drift = model.drift.report()
+        bundle = dict(model.info)
         return {"ok": True, "station": self.station, "status": self.status, **self.telemetry.snapshot(),
                 "queue": {"depth": len(self.queue), "high_water": self.queue.high_water,
                           "capacity": self.queue.capacity, "policy": self.queue.policy},
-                "thresholds": thresholds, "drift": drift}
+                "thresholds": thresholds, "threshold_layers": layers, "drift": drift,
+                "backend": bundle["backend"], "precision": bundle["precision"]}
+
+
+def _without_recipes(line):
+    return None if line is None else line.model_copy(update={"recipes": []})
 
 
 def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:

@@ -9,6 +9,12 @@ A device trusts the public keys in one folder (``ROOT/trusted-keys/*.pub``) and 
 bundle that is unsigned, signed by a key it does not trust, altered after signing,
 carries files the manifest does not list, or was made for another station.
 
+The signature covers exactly the files the manifest lists. An installed bundle may also
+hold the two folders the device writes itself, ``engines/`` (derived data) and ``local/``
+(on-device calibration; edge_infer.bundle says what each holds); anything else unlisted
+is refused. A bundle arriving on a device (``incoming=True``: a tar being installed) may
+hold neither, since whatever it carried there would not be covered by the signature.
+
 This module is part of the runtime: it never imports deploy_jetson.
 """
 
@@ -22,10 +28,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import MANIFEST, Bundle
+from .bundle import MANIFEST, SIGNATURE, UNSIGNED_DIRS, Bundle
 from .errors import LinesideError
 
-SIGNATURE = "signature.ed25519"
 PRIVATE_SUFFIX = ".sign.key"
 PUBLIC_SUFFIX = ".sign.pub"
 
@@ -141,17 +146,19 @@ class VerifiedBundle:
                           for name, e in m.files.items()}}
 
 
-def verify_bundle(root: str | Path, trusted_keys: dict | None, station: str | None) -> VerifiedBundle:
+def verify_bundle(root: str | Path, trusted_keys: dict | None, station: str | None,
+                  incoming: bool = False) -> VerifiedBundle:
     """Refuse the bundle unless it is signed by a trusted key, untouched, complete, and for this station.
 
     A device always passes its own trusted keys and station. ``trusted_keys=None`` (a host inspecting a
     bundle) checks the signature against the public key it carries, proving integrity but not origin;
-    ``station=None`` skips the station check.
+    ``station=None`` skips the station check. ``incoming=True`` (a bundle being installed) also
+    refuses the device's own folders (engines/, local/), which a bundle must not bring along.
     """
     root = Path(root)
     kid = _check_signature(root, trusted_keys)
     bundle = Bundle.load(root, verify=True)
-    _refuse_unlisted_files(root, bundle)
+    _refuse_unlisted_files(root, bundle, allow_device_dirs=not incoming)
     if station is not None and bundle.manifest.station != station:
         made_for = bundle.manifest.station or "no station"
         raise LinesideError(
@@ -202,13 +209,34 @@ def _embedded_key(doc: dict, sig_path: Path):
     return key
 
 
-def _refuse_unlisted_files(root: Path, bundle: Bundle) -> None:
+def _refuse_unlisted_files(root: Path, bundle: Bundle, allow_device_dirs: bool) -> None:
     # A file the manifest does not list is not covered by the signature: never ship it to the line.
+    # The device's own folders are the exception once installed: it writes them, nothing brings them.
     allowed = set(bundle.manifest.files) | {MANIFEST, SIGNATURE}
     for path in sorted(root.rglob("*")):
-        if path.is_symlink() or (path.is_file() and path.relative_to(root).as_posix() not in allowed):
-            raise LinesideError(f"bundle {root} contains {path.relative_to(root)}, which its signed manifest does "
+        rel = path.relative_to(root)
+        if path.is_symlink():
+            raise LinesideError(f"bundle {root} contains the link {rel}: bundles hold plain files only; "
+                                "rebuild it with `lineside bundle`")
+        if rel.parts[0] in UNSIGNED_DIRS and rel.as_posix() not in allowed:
+            if allow_device_dirs and (path.is_dir() or len(rel.parts) > 1):
+                continue
+            raise LinesideError(f"bundle {root} brings {rel}, but {rel.parts[0]}/ is written by the device itself "
+                                "(engines are built there, on-device calibration kept there) and no signature "
+                                "covers it: rebuild the bundle with `lineside bundle`, which never packs it")
+        if path.is_file() and rel.as_posix() not in allowed:
+            raise LinesideError(f"bundle {root} contains {rel}, which its signed manifest does "
                                 "not list: the bundle was altered; rebuild it with `lineside bundle`")
+
+
+def load_trusted_bundle(path: str | Path, trusted_keys_dir: str | Path | None, station: str) -> Bundle:
+    """The bundle a station runs: signed by a trusted key when ``trusted_keys_dir`` is set, else hash-checked.
+
+    What `serve` does at start-up (via the recipe switch) and `ctl reload` does before swapping.
+    """
+    if trusted_keys_dir is None:
+        return Bundle.load(path, verify=True)
+    return verify_bundle(path, load_trusted_keys([trusted_keys_dir]), station).bundle
 
 
 def extract_bundle_tar(tar_path: str | Path, dest: str | Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .backends import BACKENDS
 from .errors import LinesideError
@@ -117,7 +117,8 @@ class StationConfig(_Strict):
     station: str = Field(pattern=NAME_PATTERN)
     bundle: Path
     backend: str = "auto"
-    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="auto: the precision of the engine built for this bundle on this device, else fp32")
     threads: int | None = Field(None, ge=1)
     roi: list[int] | None = Field(None, min_length=4, max_length=4, description="x, y, width, height")
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="override the bundle's")
@@ -136,6 +137,11 @@ class StationConfig(_Strict):
     cameras: list[CameraConfig] = Field(default_factory=list, description="if given, only these cameras are accepted")
     line: LineConfig | None = Field(None, description="line integration: triggers, PLC, reject, recipes, MQTT, "
                                     "operator page (docs/line-integration.md)")
+    _source: Path | None = PrivateAttr(None)  # the file it was loaded from: `ctl reload` reads it again
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
 
     @field_validator("backend")
     @classmethod
@@ -195,7 +201,9 @@ def load_station(path: str | Path, resolve_secrets: bool = True) -> StationConfi
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise LinesideError(f"station config {path} is invalid:\n" + "\n".join(lines)
                             + "\nfix those keys (schema: docs/station-config.md)") from None
-    return cfg.resolve(path.parent.resolve())
+    cfg = cfg.resolve(path.parent.resolve())
+    cfg._source = path.absolute()  # `ctl reload` reads it again
+    return cfg
 
 
 def read_station_data(path: Path) -> dict:

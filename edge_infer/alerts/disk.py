@@ -25,11 +25,11 @@ class DiskSink(Sink):
 
     def deliver(self, verdict: dict, images) -> str | None:
         stem = f"{self.station}_{verdict['camera'] or 'unknown'}_{verdict['frame_id']}_{verdict['id']}"
-        image, anomaly_map = images.pop(verdict["id"])
+        image, anomaly_map, roi = images.pop(verdict["id"])
         note = None
         if image is not None:
             _write_png(self.dir / f"{stem}.png", image)
-            _write_png(self.dir / f"{stem}_heatmap.png", heatmap(image, anomaly_map))
+            _write_png(self.dir / f"{stem}_heatmap.png", heatmap(image, anomaly_map, roi))
         else:
             note = "image no longer in memory (server restarted): verdict JSON only"
         write_json_atomic(self.dir / f"{stem}.json", verdict)  # last: its presence means the record is whole
@@ -48,14 +48,21 @@ def _verdict_id(path: Path) -> int:
     return int(tail) if tail.isdigit() else -1
 
 
-def heatmap(image: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
-    """The anomaly map (0..max) in JET colours, blended over the image at its size."""
+def heatmap(image: np.ndarray, anomaly_map: np.ndarray, roi=None) -> np.ndarray:
+    """The anomaly map (0..max) in JET colours, blended over the full frame where the model looked.
+
+    With the station's ROI (x, y, width, height) the map covers the crop it was computed on,
+    in the crop's place; the rest of the frame is shown as it is. Without, the whole frame.
+    """
     amap = np.asarray(anomaly_map, np.float32).reshape(anomaly_map.shape[-2:])
     top = float(amap.max()) or 1.0
     colour = cv2.applyColorMap((np.clip(amap / top, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    colour = cv2.resize(colour, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    base = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    return cv2.addWeighted(base, 0.5, colour, 0.5, 0)
+    base = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    x, y, w, h = roi if roi else (0, 0, image.shape[1], image.shape[0])
+    colour = cv2.resize(colour, (w, h), interpolation=cv2.INTER_LINEAR)
+    region = base[y : y + h, x : x + w]
+    base[y : y + h, x : x + w] = cv2.addWeighted(region, 0.5, colour, 0.5, 0)
+    return base
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:

@@ -21,17 +21,17 @@ class Sink(ABC):
 
 
 class ImageCache:
-    """The last NG images and anomaly maps by journal id, for the disk sink (bounded)."""
+    """The last NG images, anomaly maps and the ROI each map covers, by journal id, for the disk sink (bounded)."""
 
     def __init__(self, size: int = 64):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
 
-    def put(self, verdict_id: int, image, anomaly_map) -> None:
+    def put(self, verdict_id: int, image, anomaly_map, roi=None) -> None:
         with self.lock:
-            self.items[verdict_id] = (image, anomaly_map)
+            self.items[verdict_id] = (image, anomaly_map, roi)
             while len(self.items) > self.size:
                 self.items.popitem(last=False)
 
     def pop(self, verdict_id: int):
         with self.lock:
-            return self.items.pop(verdict_id, (None, None))
+            return self.items.pop(verdict_id, (None, None, None))

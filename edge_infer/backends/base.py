@@ -27,6 +27,7 @@ class Backend(ABC):
     """One loaded model on one device. Implementations: OrtBackend, TensorRTBackend."""
 
     name: str = "backend"
+    precision: str = "fp32"  # the model variant it runs; open_backend sets it
 
     def __init__(self, spec: InputSpec, max_batch: int):
         self.spec = spec
@@ -50,7 +51,7 @@ class Backend(ABC):
         """Release device memory; the default holds nothing that needs it."""
 
     def describe(self) -> dict:
-        return {"backend": self.name, "max_batch": self.max_batch}
+        return {"backend": self.name, "precision": self.precision, "max_batch": self.max_batch}
 
     def check_input(self, images: np.ndarray) -> None:
         want = (self.spec.channels, self.spec.height, self.spec.width)

@@ -36,20 +36,20 @@ def import_tensorrt():
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
-    def __init__(self, engine: str | Path, bundle_root: str | Path, spec: InputSpec, max_batch: int = 8,
+    def __init__(self, engine: str | Path, onnx_sha256: str, spec: InputSpec, max_batch: int = 8,
                  cuda_graph: bool = False):
         super().__init__(spec, max_batch)
         trt = import_tensorrt()
         from .cuda import open_cuda
 
         self.cuda = open_cuda()
-        self.meta = check_engine(Path(engine), Path(bundle_root), current_environment(self.cuda))
+        self.meta = check_engine(Path(engine), onnx_sha256, current_environment(self.cuda))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine).read_bytes())
         if self.engine is None:
             raise LinesideError(f"TensorRT could not deserialize {engine} (see its log above): "
-                                f"rebuild with `lineside build-engine {bundle_root}`")
+                                f"rebuild with `lineside build-engine {Path(engine).parent.parent}`")
         self.context = self.engine.create_execution_context()
         self.inputs, self.outputs = self._io_names(trt)
         self.stream = self.cuda.stream()

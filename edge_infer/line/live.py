@@ -37,10 +37,12 @@ class LiveView:
     def _new_shift() -> dict:
         return {"started_at": time.time(), **dict.fromkeys(SHIFT_STATUSES, 0)}
 
-    def update(self, inspection_id: int, event: dict, image: np.ndarray | None, anomaly_map) -> dict | None:
+    def update(self, inspection_id: int, event: dict, image: np.ndarray | None, anomaly_map,
+               roi=None) -> dict | None:
         """Record one decided part; returns the alarm when this part latched a new one."""
         status, recipe = event["status"], event.get("recipe")
-        heat = heatmap(image, anomaly_map) if image is not None and anomaly_map is not None else None
+        # the map in the ROI's place, not stretched over the frame
+        heat = heatmap(image, anomaly_map, roi) if image is not None and anomaly_map is not None else None
         record = {"inspection": inspection_id, "status": status, "score": event.get("score"),
                   "threshold": event.get("threshold"), "recipe": recipe, "verdict_id": event.get("id"),
                   "reason": event.get("reason") or "", "late": bool(event.get("late")), "at": time.time(),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 
-from ..bundle import Bundle
 from ..errors import LinesideError
 from ..logs import log_event
 from ..score_scale import ScoreScale
@@ -26,18 +25,12 @@ from .plc_signals import ErrorCode, PlcError
 SWITCH_WAIT_S = 30.0  # longest wait for the parts in flight to be decided
 
 
-def verify_recipe_bundle(recipe: Recipe, trusted_keys, station: str) -> Bundle:
+def verify_recipe_bundle(recipe: Recipe, trusted_keys, station: str):
     """The recipe's bundle, verified: signature when keys are configured, file hashes always."""
     try:
-        if trusted_keys is not None:
-            try:
-                from ..signing import load_trusted_keys, verify_bundle
-            except ImportError:
-                raise LinesideError("line.trusted_keys is set, but this runtime has no bundle signing "
-                                    "(edge_infer.signing): update lineside, or remove trusted_keys") from None
-            keys = load_trusted_keys([trusted_keys])  # the folder's *.pub keys
-            return verify_bundle(recipe.bundle, keys, station).bundle
-        return Bundle.load(recipe.bundle, verify=True)
+        from ..signing import load_trusted_bundle
+
+        return load_trusted_bundle(recipe.bundle, trusted_keys, station)
     except LinesideError as exc:
         raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id} ({recipe.name}): {exc}") from None
 
@@ -64,12 +57,8 @@ class RecipeBook:
             scale = ScoreScale.of_bundle(bundle)
         except LinesideError as exc:
             raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id}: {exc}") from None
-        station = self.server.cfg
-        overrides = station.thresholds.model_dump(exclude_none=True) | recipe.thresholds.model_dump(exclude_none=True)
-        thresholds = bundle.thresholds.model_copy(update=overrides)
-        cfg = station.model_copy(update={"roi": recipe.roi or station.roi})
-        try:
-            return Model(cfg, bundle.root, thresholds), scale
+        try:  # the recipe's thresholds and ROI over the station's (edge_infer.thresholds' rule)
+            return Model(self.server.cfg, recipe=recipe, bundle=bundle), scale
         except LinesideError as exc:
             raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id}: {exc}") from None
 
@@ -98,7 +87,9 @@ class RecipeBook:
             old.close()
         detail = {"from": before.id if before else None, "from_name": before.name if before else None,
                   "to": recipe.id, "to_name": recipe.name, "bundle": model.info["manifest_sha256"],
-                  "load_s": round(time.perf_counter() - t0, 3)}
+                  "load_s": round(time.perf_counter() - t0, 3),
+                  # runtime thresholds were set on the old part's scale: another part starts without them
+                  "runtime_thresholds_dropped": old.layers.runtime}
         self.journal.event("recipe", who, **detail)
         log_event("recipe_switched", station=self.server.station, who=who, **detail)
         return {"recipe": recipe.id, "name": recipe.name, "changed": True}

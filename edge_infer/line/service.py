@@ -73,7 +73,11 @@ class LineService:
         self.hub = TriggerHub(server, cfg, grabber, self.signals, self.clock, self.metrics, self._mode,
                               self.reject, self._grab_failed)
         self.recipes = RecipeBook(server, cfg, self.signals, self.journal, self.hub)
-        self.recipes.switch(cfg.recipe or cfg.recipes[0].id, "startup")  # before the server scores anything
+        first = cfg.recipe or cfg.recipes[0].id
+        try:
+            self.recipes.switch(first, "startup")  # before the server scores anything
+        except PlcError as exc:  # a refused bundle at start-up is the user's to fix, not a traceback
+            raise LinesideError(f"station {self.station} cannot start with recipe {first}: {exc.detail}") from None
         self.channels: list = []
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -229,10 +233,10 @@ class LineService:
                                         threshold, event.get("reason") or ""), handshake=insp.plc)
         image = item.image if item.image is not None else insp.image
         self._show(insp.id, {**event, "score": score, "threshold": threshold, "recipe": insp.recipe_id, "late": late},
-                   image, item.anomaly_map)
+                   image, item.anomaly_map, item.roi)
 
-    def _show(self, inspection_id: int, event: dict, image, anomaly_map) -> None:
-        alarm = self.live.update(inspection_id, event, image, anomaly_map)
+    def _show(self, inspection_id: int, event: dict, image, anomaly_map, roi=None) -> None:
+        alarm = self.live.update(inspection_id, event, image, anomaly_map, roi)
         if alarm is not None:  # latched once; later NG parts only count until someone acknowledges
             self.journal.event("alarm", "line", inspection=inspection_id, status=alarm["status"], reason=alarm["reason"])
         self._wake_channels()
