@@ -28,7 +28,7 @@ from .pixel import pixel_threshold
 from .quantile import ThresholdResult, add_escapes, quantile_threshold
 from .report import curves, write_report
 from .scores import ScoreSet, defect_images, good_images, read_scores, score_images, write_scores
-from .station import station_config, update_overrides
+from .station import scoring_settings, station_config, update_overrides
 
 
 def main(args) -> int:
@@ -55,7 +55,8 @@ def main(args) -> int:
         return fused(args, out, bundles, good_paths, defect_paths, classes)
 
     bundle = bundles[0]
-    scorer = Scorer(bundle, backend=args.backend, precision=args.precision)
+    line = scoring_settings(args, bundle)
+    scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"])
     try:
         good = score_images(scorer, good_paths, "good", keep_maps=True)
         defects = score_images(scorer, defect_paths, "defect") if defect_paths else None
@@ -66,7 +67,7 @@ def main(args) -> int:
     result = choose(args, good.scores, None if defects is None else defects.scores)
     pixel = pixel_threshold(good.maps, args.pixel_rate, image_threshold=result.threshold)
     provenance = base_provenance(args, result, good.scores, classes)
-    provenance.update(bundle_identity(bundle, args.precision), backend=backend,
+    provenance.update(bundle_identity(bundle, line["precision"]), backend=backend, roi=line["roi"],
                       unreadable_images=len(good.errors) + (len(defects.errors) if defects else 0),
                       pixel=pixel["details"])
     thresholds = Thresholds(image=result.threshold, pixel=pixel["pixel"], min_area=pixel["min_area"],
@@ -87,10 +88,10 @@ def from_scores(args, out: Path) -> int:
     except (OSError, ValueError, KeyError) as exc:
         raise LinesideError(f"{earlier} holds no calibration report ({exc}): give the --out folder of an earlier "
                             "`lineside calibrate` run") from None
-    identity = bundle_identity(bundle, args.precision)
+    identity = bundle_identity(bundle, scoring_settings(args, bundle)["precision"])
     if before.provenance.get("model_sha256") != identity["model_sha256"]:
         raise LinesideError(f"the scores in {earlier} came from another model (sha256 "
-                            f"{before.provenance.get('model_sha256')}), not this bundle's {args.precision} model: "
+                            f"{before.provenance.get('model_sha256')}), not this bundle's {identity['precision']} model: "
                             "score the images again with --good/--defects")
     scores = read_scores(earlier / "scores.csv")
     defects = scores["defect"] if scores["defect"].size else None
@@ -104,6 +105,7 @@ def from_scores(args, out: Path) -> int:
         pixel_details["note"] = ("pixel threshold lowered to the new image threshold; min_area kept from the earlier "
                                  "run: calibrate from the images to refit it")
     provenance.update(identity, scores_from=str(earlier / "scores.csv"), backend=before.provenance.get("backend"),
+                      roi=before.provenance.get("roi"),
                       pixel=pixel_details)
     thresholds = Thresholds(image=result.threshold, pixel=pixel, min_area=before.min_area, provenance=provenance)
     finish(args, out, bundle, thresholds, result, scores["good"], defects)
@@ -174,8 +176,11 @@ def finish(args, out: Path, bundle: Bundle | None, thresholds: Thresholds, resul
     wrote = f"{out / 'station-thresholds.json'}"
     if bundle is not None and not args.dry_run:
         bundle.manifest.station = args.station
-        bundle.write_thresholds(thresholds, produced_by=f"lineside calibrate --method {args.method}")
-        wrote = f"{bundle.root / 'thresholds.json'} and {wrote}"
+        written = bundle.write_thresholds(thresholds, produced_by=f"lineside calibrate --method {args.method}")
+        wrote = f"{written} and {wrote}"
+        if bundle.signed:  # the device's own data: the signed content (and its engines) stay valid
+            print(f"  {bundle.root} is signed: the new thresholds went to {written} (the device's calibration, "
+                  "outside the signed content); the signature and any built engine stay valid")
         if args.station_config:
             cfg = station_config(args.station_config, args.station, bundle.root)
             print(f"  {update_overrides(args.station_config, cfg, thresholds)}")
@@ -188,13 +193,16 @@ def finish(args, out: Path, bundle: Bundle | None, thresholds: Thresholds, resul
     if "drift" in report:
         print(f"  drift: {report['drift']['status']}: {report['drift']['message']}")
     print(f"  wrote {wrote}; report {out / 'report.json'} with {', '.join(report['figures'].values())}")
+    if bundle is not None and not args.dry_run:
+        print("  apply them on a running station with `lineside ctl CONTROL_ADDRESS reload` (or restart serve)")
 
 
 def fused(args, out: Path, bundles: list[Bundle], good_paths, defect_paths, classes: dict) -> int:
     """Several detectors: normalise each against its good scores, fuse, calibrate the fused score."""
     goods, defects, backends = [], [], []
     for bundle in bundles:
-        scorer = Scorer(bundle, backend=args.backend, precision=args.precision)
+        line = scoring_settings(args, bundle)
+        scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"])
         try:
             goods.append(score_images(scorer, good_paths, f"good [{bundle.root.name}]"))
             defects.append(score_images(scorer, defect_paths, f"defect [{bundle.root.name}]") if defect_paths else None)
@@ -205,7 +213,7 @@ def fused(args, out: Path, bundles: list[Bundle], good_paths, defect_paths, clas
     good = fusion.fuse(aligned(goods), normalisers, args.fuse)
     defect = fusion.fuse(aligned(defects), normalisers, args.fuse) if defect_paths else None
     result = choose(args, good, defect)
-    models = [{**bundle_identity(b, args.precision), "normaliser": n, "backend": be}
+    models = [{**bundle_identity(b, be["precision"]), "normaliser": n, "backend": be}
               for b, n, be in zip(bundles, normalisers, backends)]
     provenance = base_provenance(args, result, good, classes)
     provenance["fusion"] = {"how": args.fuse, "models": models}
@@ -241,7 +249,7 @@ def from_journal(args, out: Path) -> int:
                       confirmed_only=args.confirmed_only, journal_rows=js.rows, unreviewed_ng=js.unreviewed_ng,
                       thresholds_seen=js.thresholds_seen, drift=drift)
     if bundle:
-        provenance.update(bundle_identity(bundle, args.precision))
+        provenance.update(bundle_identity(bundle, scoring_settings(args, bundle)["precision"]))
     if js.unreviewed_ng:
         # good parts above the old threshold are seen only when an operator overturns their NG
         print(f"calibrate: {js.unreviewed_ng} NG verdicts were never reviewed and are left out; the good tail above "

@@ -42,15 +42,18 @@ def register(sub) -> None:
     p.add_argument("--fuse", choices=("max", "mean"), default="max",
                    help="several bundles: fuse the normalised scores by max (default) or mean")
     p.add_argument("--backend", default="auto", help="inference backend, as `lineside score` (default: auto)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="the bundle's model variant to calibrate; calibrate the one the line runs (default: fp32)")
+    p.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"],
+                   help="the bundle's model variant to calibrate (default: the one the line runs: the station "
+                   "config's precision, where `auto` follows the engine built for the bundle, else fp32)")
     p.add_argument("--out", help="report folder (default: ./calibration-STATION)")
     p.add_argument("--scores", metavar="DIR",
                    help="choose again from an earlier run's --out folder (its scores.csv) instead of scoring; "
                    "the bundle's model must be the one that made them")
     p.add_argument("--station-config", metavar="FILE",
                    help="the station's config (serve's YAML): checked against --station and the bundle (its bundle "
-                   "when none is given); threshold keys it pins over the bundle's are rewritten to the new values")
+                   "when none is given); images are scored with its `roi` crop and precision, as serve scores "
+                   "them (default: the config packed in the bundle, if any); threshold keys it pins over the "
+                   "bundle's are rewritten to the new values (not in a signed bundle)")
     p.add_argument("--dry-run", action="store_true", help="write the report but leave the bundle unchanged")
     p.add_argument("--from-journal", metavar="JOURNAL",
                    help="recalibrate from the line's verdict journal (SQLite file, or the plant's verdict store postgresql://…) instead of image folders")

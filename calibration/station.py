@@ -32,6 +32,27 @@ def station_config(path: str | Path, station: str, bundle: str | Path | None) ->
     return cfg
 
 
+def line_config(args, bundle) -> StationConfig | None:
+    """The station config whose crop and precision calibration follows: --station-config, else the
+    one `lineside bundle` packed into the bundle (a device calibrating what it runs), else none."""
+    if args.station_config:
+        return station_config(args.station_config, args.station, bundle.root)
+    packed = [name for name, e in bundle.manifest.files.items() if e.role == "config" and name.startswith("station.")]
+    if packed:
+        return station_config(bundle.root / packed[0], args.station, bundle.root)
+    return None
+
+
+def scoring_settings(args, bundle) -> dict:
+    """ROI and precision to score with: the line's (station config), so thresholds fit what the line scores."""
+    from edge_infer.backends import resolve_precision
+
+    cfg = line_config(args, bundle)
+    precision = args.precision or (cfg.precision if cfg else "auto")
+    return {"roi": cfg.roi if cfg else None,
+            "precision": resolve_precision(bundle, args.backend, precision)[0]}
+
+
 def update_overrides(path: str | Path, cfg: StationConfig, thresholds: Thresholds) -> str:
     """Rewrite the threshold keys the config pins; returns what was done, for the user."""
     pinned = [k for k in KEYS if getattr(cfg.thresholds, k) is not None]
@@ -39,6 +60,10 @@ def update_overrides(path: str | Path, cfg: StationConfig, thresholds: Threshold
         return f"station config {path} takes the bundle's thresholds: nothing to change there"
     new = {k: getattr(thresholds, k) for k in pinned}
     path = Path(path)
+    if (cfg.bundle / "signature.ed25519").is_file() and path.resolve().parent == cfg.bundle.resolve():
+        return (f"station config {path} pins {', '.join(pinned)} over the bundle's thresholds, so the calibrated "
+                f"{new} do not apply; it is signed content of the bundle, never rewritten on the device: remove the "
+                "pin from the station config on the host, then `lineside bundle` and `lineside flash`")
     if path.suffix.lower() == ".toml":
         return (f"station config {path} pins {', '.join(pinned)} over the bundle's thresholds; edit its "
                 f"[thresholds] to {new} or remove them (calibrate does not rewrite TOML)")

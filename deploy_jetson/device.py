@@ -315,6 +315,14 @@ def last_verdict(root: Path) -> dict:
     return {"journal": str(path), "last_verdict_at": when}
 
 
+def engines(root: Path, ident: str) -> dict:
+    """The engines built in bundles/<id>/engines (their sidecars), newest first: what the service should run."""
+    from edge_infer.backends.engine_meta import built_engines
+
+    keep = ("precision", "backend", "built", "onnx_sha256", "tensorrt_version", "gpu_name")
+    return {"engines": [{k: m.get(k) for k in keep} for m in built_engines(root / "bundles" / ident)]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy_jetson.device", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -322,7 +330,7 @@ def main(argv=None) -> int:
         sub.add_parser(name).add_argument("root", type=Path)
     for name, extra in (("upload-state", ["name"]), ("upload-commit", ["name", "sha256"]),
                         ("upload-join", ["name", "sha256"]),
-                        ("install", ["tar"]), ("switch", ["id"]), ("remove", ["id"]),
+                        ("install", ["tar"]), ("switch", ["id"]), ("remove", ["id"]), ("engines", ["id"]),
                         ("restore", ["current", "previous"])):
         s = sub.add_parser(name)
         s.add_argument("root", type=Path)
@@ -382,6 +390,8 @@ def _dispatch(args) -> dict:
         return upload_join(root, args.name, args.sha256)
     if cmd == "install":
         return install(root, args.tar, args.smoke)
+    if cmd == "engines":
+        return engines(root, args.id)
     if cmd == "switch":
         old = link_info(root, "current")
         if old and old["id"] != args.id:

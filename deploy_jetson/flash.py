@@ -4,6 +4,12 @@
           → build engine (or ONNX Runtime fallback) → switch `current` → restart → health
                                                        ↘ any failure from here: restore links, restart, health
 
+The engine is built into the new bundle's ``engines/`` folder (derived data, outside the
+signed content). When one was built, health must report the service running it: the
+backend and precision of the newest engine there (the station's ``precision: auto``
+follows it). A service that fell back to another backend or precision fails the health
+check, and the flash rolls back, instead of passing with a line running on the CPU.
+
 Nothing before the switch touches what runs, so a refused bundle or a failed build
 leaves the service as it was. After the switch, a failure puts both links back and
 restarts the old version, and the outcome says whether it came back healthy.
@@ -176,7 +182,7 @@ def _flash(device: Device, bundle: BundleInfo, force: bool, out: Outcome) -> Non
         raise Refused("install", f"the device refused the bundle: {exc.message}; {_still_running(st)}") from None
     new_dir = installed["path"]
     try:
-        _build_engine(device, new_dir, out)
+        engine = _build_engine(device, new_dir, bundle.id, out)
     except StepFailed as exc:
         device.call("cleanup", "remove", target.root, bundle.id)
         out.message = f"{exc.step} failed: {exc.message}; {_still_running(st)}"
@@ -188,10 +194,11 @@ def _flash(device: Device, bundle: BundleInfo, force: bool, out: Outcome) -> Non
         device.restart(station)
         say("waiting for the health answer")
         answer = device.health(station, old_bundle=st["current"] and st["current"]["id"])
+        running = _check_runs_engine(answer, engine)
     except StepFailed as exc:
         _roll_back(device, st, station, bundle, exc, out)
         return
-    out.result, out.message = "ok", f"healthy: {answer.get('status')}"
+    out.result, out.message = "ok", f"healthy: {answer.get('status')}, {running}"
     if not _mentions_id(answer.get("bundle"), bundle.id):
         out.warnings.append("the health answer does not name the bundle it runs, so the switch could not be "
                             "confirmed from it")
@@ -215,15 +222,36 @@ def _check_station(target: Target, st: dict, bundle: BundleInfo) -> str:
     return station
 
 
-def _build_engine(device: Device, bundle_dir: str, out: Outcome) -> None:
+def _build_engine(device: Device, bundle_dir: str, bundle_id: str, out: Outcome) -> dict | None:
+    """Build the engine on the device and return its sidecar; None (with a warning) where it has no TensorRT."""
     target, s = device.target, device.target.settings
     if device.shell.run(target.command(s.trt_check), timeout=120).rc != 0:
         warning = "TensorRT is not installed on the device: no engine built; the service runs ONNX Runtime"
         out.warnings.append(warning)
         device.progress("warning: " + warning)
-        return
+        return None
     device.progress("building the TensorRT engine (and its parity check against ONNX Runtime)")
     device.sh("build", target.command(s.build, bundle=bundle_dir), timeout=s.build_timeout)
+    built = device.call("build", "engines", target.root, bundle_id)["engines"]
+    if not built:
+        raise StepFailed("build", f"`{target.command(s.build, bundle=bundle_dir)}` succeeded but wrote no engine "
+                         f"into {bundle_dir}/engines")
+    engine = built[0]
+    device.progress(f"built a {engine['precision']} engine for {engine['backend']}")
+    return engine
+
+
+def _check_runs_engine(answer: dict, engine: dict | None) -> str:
+    """What the service runs, as health reports it; StepFailed if it is not the engine just built."""
+    bundle = answer.get("bundle") or {}
+    running = f"backend {bundle.get('backend', '?')}, precision {bundle.get('precision', '?')}"
+    if engine is None:
+        return running
+    if (bundle.get("backend"), bundle.get("precision")) != (engine["backend"], engine["precision"]):
+        raise StepFailed("health", f"the device built a {engine['precision']} engine for {engine['backend']}, but the "
+                         f"service runs {running}: it fell back (its log says why; check the station config's "
+                         "backend and precision, which `auto` lets follow the engine)")
+    return running
 
 
 def _roll_back(device: Device, st: dict, station: str, bundle: BundleInfo | None, exc: StepFailed, out: Outcome,

@@ -3,7 +3,9 @@ that honours the control contract flashing relies on.
 
 `serve` reads ROOT/current's manifest (the flash already verified and smoke-ran the bundle;
 loading ONNX Runtime here again would only slow the tests), then answers {"cmd": "health"} on a ZeroMQ REP socket with
-{"ok": true, "status": "ready", "station": ..., "bundle": {...}}. `restart` is what a test
+{"ok": true, "status": "ready", "station": ..., "bundle": {...}}, whose backend and precision
+are those of the newest engine built in the bundle (what `precision: auto` runs), else
+ort-cpu at fp32. `restart` is what a test
 target uses as its service manager: it stops the running double (pid file) and starts a new
 one detached, as `systemctl restart` would. `--refuse-version V` makes the service crash at
 start when the bundle's model version is V: the "new version does not come up" case.
@@ -37,7 +39,11 @@ def serve(root: Path, control: str, refuse_version: str | None) -> int:
     # Exit at once on SIGTERM: nothing to flush, and an open socket would block a normal exit.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     info = {"id": Path(os.path.realpath(root / "current")).name, "version": version,
-            "path": os.path.realpath(root / "current")}
+            "path": os.path.realpath(root / "current"), "backend": "ort-cpu", "precision": "fp32"}
+    from edge_infer.backends.engine_meta import built_engines
+
+    for engine in built_engines(root / "current")[:1]:
+        info.update(backend=engine["backend"], precision=engine["precision"])
     while True:
         if not sock.poll(200):  # wake up now and then so a SIGTERM is acted on promptly
             continue

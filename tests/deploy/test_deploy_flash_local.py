@@ -50,10 +50,13 @@ def test_good_bundle_goes_live_and_answers_health(live_v1, tars):
     assert running(control) == "v1"
     lines = []
     # a device with TensorRT: the build command gets the new bundle's folder and writes the engine there
-    build = "sh -c 'echo engine > {bundle}/model.engine'"
+    # (the test stand-in builder, which writes where TensorRT's build writes)
+    build = "env LINESIDE_ENGINE_STANDIN=1 {python} -m lineside build-engine {bundle}"
     out = run_flash(root, tars["v2"], control, progress=lines.append, trt_check="true", build=build)
     assert (out.result, out.old.split("@")[0], out.new.split("@")[0]) == ("ok", "v1", "v2"), out.message
-    assert (root / "current" / "model.engine").read_text() == "engine\n" and not out.warnings
+    assert "backend tensorrt-standin, precision fp32" in out.message and not out.warnings
+    assert (root / "current" / "engines" / "model.fp32.engine.json").is_file()
+    assert any("built a fp32 engine for tensorrt-standin" in line for line in lines)
     assert running(control) == "v2"
     st = state(root)
     assert (st["current"]["version"], st["previous"]["version"]) == ("v2", "v1")
