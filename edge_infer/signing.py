@@ -222,8 +222,8 @@ def _refuse_unlisted_files(root: Path, bundle: Bundle, allow_device_dirs: bool) 
             if allow_device_dirs and (path.is_dir() or len(rel.parts) > 1):
                 continue
             raise LinesideError(f"bundle {root} brings {rel}, but {rel.parts[0]}/ is written by the device itself "
-                                "(engines are built there, on-device calibration kept there) and no signature "
-                                "covers it: rebuild the bundle with `lineside bundle`, which never packs it")
+                                "(engines are built in engines/, on-device calibration kept in local/) and no "
+                                "signature covers it: rebuild the bundle with `lineside bundle`, which never packs it")
         if path.is_file() and rel.as_posix() not in allowed:
             raise LinesideError(f"bundle {root} contains {rel}, which its signed manifest does "
                                 "not list: the bundle was altered; rebuild it with `lineside bundle`")

@@ -118,3 +118,73 @@ def test_keys_command_writes_a_pair(tmp_path, capsys):
     assert "ci.sign.pub" in capsys.readouterr().out
     assert stat.S_IMODE((tmp_path / "ci.sign.key").stat().st_mode) == 0o600
     assert len(load_trusted_keys([tmp_path])) == 1  # the .pub loads as a trusted key
+
+
+# --- issue 20 joints 1 and 3: the device's own data beside the signed content --------------------------------
+
+
+def built_engine(root, precision="fp32"):
+    """What build-engine leaves in a bundle: the engine, its sidecars and ONNX Runtime's TensorRT cache."""
+    engines = root / "engines"
+    (engines / "ort-trt").mkdir(parents=True)
+    (engines / f"model.{precision}.engine").write_bytes(b"serialized engine")
+    (engines / f"model.{precision}.engine.json").write_text("{}")
+    (engines / f"model.{precision}.engine.layers.json").write_text("{}")
+    (engines / "ort-trt" / "TensorrtExecutionProvider_cache.engine").write_bytes(b"cache")
+
+
+def test_a_device_built_engine_keeps_the_bundle_verified(signed):
+    root, trusted = signed
+    built_engine(root)
+    assert verify_bundle(root, trusted, STATION).version == "v1"
+    (root / "notes.txt").write_text("unlisted, outside the device's folders")
+    with pytest.raises(LinesideError, match="notes.txt, which its signed manifest does not list"):
+        verify_bundle(root, trusted, STATION)
+    (root / "notes.txt").unlink()
+    (root / "model.onnx").write_bytes(b"tampered")  # a signed file is still checked, engine or not
+    with pytest.raises(LinesideError, match="does not match the sha256"):
+        verify_bundle(root, trusted, STATION)
+
+
+def test_a_bundle_may_not_bring_engines_or_local_data(signed):
+    root, trusted = signed
+    built_engine(root)
+    with pytest.raises(LinesideError, match="brings engines, but engines/ is written by the device itself"):
+        verify_bundle(root, trusted, STATION, incoming=True)
+    (root / "engines").rename(root / "moved")
+    with pytest.raises(LinesideError, match="moved/"):
+        verify_bundle(root, trusted, STATION)
+
+
+def test_recalibrating_a_signed_bundle_keeps_its_signature_and_its_engine(signed, tmp_path, monkeypatch):
+    from edge_infer.backends import engine_problem
+    from edge_infer.bundle import Bundle
+    from lineside.cli import main as cli
+    from tiny_bundle import gray
+    import cv2
+
+    root, trusted = signed
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(good / f"{i:02d}.png"), gray(60 + i))
+
+    def calibrate(*extra):
+        assert cli(["calibrate", str(root), "--station", STATION, "--good", str(good), "--allow-few",
+                    "--out", str(tmp_path / "cal"), *extra]) == 0
+
+    calibrate()
+    verify_bundle(root, trusted, STATION)  # the signed content is untouched
+    monkeypatch.setenv("LINESIDE_ENGINE_STANDIN", "1")
+    assert cli(["build-engine", str(root)]) == 0
+    calibrate("--target-frr", "0.05")  # again, with the engine built
+    verified = verify_bundle(root, trusted, STATION)
+    thresholds, source = verified.bundle.thresholds_with_source()
+    assert source == "local/thresholds.json" and thresholds.image == pytest.approx((60 + 39) / 255, abs=0.02)
+    assert thresholds.provenance["model_sha256"] == verified.bundle.model_sha256("fp32")
+    assert engine_problem(Bundle.load(root), "fp32") is None  # the engine is not stale
+    # local thresholds made for another model are refused, not applied
+    (root / "local" / "thresholds.json").write_text(thresholds.model_copy(
+        update={"provenance": {"model_sha256": "0" * 64}}).model_dump_json())
+    with pytest.raises(LinesideError, match="calibrated for model sha256 0000"):
+        Bundle.load(root).thresholds

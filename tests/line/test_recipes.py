@@ -114,3 +114,23 @@ def test_line_config_errors_name_the_key(tmp_path):
                                                                                       "bundle": "y"}])
     with pytest.raises(LinesideError, match="exactly one of delay_ms or encoder_counts"):
         line_station(tmp_path, {"reject": {"pulse_ms": 5}})
+
+
+def test_serve_refusing_its_start_up_recipe_exits_with_a_message(tmp_path):
+    """A bundle the line's trusted keys refuse stops `lineside serve` with a sentence, not a traceback."""
+    import subprocess
+    import sys
+
+    from edge_infer.signing import generate_keypair
+
+    keys = tmp_path / "keys"
+    generate_keypair(keys, "release")
+    import cv2
+
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "0.png"), gray(100))
+    line_station(tmp_path, {"trusted_keys": str(keys), "camera": {"source": str(tmp_path / "frames")}})
+    run = subprocess.run([sys.executable, "-m", "lineside", "serve", str(tmp_path / "station.yaml")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
+    assert "cannot start with recipe 1" in run.stderr and "unsigned" in run.stderr
