@@ -54,3 +54,32 @@ def test_flash_and_rollback_with_the_real_server(tmp_path, keys, device_root):
     assert out.result == "rolled back", out.message
     assert wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)["bundle"]["version"] == "v1"
     assert "Address already in use" in (device_root / "service.log").read_text()
+
+
+def test_flash_fails_when_the_service_does_not_run_the_engine_it_built(tmp_path, keys, device_root):
+    """Issue 20 joint 2: the device builds an engine, the service falls back to another backend: rolled back.
+
+    The build runs the test stand-in builder (LINESIDE_ENGINE_STANDIN=1 in the build command only), so the
+    restarted `lineside serve`, without the variable, refuses that engine and runs ONNX Runtime on the CPU.
+    """
+    ports = [free_port() for _ in range(3)]
+    sockets = (f"sockets: {{frames: 'tcp://127.0.0.1:{ports[0]}', verdicts: 'tcp://127.0.0.1:{ports[1]}', "
+               f"control: 'tcp://127.0.0.1:{ports[2]}'}}\n")
+    tars = {v: make_signed_tar(tmp_path, keys[0], v, config_extra=sockets) for v in ("v1", "v2")}
+    restart = f"{{python}} {SERVICE} restart --root {{root}} --real"
+    target = parse_target(f"local:{device_root}", {"restart": restart, "health_timeout": 60})
+    assert flash(target, open_shell(target), info(tars["v1"])).result == "ok"
+
+    builds = {"trt_check": "true", "build": "env LINESIDE_ENGINE_STANDIN=1 {python} -m lineside build-engine {bundle}"}
+    target = parse_target(f"local:{device_root}", {"restart": restart, "health_timeout": 60, **builds})
+    out = flash(target, open_shell(target), info(tars["v2"]))
+    assert out.result == "rolled back", out.message
+    assert "built a fp32 engine for tensorrt-standin, but the service runs backend ort-cpu" in out.message
+    answer = wait_healthy(f"tcp://127.0.0.1:{ports[2]}", 10, STATION)
+    assert (answer["bundle"]["version"], answer["bundle"]["backend"]) == ("v1", "ort-cpu")
+
+    # the same flash to a service that can run the engine goes live, and health says what runs
+    restart_standin = f"env LINESIDE_ENGINE_STANDIN=1 {restart}"
+    target = parse_target(f"local:{device_root}", {"restart": restart_standin, "health_timeout": 60, **builds})
+    out = flash(target, open_shell(target), info(tars["v2"]))
+    assert out.result == "ok" and "backend tensorrt-standin, precision fp32" in out.message, out.message
