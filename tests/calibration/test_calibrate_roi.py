@@ -47,8 +47,8 @@ def test_calibrate_scores_the_crop_serve_scores(tmp_path):
     assert main(["calibrate", str(bundle), "--station", "st1", "--good", str(good), "--allow-few",
                  "--station-config", str(config), "--out", str(tmp_path / "cal")]) == 0
     thresholds = Bundle.load(bundle).thresholds
-    assert thresholds.provenance["roi"] == ROI
     assert thresholds.provenance["good_quantiles"]["max"] == np.float32(99 / 255)  # the crop, not the 250 outside
+    assert thresholds.provenance["roi"] == ROI
     assert 99 / 255 <= thresholds.image < 250 / 255
 
     cfg = load_station(config)
