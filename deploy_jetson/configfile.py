@@ -3,7 +3,7 @@
 A station config packed into a bundle is rewritten for the device (always as
 ``station.yaml``): ``bundle`` becomes ``.`` (the bundle's own folder, since relative paths
 are relative to the config file), and the other relative paths (journal, Curve keys, NG
-image folder) are made relative to the device root, two levels up from
+image folder, the line's trusted keys) are made relative to the device root, two levels up from
 ``bundles/<id>/station.yaml``. Otherwise the journal would live inside one bundle version
 and vanish when that version is pruned.
 """
@@ -19,7 +19,8 @@ PACKED_NAME = "station.yaml"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5557"  # edge_infer's station config default for sockets.control
 # (section, key) of the station config's paths that must outlive a bundle version
 DEVICE_PATHS = (("journal", "path"), ("curve", "server_secret_key"), ("curve", "authorized_clients"),
-                ("disk", "dir"), ("security", "users"), ("security", "session_secret"))
+                ("disk", "dir"), ("security", "users"), ("security", "session_secret"),
+                ("line", "trusted_keys"))
 TOP_DEVICE_PATHS = ("secrets_file",)  # top-level keys that are device paths
 
 

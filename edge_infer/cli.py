@@ -27,8 +27,8 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders of images")
     p.add_argument("--backend", default="auto", help="inference backend: auto, tensorrt, ort-trt, ort-cuda or ort-cpu "
                    "(default: auto, the best one available here)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                   help="which model variant of the bundle to run (default: fp32)")
+    p.add_argument("--precision", default="fp32", choices=["auto", "fp32", "fp16", "int8"],
+                   help="which model variant of the bundle to run; auto: the engine built for it here (default: fp32)")
     p.add_argument("--threshold", type=float, help="override the bundle's image threshold for this run")
     p.add_argument("--batch", type=int, default=1, help="images per backend call (default: 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of text")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -105,7 +106,7 @@ def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
         "journal": {"path": "journal.sqlite"},
         # a batch waits up to 1 s to fill: frames sit queued, as behind a slow backend, when kill -9 comes
         "batch": {"max_frames": 8, "max_wait_ms": 1000}, "queue": {"capacity": 64},
-        "line": {"gpio_backend": "sim", "trusted_keys": "../../trusted-keys",
+        "line": {"gpio_backend": "sim", "trusted_keys": "trusted-keys",  # ROOT/trusted-keys on the device
                  "camera": {"source": str(data / "test" / "good")},
                  "recipes": [{"id": 1, "name": "part", "bundle": "."}]},
     }
@@ -167,6 +168,12 @@ def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
         assert reload["source"]["image"] == "bundle (local/thresholds.json)" and reload["signature_checked"]
         assert (reload["bundle"]["backend"], reload["bundle"]["precision"]) == ("tensorrt-standin", "fp16")
         assert read_events(journal, kind="reload")[-1]["who"] == "eng-ben"
+        assert read_events(journal, kind="calibrate")[-1]["file"] == str(current / "local" / "thresholds.json")
+        altered = tmp_path / "altered"
+        shutil.copytree(current, altered)
+        (altered / "thresholds.json").write_text('{"image": 0.0}')
+        refused = ctl(capsys, control, "reload", "--bundle", str(altered))
+        assert not refused["ok"] and "does not match the sha256" in refused["error"]  # trusted keys: checked
         assert ctl(capsys, control, "threshold", "--image", "-1")["ok"] is False  # implausible: refused
 
         # ---- kill -9 with frames queued, restart: still one verdict per frame ------------------------------
