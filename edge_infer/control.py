@@ -167,10 +167,14 @@ def _reload(server, request) -> dict:
     with server.model_lock:
         carried = dict(server.model.layers.runtime)
     runtime = _runtime_layer(carried, loaded.thresholds, request, updates)
+    # hooks (the line service) check the new bundle now, and follow the swap with what depends on it
+    follow = [hook.reloading(loaded) for hook in getattr(server, "hooks", []) if hasattr(hook, "reloading")]
     new = Model(cfg, recipe=recipe, bundle=loaded, runtime=runtime)  # loads while the old model keeps scoring
     with server.model_lock:
         old, server.model = server.model, new
         server.cfg = cfg
+        for swapped in follow:
+            swapped()
     old.close()
     layers = new.layers.describe()
     detail = {"bundle": new.info, "thresholds": layers["effective"], "source": layers["source"],

@@ -62,6 +62,12 @@ class RecipeBook:
         except LinesideError as exc:
             raise PlcError(ErrorCode.RECIPE_REJECTED, f"recipe {recipe.id}: {exc}") from None
 
+    def use_scale(self, scale: ScoreScale) -> None:
+        """The active recipe's bundle was reloaded: publish on its scale."""
+        if self.active is not None:
+            self.scales[self.active.id] = scale
+            self.signals.score_scale = scale.code
+
     def switch(self, recipe_id, who: str) -> dict:
         """Switch now (blocking until the parts in flight are decided); raises PlcError."""
         recipe = self.get(recipe_id)

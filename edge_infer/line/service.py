@@ -12,6 +12,7 @@ import threading
 
 from ..errors import LinesideError
 from ..logs import log_event
+from ..score_scale import ScoreScale
 from ..supervise import Loop
 from .events import LineJournal, LineMetrics
 from .hw import Clock, DebouncedInput, EdgeCounter, SimGpio, Timers, open_gpio
@@ -143,6 +144,11 @@ class LineService:
             self.reject.close()
         self.gpio.close()
         self.journal.close()
+
+    def reloading(self, bundle):
+        """`ctl reload` is loading ``bundle`` for the active recipe: its score scale is published after the swap."""
+        scale = ScoreScale.of_bundle(bundle)  # a bad score_normalization refuses the reload here
+        return lambda: self.recipes.use_scale(scale)
 
     # ---- requests (PLC, OPC UA, ctl, page) -----------------------------------------------
     def trigger(self, source: str, who: str, plc: bool = False, at: float | None = None) -> int | None:

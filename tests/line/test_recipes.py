@@ -134,3 +134,40 @@ def test_serve_refusing_its_start_up_recipe_exits_with_a_message(tmp_path):
                          text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
     assert "cannot start with recipe 1" in run.stderr and "unsigned" in run.stderr
+
+
+def test_reload_keeps_the_recipe_checks_its_signature_and_publishes_the_new_scale(tmp_path):
+    """`ctl reload` on a line station: the running recipe's bundle, verified like a switch, on its score scale."""
+    from edge_infer.control import request
+    from edge_infer.score_scale import GOOD_QUANTILES, RAW
+    from edge_infer.signing import generate_keypair, sign_bundle
+
+    keys = tmp_path / "keys"
+    private, _ = generate_keypair(keys, "release")
+    bundle = make_tiny_bundle(tmp_path / "bundle-a")
+    loaded = Bundle.load(bundle)
+    loaded.manifest.station = "line1"
+    loaded.save()
+    sign_bundle(bundle, private)
+    cfg = line_station(tmp_path, {"trusted_keys": str(keys)},
+                       recipes=[{"id": 1, "name": "part-a", "bundle": str(bundle), "thresholds": {"image": 0.6}}])
+    server, service = start_line(cfg, lambda: gray(100))
+    try:
+        assert service.signals.score_scale == RAW
+        unsigned = make_tiny_bundle(tmp_path / "unsigned")
+        answer = request(cfg.sockets.control, {"cmd": "reload", "bundle": str(unsigned)}, timeout_s=20)
+        assert not answer["ok"] and "unsigned" in answer["error"]
+
+        scaled = tmp_path / "scaled"
+        scaled_bundle = make_tiny_bundle(scaled)
+        manifest = Bundle.load(scaled_bundle)
+        manifest.manifest.station = "line1"
+        manifest.manifest.score_normalization = {"method": "good_quantiles", "q50": 0.2, "q99": 0.4}
+        manifest.save()
+        sign_bundle(scaled_bundle, private)
+        answer = request(cfg.sockets.control, {"cmd": "reload", "bundle": str(scaled)}, timeout_s=20)
+        assert answer["ok"] and answer["signature_checked"], answer
+        assert answer["thresholds"]["image"] == 0.6 and answer["source"]["image"] == "station"  # the recipe's pin
+        assert service.signals.score_scale == GOOD_QUANTILES and server.model.recipe.id == 1
+    finally:
+        server.close()
