@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import pytest
 import yaml
+from mvtec_fixture import make_mvtec
 
 from edge_infer.camera import Publisher
 from edge_infer.control import request
@@ -34,7 +35,6 @@ from edge_infer.errors import LinesideError
 from edge_infer.journal import LOST_IN_CRASH, read_events, read_verdicts
 from edge_infer.signing import load_trusted_keys, verify_bundle
 from lineside.cli import main as cli
-from mvtec_fixture import make_mvtec
 from tests.deploy.deploy_helpers import SERVICE, free_port, stop_service
 
 STATION = "press-1"
@@ -182,7 +182,7 @@ def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
         wait(lambda: request(control, {"cmd": "stats"})["received"] >= len(sent) + len(burst), 20,
              "the burst to reach the server")
         os.kill(pid, signal.SIGKILL)
-        wait(lambda: subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+        wait(lambda: subprocess.run(["kill", "-0", str(pid)], check=False, capture_output=True).returncode != 0
              or Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z", 10, "the kill")
         with sqlite3.connect(journal) as db:
             in_flight = db.execute("SELECT COUNT(*) FROM inflight").fetchone()[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 
+from ..bundle import Bundle
 from ..errors import LinesideError
 from ..logs import log_event
 from ..score_scale import ScoreScale

@@ -187,4 +187,4 @@ def test_recalibrating_a_signed_bundle_keeps_its_signature_and_its_engine(signed
     (root / "local" / "thresholds.json").write_text(thresholds.model_copy(
         update={"provenance": {"model_sha256": "0" * 64}}).model_dump_json())
     with pytest.raises(LinesideError, match="calibrated for model sha256 0000"):
-        Bundle.load(root).thresholds
+        _ = Bundle.load(root).thresholds

@@ -130,8 +130,8 @@ def test_serve_refusing_its_start_up_recipe_exits_with_a_message(tmp_path):
     (tmp_path / "frames").mkdir()
     cv2.imwrite(str(tmp_path / "frames" / "0.png"), gray(100))
     line_station(tmp_path, {"trusted_keys": str(keys), "camera": {"source": str(tmp_path / "frames")}})
-    run = subprocess.run([sys.executable, "-m", "lineside", "serve", str(tmp_path / "station.yaml")], capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "lineside", "serve", str(tmp_path / "station.yaml")], check=False,
+                         capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr, run.stderr
     assert "cannot start with recipe 1" in run.stderr and "unsigned" in run.stderr
 

@@ -8,13 +8,13 @@ journaled with who.
 
 import pytest
 import yaml
+from runtime_helpers import cleanup, make_tiny_bundle, station
 
 from edge_infer.bundle import Bundle, Thresholds
 from edge_infer.control import request
 from edge_infer.journal import read_events
 from edge_infer.server import Server
 from edge_infer.station import load_station
-from runtime_helpers import cleanup, make_tiny_bundle, station
 
 
 @pytest.fixture
