@@ -83,7 +83,7 @@ def stream(frames_address, camera, images, start_id=0) -> list[tuple[str, int]]:
 
 def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(STANDIN, "1")  # this process's engine selection too (calibrate on the device)
-    data = make_mvtec(tmp_path / "data", n_train=12, n_good=6, n_defect=6)
+    data = make_mvtec(tmp_path / "data", n_train=20, n_good=6, n_defect=6)  # 2+ validation images: a score scale
     goods = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((data / "test/good").glob("*.png"))]
     defects = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((data / "test/scratch").glob("*.png"))]
 
