@@ -165,12 +165,17 @@ def _reload(server, request) -> dict:
 
     loaded = load_trusted_bundle(path, trusted, server.station)  # refused here changes nothing
     with server.model_lock:
-        carried = dict(server.model.layers.runtime)
+        running = server.model
+        carried = dict(running.layers.runtime)
     runtime = _runtime_layer(carried, loaded.thresholds, request, updates)
     # hooks (the line service) check the new bundle now, and follow the swap with what depends on it
     follow = [hook.reloading(loaded) for hook in getattr(server, "hooks", []) if hasattr(hook, "reloading")]
     new = Model(cfg, recipe=recipe, bundle=loaded, runtime=runtime)  # loads while the old model keeps scoring
     with server.model_lock:
+        if server.model is not running:  # a recipe switch (PLC, page) swapped it meanwhile: never undo that
+            new.close()
+            raise LinesideError("the model changed while reloading (a recipe switch): nothing was reloaded; "
+                                "reload again")
         old, server.model = server.model, new
         server.cfg = cfg
         for swapped in follow:
