@@ -138,9 +138,11 @@ def choose(args, good: np.ndarray, defects: np.ndarray | None) -> ThresholdResul
 
 def base_provenance(args, result: ThresholdResult, good: np.ndarray, classes: dict) -> dict:
     """What a reviewer needs to trust (or question) the threshold, and the drift reference."""
+    from edge_infer.review_cmd import operator
+
     quantiles = {f"p{q:g}": float(np.quantile(good, q / 100)) for q in (50, 90, 99, 99.9)}
     return {
-        "method": result.method, "station": args.station,
+        "method": result.method, "station": args.station, "who": operator(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "options": {k: v for k, v in sorted(vars(args).items())
                     if k not in ("handler", "command") and v not in (None, False, [])},
@@ -194,22 +196,7 @@ def finish(args, out: Path, bundle: Bundle | None, thresholds: Thresholds, resul
         print(f"  drift: {report['drift']['status']}: {report['drift']['message']}")
     print(f"  wrote {wrote}; report {out / 'report.json'} with {', '.join(report['figures'].values())}")
     if bundle is not None and not args.dry_run:
-        if args.from_journal:  # the line's audit log: who recalibrated, from what, to what
-            journal_calibration(args, bundle, thresholds, written)
         print("  apply them on a running station with `lineside ctl CONTROL_ADDRESS reload` (or restart serve)")
-
-
-def journal_calibration(args, bundle: Bundle, thresholds: Thresholds, written: Path) -> None:
-    from edge_infer.journal import Journal
-    from edge_infer.review_cmd import operator
-
-    journal = Journal(args.from_journal)
-    try:
-        journal.event(args.station, "calibrate", operator(), bundle=str(bundle.root), file=str(written),
-                      method=args.method, thresholds=thresholds.model_dump(exclude={"provenance"}),
-                      confirmed_only=args.confirmed_only, since=args.since)
-    finally:
-        journal.close()
 
 
 def fused(args, out: Path, bundles: list[Bundle], good_paths, defect_paths, classes: dict) -> int:

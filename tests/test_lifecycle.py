@@ -161,6 +161,7 @@ def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
                     "--confirmed-only", "--allow-few", "--since", "1h", "--out", str(tmp_path / "cal-device")]) == 0
         local = json.loads((current / "local" / "thresholds.json").read_text())
         assert local["provenance"]["source"] == "journal" and local["provenance"]["precision"] == "fp16"
+        assert local["provenance"]["who"] and local["provenance"]["produced_by"].startswith("lineside calibrate")
         assert cli(["verify", str(current), "--trust", str(keys / "release.sign.pub"), "--station", STATION]) == 0
         assert ctl(capsys, control, "stats")["thresholds"]["image"] == pytest.approx(host_thresholds["image"])
         reload = ctl(capsys, control, "reload", "--who", "eng-ben")
@@ -168,7 +169,6 @@ def test_a_station_lifecycle(tmp_path, monkeypatch, capsys):
         assert reload["source"]["image"] == "bundle (local/thresholds.json)" and reload["signature_checked"]
         assert (reload["bundle"]["backend"], reload["bundle"]["precision"]) == ("tensorrt-standin", "fp16")
         assert read_events(journal, kind="reload")[-1]["who"] == "eng-ben"
-        assert read_events(journal, kind="calibrate")[-1]["file"] == str(current / "local" / "thresholds.json")
         altered = tmp_path / "altered"
         shutil.copytree(current, altered)
         (altered / "thresholds.json").write_text('{"image": 0.0}')
