@@ -112,3 +112,16 @@ def test_run_all_splits_into_the_graph_batches_and_load_inputs_skips_unreadable(
     out = Scorer(bundle).backend.run_all(images)  # 5 images through a graph that takes at most 2
     np.testing.assert_allclose(out.score, np.array(levels) / 255, rtol=1e-5)
     assert out.anomaly_map.shape == (5, 1, 32, 32)
+
+
+def test_a_run_with_one_validation_score_exports_a_bundle_the_runtime_accepts():
+    """q50 == q99 (one validation image) is no scale: the manifest says 'none' instead of one the runtime refuses."""
+    from edge_infer.preprocess import InputSpec
+    from edge_infer.score_scale import ScoreScale
+    from train_host.export import make_manifest
+
+    record = {"family": "rx", "weights_sha256": "0" * 64, "config": {}, "data": "d",
+              "training": {"validation_good_scores": {"q50": 3.0, "q99": 3.0, "n": 1}}}
+    manifest = make_manifest(record, InputSpec(32, 32, 3), max_batch=1)
+    assert manifest.score_normalization == {"method": "none"}
+    assert ScoreScale(manifest.score_normalization)(5.0) == 5.0

@@ -174,8 +174,11 @@ def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:
     from lineside import __version__
 
     good = record["training"].get("validation_good_scores", {})
+    # A scale needs a spread of good scores: with one validation image (or all alike) q50 == q99,
+    # which the runtime's ScoreScale refuses, so such a bundle publishes raw scores instead.
+    spread = bool(good) and good["q99"] > good["q50"]
     normalization = ({"method": "good_quantiles", "q50": good["q50"], "q99": good["q99"], "n": good["n"]}
-                     if good else {"method": "none"})
+                     if spread else {"method": "none"})
     return Manifest(
         lineside_version=__version__,
         model=ModelInfo(family=record["family"], name=f"{record['family']}-{spec.height}x{spec.width}",
