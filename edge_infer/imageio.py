@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import ImageReadError
+from .imaging import decode
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def decode_image(data: bytes, source: str = "<payload>") -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR."""
+    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR (edge_infer/imaging.py)."""
     if not data:
         raise ImageReadError(source, "empty file or payload")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = decode(data)
     if image is None:
         raise ImageReadError(source, "not a decodable image (corrupt or unsupported format)")
     return normalise_layout(image, source)

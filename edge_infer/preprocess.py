@@ -3,17 +3,19 @@
 An image as OpenCV decodes it (HxW gray, HxWx3 BGR, uint8) becomes the model input the
 exported graph takes: uint8 CxHxW, RGB when the model has three channels. Normalisation
 (mean/std) is inside the graph, so nothing else can drift between host and device.
+OpenCV does the resizing where it imports; without it, edge_infer/imaging.py's NumPy twin
+gives every pixel within 1 grey level of OpenCV's (tested; docs/runtime.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import cv2
 import numpy as np
 
 from .errors import LinesideError
 from .imageio import read_image
+from .imaging import bgr_to_gray, bgr_to_rgb, gray_to_bgr, resize
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,13 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
         )
     if spec.roi is not None:
         image = crop(image, spec.roi)
-    image = cv2.resize(image, (spec.width, spec.height), interpolation=_interpolation(image, spec))
+    image = resize(image, spec.width, spec.height, area=_shrinking(image, spec))
     if spec.channels == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
+        image = gray_to_bgr(image) if image.ndim == 2 else bgr_to_rgb(image)  # gray: the same in RGB
         return np.ascontiguousarray(image.transpose(2, 0, 1))
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return image[None]
+        image = bgr_to_gray(image)
+    return np.ascontiguousarray(image[None])
 
 
 def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -105,6 +107,6 @@ def crop(image: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
     return image[y : y + h, x : x + w]
 
 
-def _interpolation(image: np.ndarray, spec: InputSpec) -> int:
-    shrinking = image.shape[0] > spec.height or image.shape[1] > spec.width
-    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+def _shrinking(image: np.ndarray, spec: InputSpec) -> bool:
+    """INTER_AREA when shrinking along either axis (no aliasing), INTER_LINEAR otherwise."""
+    return image.shape[0] > spec.height or image.shape[1] > spec.width

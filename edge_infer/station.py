@@ -213,15 +213,11 @@ def read_station_data(path: Path) -> dict:
     if not path.is_file():
         raise LinesideError(f"station config {path} does not exist: write one (see docs/station-config.md)")
     text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10 (JetPack 6) has no tomllib
-            raise LinesideError(f"{path}: TOML station configs need Python 3.11 or newer; "
-                                "write the same settings as YAML (station.yaml)") from None
     try:
         if path.suffix.lower() == ".toml":
-            data = secret_refs.from_toml(tomllib.loads(text))
+            from .tomlread import loads
+
+            data = secret_refs.from_toml(loads(text))
         else:
             data = secret_refs.load_yaml(text)
     except Exception as exc:  # yaml and tomllib raise their own parse errors
