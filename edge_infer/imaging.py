@@ -119,9 +119,9 @@ def gray_to_bgr(image: np.ndarray) -> np.ndarray:
 
 
 def bgr_to_gray(image: np.ndarray) -> np.ndarray:
-    """OpenCV's COLOR_BGR2GRAY for uint8, bit-exact: its 14-bit fixed-point BT.601 weights."""
+    """OpenCV's COLOR_BGR2GRAY for uint8, bit-exact: its 15-bit fixed-point BT.601 weights."""
     b, g, r = (image[..., i].astype(np.int32) for i in range(3))
-    return ((b * 1868 + g * 9617 + r * 4899 + (1 << 13)) >> 14).astype(np.uint8)
+    return ((b * 3735 + g * 19235 + r * 9798 + (1 << 14)) >> 15).astype(np.uint8)
 
 
 # ---- resize ---------------------------------------------------------------------------
@@ -231,7 +231,10 @@ def connected_components_numpy(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray
     run_label = run_label.reshape(-1) + 1
     labels = np.zeros((h, w), np.int32)
     stats = np.zeros((len(unique) + 1, 5), np.int32)
-    stats[0] = (0, 0, w, h, int(h * w - (ends - starts).sum()))
+    background = padded[:, 1:-1] == 0
+    if background.any():
+        ys, xs = np.nonzero(background.any(axis=1))[0], np.nonzero(background.any(axis=0))[0]
+        stats[0] = (xs[0], ys[0], xs[-1] - xs[0] + 1, ys[-1] - ys[0] + 1, int(background.sum()))
     for k in range(1, len(unique) + 1):
         mine = run_label == k
         r, s, e = run_rows[mine], starts[mine], ends[mine]
