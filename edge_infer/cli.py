@@ -42,6 +42,13 @@ def _client_keys(p) -> None:
 
 
 def register_runtime(sub) -> None:
+    p = sub.add_parser("doctor", help="what this machine gives the runtime: OpenCV, ONNX Runtime, TensorRT, GPU",
+                       description="Report which OpenCV is in use (path, version, GStreamer, CUDA) or that images go "
+                       "through Pillow without it, ONNX Runtime's providers, the TensorRT and cuda-python versions, "
+                       "the CPU and GPU, and on a Jetson its power mode and clocks. Loads no model.")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(handler=handler("edge_infer.doctor:main"))
+
     p = sub.add_parser("serve", help="run a station: frames in (ZeroMQ), one verdict out per frame",
                        description="Bind the station's frames (PULL), verdicts (PUB) and control (REP) sockets and "
                        "score every frame. SIGTERM drains the queue and flushes the journal before exiting.")
