@@ -80,7 +80,7 @@ class Model:
         self.layers = ThresholdLayers(*bundle.thresholds_with_source(), station=pins, runtime=dict(runtime or {}))
         roi = (recipe.roi if recipe is not None and recipe.roi else None) or cfg.roi
         self.scorer = Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
-                             thresholds=self.layers.effective(), roi=roi)
+                             thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph)
         self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)
         self.spec = self.scorer.spec
         m = bundle.manifest

@@ -32,9 +32,10 @@ class Scorer:
     """A bundle loaded on a backend, with the station's thresholds."""
 
     def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, thresholds: Thresholds | None = None, roi=None):
+                 threads: int | None = None, thresholds: Thresholds | None = None, roi=None,
+                 cuda_graph: bool = False):
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.backend: Backend = open_backend(self.bundle, backend, precision, threads)
+        self.backend: Backend = open_backend(self.bundle, backend, precision, threads, cuda_graph=cuda_graph)
         self.thresholds = thresholds if thresholds is not None else self.bundle.thresholds
         self.spec = station_spec(self.bundle.input_spec, roi)  # the station's crop, as serve applies it
 

@@ -120,6 +120,9 @@ class StationConfig(_Strict):
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: the precision of the engine built for this bundle on this device, else fp32")
     threads: int | None = Field(None, ge=1)
+    cuda_graph: bool = Field(False, description=(
+        "tensorrt backend: capture each batch size into a CUDA graph and replay it (less launch overhead "
+        "per frame); needs cuda-python. Other backends run without graphs"))
     roi: list[int] | None = Field(None, min_length=4, max_length=4, description="x, y, width, height")
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="override the bundle's")
     sockets: Sockets = Field(default_factory=Sockets)
@@ -149,6 +152,13 @@ class StationConfig(_Strict):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _cuda_graph_needs_tensorrt(self):
+        if self.cuda_graph and self.backend.startswith("ort-"):
+            raise ValueError(f"cuda_graph: true applies to the tensorrt backend only, and backend is {self.backend}: "
+                             "set backend: tensorrt (or auto) or remove cuda_graph")
+        return self
 
     @model_validator(mode="after")
     def _distinct_cameras(self):
