@@ -88,6 +88,7 @@ class Server:
         from .exposure import warnings as exposure_warnings
 
         self.exposed = exposure_warnings(cfg)  # services open beyond loopback without their security
+        self.worker_alive_at = time.monotonic()  # the worker loop's heartbeat, for systemd's watchdog
 
     # ---- lifecycle ----------------------------------------------------------------
     def start(self) -> "Server":
@@ -356,6 +357,7 @@ class Server:
         while True:
             with self.model_lock:
                 n = min(self.cfg.batch.max_frames, self.model.max_batch)
+            self.worker_alive_at = time.monotonic()
             batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
             if batch and self.stopping.is_set() and time.monotonic() > self.stop_at + SCORE_DRAIN_S:
                 for item in batch:  # the stop is bounded: what is still queued gets its verdict unscored
@@ -559,8 +561,17 @@ def _row(item: Item) -> dict:
 
 
 def serve_forever(servers: list[Server]) -> None:
-    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all."""
+    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all.
+
+    Under systemd (Type=notify) it says READY=1 once all stations serve, WATCHDOG=1 while
+    every worker loop turns, and STOPPING=1 when it drains (edge_infer/sdnotify.py).
+    """
+    from .sdnotify import Notifier
+
+    notifier = Notifier()
+
     def stop(*_):
+        notifier.stopping()
         for server in servers:
             server.request_stop()
 
@@ -569,12 +580,16 @@ def serve_forever(servers: list[Server]) -> None:
     try:
         for server in servers:
             server.start()
-        while not all(server.finished.wait(0.5) or server.past_shutdown_deadline() for server in servers):
-            pass
+        notifier.ready(f"serving {', '.join(s.station for s in servers)}")
+        while not all(server.finished.wait(notifier.tick_s / len(servers)) or server.past_shutdown_deadline()
+                      for server in servers):
+            notifier.watchdog(min(server.worker_alive_at for server in servers))
     finally:
+        notifier.stopping()
         for server in servers:
             if server.status != "starting":
                 server.close()
+        notifier.close()
 
 
 def main(args) -> int:
