@@ -38,6 +38,12 @@ def opencv():
     return cv2
 
 
+def warm_up() -> None:
+    """Import the codec now (OpenCV, else Pillow), so that the first frame does not pay for it."""
+    if opencv() is None:
+        import PIL.Image  # noqa: F401
+
+
 def require_opencv(what: str):
     cv2 = opencv()
     if cv2 is None:
@@ -70,8 +76,8 @@ def decode(data: bytes) -> np.ndarray | None:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             return _pillow_to_array(im)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):  # Pillow's ways to say "corrupt"
-        return None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        return None  # Pillow's ways to say "corrupt", "truncated" or "too many pixels to be a frame"
 
 
 def _pillow_to_array(im) -> np.ndarray:
