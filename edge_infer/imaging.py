@@ -85,8 +85,10 @@ def _pillow_to_array(im) -> np.ndarray:
         return np.asarray(im).astype(np.uint16)
     if im.mode in ("L", "I", "F"):  # 32-bit int and float stay as they are: normalise_layout refuses them
         return np.asarray(im)
-    if im.mode in ("1", "LA", "La"):
+    if im.mode == "1":
         return np.asarray(im.convert("L"))
+    if im.mode in ("LA", "La"):  # OpenCV makes gray + alpha a colour image, alpha dropped below
+        im = im.convert("RGB")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode not in ("RGB", "RGBA"):  # CMYK, YCbCr, RGBX, ...

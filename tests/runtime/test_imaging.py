@@ -82,6 +82,24 @@ def test_connected_components_match_opencv():
         assert len(pairs) == len(np.unique(want_labels)) == len(np.unique(labels))
 
 
+def pillow_bytes(bgr, mode, fmt, **options):
+    """An image written by Pillow in ``mode`` (gray, palette, CMYK, ...) as ``fmt``."""
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(bgr if bgr.ndim == 2 else np.ascontiguousarray(bgr[..., ::-1]))
+    if mode == "LA":
+        image = Image.merge("LA", (image, image))
+    elif mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    else:
+        image = image.convert(mode)
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return np.frombuffer(out.getvalue(), np.uint8)
+
+
 def test_decoding_without_opencv_matches_it():
     rng = np.random.default_rng(5)
     colour = random_image(rng, 60, 80, 3, True)
@@ -93,6 +111,11 @@ def test_decoding_without_opencv_matches_it():
         "jpeg colour": cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_QUALITY, 90])[1],
         "jpeg gray": cv2.imencode(".jpg", colour[..., 2])[1],
         "bmp": cv2.imencode(".bmp", colour)[1],
+        "png gray+alpha": pillow_bytes(colour[..., 0], "LA", "PNG"),
+        "png palette": pillow_bytes(colour, "P", "PNG"),
+        "tiff": pillow_bytes(colour, "RGB", "TIFF"),
+        "webp lossless": pillow_bytes(colour, "RGB", "WEBP", lossless=True),
+        "jpeg cmyk": pillow_bytes(colour, "CMYK", "JPEG"),
     }
     from edge_infer.imageio import decode_image
 
@@ -101,7 +124,7 @@ def test_decoding_without_opencv_matches_it():
         got = {name: decode_image(data.tobytes()) for name, data in cases.items()}
     for name in cases:
         assert got[name].shape == want[name].shape, name
-        bound = 1 if name.startswith("jpeg") else 0  # PNG/BMP are lossless: identical
+        bound = 1 if name.startswith("jpeg") else 0  # PNG/BMP/TIFF/WebP lossless: identical
         assert np.abs(got[name].astype(int) - want[name]).max() <= bound, name
 
 
