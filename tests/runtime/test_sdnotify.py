@@ -22,7 +22,7 @@ from runtime_helpers import bright, cleanup, dark, short_dir, station, wait_for_
 from tiny_bundle import make_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
-WATCHDOG_S = 1.0
+WATCHDOG_S = 4.0  # pings every 2 s; generous, as the tests share a loaded 2-core machine
 
 
 class FakeSystemd:
@@ -98,9 +98,9 @@ def test_ready_then_watchdog_pings_that_stop_when_the_worker_hangs(tmp_path, sys
     try:
         systemd.wait_for("READY=1", timeout_s=60)
         assert request(cfg.sockets.control, {"cmd": "health"}, timeout_s=5)["status"] == "ready"
-        pings = watchdogs(systemd.collect(3 * WATCHDOG_S))
-        assert len(pings) >= 3  # every WATCHDOG_USEC / 2
-        assert max(b - a for a, b in zip(pings, pings[1:])) < WATCHDOG_S  # never a gap systemd would act on
+        pings = watchdogs(systemd.collect(2 * WATCHDOG_S))
+        assert len(pings) >= 2  # every WATCHDOG_USEC / 2: about 4 in this window
+        assert max(b - a for a, b in zip(pings, pings[1:])) < WATCHDOG_S  # no gap systemd would act on
 
         publisher = Publisher(cfg.sockets.frames, "st1", "cam0", "raw")
         publisher.publish(dark(), block=True)
@@ -108,7 +108,7 @@ def test_ready_then_watchdog_pings_that_stop_when_the_worker_hangs(tmp_path, sys
         publisher.publish(bright(), block=True)  # the worker now spins inside the model
         time.sleep(WATCHDOG_S)  # pings may go on until the heartbeat is half an interval old
         systemd.drain()
-        hung = systemd.collect(3 * WATCHDOG_S)
+        hung = systemd.collect(2 * WATCHDOG_S)
         assert watchdogs(hung) == [], hung
         assert proc.poll() is None  # hung, not dead: only the watchdog can tell systemd
         publisher.close()
