@@ -40,6 +40,8 @@ MIN_ROWS_SHARE = 0.1  # however large the WAL got, a budget pass leaves rows thi
 EARLY = 0.85  # a pass starts before its interval once the journal reaches this share of max_mb
 EMERGENCY_KEEP = 0.8  # an emergency pass (the disk refused a write) frees at least a fifth of the content
 WAL_WINDOW_S = 60.0  # the budget leaves room for the largest WAL seen this long
+LOG_EVERY_S = 60.0  # one "retention" log line a minute at most (and one per emergency pass)
+EMERGENCY_EVERY_S = 60.0
 CHECK_S = 0.25  # how often the thread looks at the journal's size (a stat: cheap)
 VACUUM_PAGES = 64  # pages given back per transaction: each moves about as many again through the WAL
 CHECKPOINT_BUSY_MS = 50  # a TRUNCATE checkpoint holds the writers off: give up rather than make them wait
@@ -71,16 +73,17 @@ class Retention:
         self.station, self.path, self.retain = station, Path(journal_cfg.path), journal_cfg.retain
         self.budget = int(self.retain.max_mb * MIB) if self.retain.max_mb else None
         self.wake, self.stopping = threading.Event(), threading.Event()
-        self.emergency = False
+        self.emergency, self.emergency_at = False, -EMERGENCY_EVERY_S
         self.thread: threading.Thread | None = None
         self.reclaimable: bool | None = None  # the journal has auto_vacuum=INCREMENTAL
         self.deleted = {"age": 0, "budget": 0, "forced": 0}
+        self.unlogged, self.logged_at = {"age": 0, "budget": 0, "forced": 0}, 0.0
         self.last_pass: dict | None = None
         self.last_error: str | None = None
         self.wal_seen: deque[tuple[float, int]] = deque()  # (monotonic, WAL bytes) over the last WAL_WINDOW_S
 
     # ---- the thread ---------------------------------------------------------------------
-    def start(self) -> "Retention":
+    def start(self) -> Retention:
         self.thread = threading.Thread(target=self._run, name="retention", daemon=True)
         self.thread.start()
         return self
@@ -93,9 +96,12 @@ class Retention:
             self.thread.join(timeout=timeout)
 
     def request_emergency(self) -> None:
-        """The server could not write the journal: free space now."""
-        self.emergency = True
-        self.wake.set()
+        """The server could not write the journal: free space now (once per EMERGENCY_EVERY_S: when
+        deleting a fifth did not help, deleting more would only lose history)."""
+        if time.monotonic() - self.emergency_at >= EMERGENCY_EVERY_S:
+            self.emergency_at = time.monotonic()
+            self.emergency = True
+            self.wake.set()
 
     def _run(self) -> None:
         db = connect(self.path)
@@ -153,8 +159,11 @@ class Retention:
         self.last_pass = {"at": round(now, 3), "deleted": deleted, "seconds": round(seconds, 3),
                           "rows_per_s": round(total / seconds) if total and seconds > 0 else None,
                           "emergency": emergency, "size_mb": round(journal_bytes(self.path) / MIB, 3)}
-        if total or emergency:
-            log_event("retention_pass", station=self.station, **self.last_pass)
+        for key, n in deleted.items():
+            self.unlogged[key] += n
+        if emergency or (any(self.unlogged.values()) and time.monotonic() - self.logged_at >= LOG_EVERY_S):
+            log_event("retention", station=self.station, deleted_since_last=self.unlogged, **self.last_pass)
+            self.unlogged, self.logged_at = {"age": 0, "budget": 0, "forced": 0}, time.monotonic()
         return self.last_pass
 
     def _content_target(self, db: sqlite3.Connection, emergency: bool) -> int | None:
@@ -259,8 +268,9 @@ class Retention:
             self._checkpoint(db, "TRUNCATE")
 
     def wal_room(self) -> int:
-        """The room the budget keeps for the WAL: its limit, or the most it took lately."""
-        return max([WAL_LIMIT_BYTES, *(wal for _, wal in self.wal_seen)])
+        """The room the budget keeps for the WAL: twice its limit (where the job truncates it), or the
+        most it took lately."""
+        return max([2 * WAL_LIMIT_BYTES, *(wal for _, wal in self.wal_seen)])
 
     def _checkpoint(self, db: sqlite3.Connection, mode: str) -> None:
         busy = db.execute("PRAGMA busy_timeout").fetchone()[0]
