@@ -8,10 +8,12 @@ journal's size every second and runs a pass every ``interval_s`` — at once whe
 reaches EARLY of its budget, or when the server cannot write (``emergency``):
 
 1. age: verdicts older than their class's days go, oldest first;
-2. budget: while the journal's content is over TRIM_TO of ``max_mb``, the oldest OK verdicts go,
+2. budget: while the rows take more than TRIM_TO of ``max_mb`` less the room the WAL needs (the
+   most it took in the last minute, at least twice WAL_LIMIT_BYTES), the oldest OK verdicts go,
    then (if that is not enough) the oldest NG/reviewed ones;
 3. reclaim: ``PRAGMA incremental_vacuum`` gives the freed pages back to the disk, VACUUM_PAGES per
-   transaction, and a WAL checkpoint (PASSIVE; TRUNCATE while over budget) shrinks the WAL.
+   transaction (during a trim too), and a WAL checkpoint (PASSIVE; TRUNCATE while over budget, or
+   when busy writers have starved SQLite's own checkpoints past twice WAL_LIMIT_BYTES) shrinks the WAL.
 
 Deletes take ``batch_rows`` verdicts per transaction, so the line's writer never waits long.
 A verdict is protected while a delivery cursor (``line_cursors``: MQTT, a sync) has not passed
@@ -31,20 +33,22 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .errors import LinesideError
 from .journal import WAL_LIMIT_BYTES, connect
 from .logs import log_event
 
 MIB = 1 << 20
-TRIM_TO = 0.7  # a budget pass trims the journal's content to this share of max_mb
+TRIM_TO = 0.6  # a budget pass trims the journal's content to this share of max_mb
 MIN_ROWS_SHARE = 0.1  # however large the WAL got, a budget pass leaves rows this share of max_mb
-EARLY = 0.85  # a pass starts before its interval once the journal reaches this share of max_mb
+EARLY = 0.7  # a pass starts before its interval once the journal reaches this share of max_mb
 EMERGENCY_KEEP = 0.8  # an emergency pass (the disk refused a write) frees at least a fifth of the content
 WAL_WINDOW_S = 60.0  # the budget leaves room for the largest WAL seen this long
 LOG_EVERY_S = 60.0  # one "retention" log line a minute at most (and one per emergency pass)
 EMERGENCY_EVERY_S = 60.0
-CHECK_S = 0.25  # how often the thread looks at the journal's size (a stat: cheap)
+CHECK_S = 0.1  # how often the thread looks at the journal's size (a stat: cheap)
 VACUUM_PAGES = 64  # pages given back per transaction: each moves about as many again through the WAL
-CHECKPOINT_BUSY_MS = 50  # a TRUNCATE checkpoint holds the writers off: give up rather than make them wait
+CHECKPOINT_BUSY_MS = 1000  # how long a TRUNCATE checkpoint waits for the writers of the moment to finish
+CHECKPOINT_TRIES = 40  # ... and how often it tries while the writers' own checkpoints hold it off
 
 OK_ROWS = "status != 'NG' AND confirmed IS NULL"
 KEPT_ROWS = "(status = 'NG' OR confirmed IS NOT NULL)"
@@ -104,7 +108,15 @@ class Retention:
             self.wake.set()
 
     def _run(self) -> None:
-        db = connect(self.path)
+        while True:
+            try:
+                db = connect(self.path)
+                break
+            except LinesideError as exc:  # e.g. a disk too full for the WAL index: the line goes on, retry
+                self.last_error = str(exc)
+                log_event("retention_failed", level=logging.ERROR, station=self.station, error=str(exc))
+                if self.stopping.wait(self.retain.interval_s):
+                    return
         try:
             self._check_reclaimable(db)
             next_pass = 0.0
@@ -272,11 +284,17 @@ class Retention:
         most it took lately."""
         return max([2 * WAL_LIMIT_BYTES, *(wal for _, wal in self.wal_seen)])
 
-    def _checkpoint(self, db: sqlite3.Connection, mode: str) -> None:
+    def _checkpoint(self, db: sqlite3.Connection, mode: str) -> bool:
+        """Checkpoint the WAL; True when it got through. A writer's own automatic checkpoint
+        makes ours return busy at once (no busy wait for that lock), so a TRUNCATE tries again."""
         busy = db.execute("PRAGMA busy_timeout").fetchone()[0]
         db.execute(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_MS}")
         try:
-            db.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+            for _ in range(CHECKPOINT_TRIES if mode == "TRUNCATE" else 1):
+                if db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0] == 0:
+                    return True
+                time.sleep(0.005)
+            return False
         finally:
             db.execute(f"PRAGMA busy_timeout={busy}")
 
@@ -326,8 +344,6 @@ def _cursor_floor(db: sqlite3.Connection) -> int:
 def migrate(path: str | Path) -> dict:
     """Rewrite an existing journal with auto_vacuum=INCREMENTAL (one VACUUM; the station must be stopped)."""
     import shutil
-
-    from .errors import LinesideError
 
     path = Path(path)
     if not path.is_file():
