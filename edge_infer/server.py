@@ -393,7 +393,11 @@ class Server:
         sinks = tuple(s.name for s in self.sinks)
         done = False
         while not done:
-            items = [self.outbox.get()]
+            try:  # while verdicts wait in the backlog, wake up to retry even when no new one comes
+                items = [self.outbox.get(timeout=POLL_MS / 1e3 if self.backlog.rows else None)]
+            except queue.Empty:
+                self._record(journal, [], sinks)
+                continue
             while len(items) < 256:
                 try:
                     items.append(self.outbox.get_nowait())
