@@ -20,8 +20,14 @@ from edge_infer.camera import Publisher
 from edge_infer.control import request
 from edge_infer.errors import LinesideError
 from edge_infer.journal import read_verdicts
-from edge_infer.retention import MIB, journal_bytes
 from edge_infer.wire import parse_verdict_message
+
+MIB = 1 << 20
+
+
+def journal_bytes(path) -> int:
+    """The journal file and its WAL, as `ls` sees them."""
+    return sum(os.path.getsize(f"{path}{s}") for s in ("", "-wal") if os.path.exists(f"{path}{s}"))
 
 
 def start(path, cfg, **popen):
@@ -106,9 +112,7 @@ def limit_file_size(limit: int):
 
 
 def test_serve_goes_on_when_the_journal_disk_refuses_writes_and_catches_up_after(tmp_path):
-    cfg, path = station(tmp_path, batch={"max_frames": 4, "max_wait_ms": 1},
-                        journal={"path": str(tmp_path / "journal.sqlite"), "backlog": 100_000,
-                                 "retain": {"max_mb": None, "days": None, "ng_days": None, "interval_s": 1}})
+    cfg, path = station(tmp_path, batch={"max_frames": 4, "max_wait_ms": 1})  # the default journal settings
     proc = start(path, cfg, preexec_fn=limit_file_size(256 << 10))
     sub = subscriber(cfg)
     publisher = Publisher(cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000)
