@@ -176,7 +176,8 @@ def connect(path: str | Path, synchronous: str = "normal", timeout: float = 10) 
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect only on a new file: before WAL and the tables
+        if db.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new file: before WAL and the tables, or never
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # (setting it on an existing one takes a write lock)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
