@@ -10,6 +10,10 @@ the crash shows in `ctl health` under ``loops``:
     output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
+plus the journal's retention job (``edge_infer.retention``: by age and disk budget, its own
+connection) and, while the journal's disk refuses writes, the output's in-memory backlog
+(``edge_infer.backlog``: verdicts still go out, flagged ``journaled: false``).
+
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
 single output step. The receiver notes each burst of messages in the journal's ``inflight``
 table before queueing them, and the output step deletes a frame's row in the transaction
