@@ -137,6 +137,14 @@ def register_runtime(sub) -> None:
         q.add_argument("--json", action="store_true", help="print the reviewed verdicts as JSON")
     p.set_defaults(handler=handler("edge_infer.review_cmd:main"))
 
+    p = sub.add_parser("journal", help="maintain the station's journal (migrate an old one so retention can shrink it)",
+                       description="migrate: rewrite a journal made before retention (one VACUUM, with "
+                       "auto_vacuum=INCREMENTAL) so the retention job can give deleted verdicts' space back to the "
+                       "disk while the line runs. Stop the station first; it needs as much free disk as the journal.")
+    p.add_argument("action", choices=["migrate"], help="migrate: make the journal reclaimable (once)")
+    p.add_argument("source", help="the station's config (station.yaml) or its journal file (journal.sqlite)")
+    p.set_defaults(handler=handler("edge_infer.retention:main"))
+
     p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; signing for bundles; "
                        "tls for the operator page and OPC UA)",
                        description="Write NAME.key (public) and NAME.key_secret (private, mode 0600) for each NAME. "

@@ -50,10 +50,38 @@ class LimitsConfig(_Strict):
         return Limits(self.max_payload_bytes, self.max_side)
 
 
+class RetainConfig(_Strict):
+    """How long verdicts stay in the journal, and how much disk it may take (docs/station-config.md)."""
+
+    days: float | None = Field(30, gt=0, description="OK, ERROR and DROPPED verdicts older than this are deleted "
+                               "(null: kept until the disk budget needs their space)")
+    ng_days: float | None = Field(365, gt=0, description="NG and reviewed verdicts (confirmed set) are kept this "
+                                  "long (null: until the disk budget needs their space)")
+    max_mb: float | None = Field(2048, ge=2, description="disk budget of the journal file and its WAL, in MiB; "
+                                 "over it the oldest OK verdicts go first, then older NG/reviewed ones "
+                                 "(null: no budget)")
+    warn_percent: float = Field(80, gt=0, le=100, description="health warns when the journal reaches this share "
+                                "of max_mb")
+    interval_s: float = Field(10, gt=0, le=3600, description="how often the retention job runs")
+    batch_rows: int = Field(500, ge=10, le=10_000, description="verdicts deleted per transaction: small, so the "
+                            "line's writes never wait long")
+
+    @model_validator(mode="after")
+    def _ng_kept_longer(self):
+        if self.days is not None and self.ng_days is not None and self.ng_days < self.days:
+            raise ValueError(f"ng_days ({self.ng_days:g}) must be at least days ({self.days:g}): NG and reviewed "
+                             "verdicts are the ones kept longer")
+        return self
+
+
 class JournalConfig(_Strict):
     path: Path = Path("journal.sqlite")
     synchronous: Literal["normal", "full"] = Field(
         "normal", description="normal: survives a process crash; full: also a power cut, slower")
+    retain: RetainConfig = Field(default_factory=RetainConfig, description="retention by age and disk budget")
+    backlog: int = Field(10_000, ge=0, le=1_000_000, description=(
+        "verdicts kept in memory while the journal cannot be written (disk full), written when it can "
+        "again; beyond it the oldest are published only"))
 
 
 class CurveConfig(_Strict):
