@@ -35,7 +35,7 @@ class DraemConfig:
     seed: int = 0
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DraemConfig":
+    def from_dict(cls, d: dict) -> DraemConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
