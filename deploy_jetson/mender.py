@@ -85,7 +85,7 @@ def _payload(tree: Path) -> Path:
 
 
 def install(tree: Path) -> None:
-    from .flash import StepFailed, _build_engine, label
+    from .flash import StepFailed, _build_engine, _check_runs_engine, label
 
     device, saved = _device(), tree / "tmp" / "lineside.json"
     root = device.target.root
@@ -105,7 +105,7 @@ def install(tree: Path) -> None:
     from .flash import Outcome
 
     out = Outcome("mender")
-    _build_engine(device, installed["path"], out)
+    engine = _build_engine(device, installed["path"], installed["id"], out)
     for warning in out.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     saved.write_text(json.dumps({"state": st, "new": installed["id"], "switched": True}))
@@ -113,6 +113,7 @@ def install(tree: Path) -> None:
     device.restart(st["station"])
     try:
         answer = device.health(st["station"], old_bundle=st["current"] and st["current"]["id"])
+        _check_runs_engine(answer, engine)  # as flash does: a silent fall-back from the built engine fails
     except StepFailed as exc:
         raise LinesideError(f"the new bundle did not come up healthy ({exc.message}); Mender rolls back to "
                             f"{label(st['current'])}") from None
