@@ -315,6 +315,30 @@ def last_verdict(root: Path) -> dict:
     return {"journal": str(path), "last_verdict_at": when}
 
 
+def engine_mismatch(answer: dict, engine: dict | None) -> str | None:
+    """Why a health answer shows the service not running ``engine`` (a built engine's sidecar), or None.
+
+    One rule for every path that flashes (flash, the Ansible role, the Mender module): a device that
+    built an engine and then silently falls back to a slower backend has failed its update.
+    """
+    bundle = answer.get("bundle") or {}
+    if engine is None or (bundle.get("backend"), bundle.get("precision")) == (engine["backend"], engine["precision"]):
+        return None
+    return (f"the device built a {engine['precision']} engine for {engine['backend']}, but the service runs "
+            f"backend {bundle.get('backend', '?')}, precision {bundle.get('precision', '?')}: it fell back (its log "
+            "says why; check the station config's backend and precision, which `auto` lets follow the engine)")
+
+
+def expect_built_engine(root: Path, answer: dict) -> dict:
+    """The health answer, if the service runs the engine built for ROOT/current; LinesideError if not."""
+    current = link_info(root, "current")
+    built = engines(root, current["id"])["engines"] if current else []
+    problem = engine_mismatch(answer, built[0] if built else None)
+    if problem:
+        raise LinesideError(problem)
+    return answer
+
+
 def engines(root: Path, ident: str) -> dict:
     """The engines built in bundles/<id>/engines (their sidecars), newest first: what the service should run."""
     from edge_infer.backends.engine_meta import built_engines
@@ -351,6 +375,8 @@ def main(argv=None) -> int:
     s.add_argument("--station")
     s.add_argument("--old-bundle", help="answers that still name this bundle id do not count")
     s.add_argument("--client-key", help=f"CurveZMQ: this check's NAME.key_secret (default: ROOT/{HEALTH_KEY})")
+    s.add_argument("--expect-engine", action="store_true",
+                   help="with --root: fail unless the service runs the engine built for ROOT/current")
     args = p.parse_args(argv)
     try:
         print(json.dumps(_dispatch(args)))
@@ -376,7 +402,8 @@ def _dispatch(args) -> dict:
         if not (args.address or args.root):
             raise LinesideError("health needs --root ROOT or --address ADDR")
         address, curve = health_endpoint(args)
-        return wait_healthy(address, args.timeout, args.station, args.old_bundle, curve=curve)
+        answer = wait_healthy(address, args.timeout, args.station, args.old_bundle, curve=curve)
+        return expect_built_engine(args.root, answer) if args.expect_engine and args.root else answer
     root = args.root
     if cmd == "state":
         return state(root)

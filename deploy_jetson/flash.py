@@ -243,15 +243,13 @@ def _build_engine(device: Device, bundle_dir: str, bundle_id: str, out: Outcome)
 
 def _check_runs_engine(answer: dict, engine: dict | None) -> str:
     """What the service runs, as health reports it; StepFailed if it is not the engine just built."""
+    from .device import engine_mismatch
+
     bundle = answer.get("bundle") or {}
-    running = f"backend {bundle.get('backend', '?')}, precision {bundle.get('precision', '?')}"
-    if engine is None:
-        return running
-    if (bundle.get("backend"), bundle.get("precision")) != (engine["backend"], engine["precision"]):
-        raise StepFailed("health", f"the device built a {engine['precision']} engine for {engine['backend']}, but the "
-                         f"service runs {running}: it fell back (its log says why; check the station config's "
-                         "backend and precision, which `auto` lets follow the engine)")
-    return running
+    problem = engine_mismatch(answer, engine)
+    if problem:
+        raise StepFailed("health", problem)
+    return f"backend {bundle.get('backend', '?')}, precision {bundle.get('precision', '?')}"
 
 
 def _roll_back(device: Device, st: dict, station: str, bundle: BundleInfo | None, exc: StepFailed, out: Outcome,

@@ -83,3 +83,14 @@ def test_flash_fails_when_the_service_does_not_run_the_engine_it_built(tmp_path,
     target = parse_target(f"local:{device_root}", {"restart": restart_standin, "health_timeout": 60, **builds})
     out = flash(target, open_shell(target), info(tars["v2"]))
     assert out.result == "ok" and "backend tensorrt-standin, precision fp32" in out.message, out.message
+
+
+def test_one_rule_says_when_a_service_fell_back_from_its_built_engine():
+    """flash, the Ansible role (device health --expect-engine) and Mender share engine_mismatch."""
+    from deploy_jetson.device import engine_mismatch
+
+    engine = {"backend": "tensorrt", "precision": "fp16"}
+    assert engine_mismatch({"bundle": {"backend": "tensorrt", "precision": "fp16"}}, engine) is None
+    assert engine_mismatch({"bundle": {"backend": "ort-cpu", "precision": "fp32"}}, None) is None
+    problem = engine_mismatch({"bundle": {"backend": "ort-cpu", "precision": "fp32"}}, engine)
+    assert "fp16 engine for tensorrt" in problem and "ort-cpu" in problem
