@@ -1,7 +1,18 @@
-"""Reading images from files and from wire payloads, with errors that name the file."""
+"""Reading images from files and from wire payloads, with errors that name the file.
+
+JPEG streams can be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled
+IDCT, OpenCV's ``IMREAD_REDUCED_*``); ``edge_infer.preprocess.plan`` decides when. When
+nvImageCodec (``pip install nvidia-nvimgcodec-cu12``) is installed and a GPU answers, JPEGs are
+decoded there instead, behind the same ``decode_image``; anything it refuses falls back
+to the CPU path.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -12,23 +23,114 @@ from .errors import ImageReadError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def decode_image(data: bytes, source: str = "<payload>") -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR."""
-    if not data:
+_REDUCED = {  # (colour, gray) flags per DCT scale; EXIF orientation ignored as IMREAD_UNCHANGED does
+    2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+    8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+}
+
+
+def decode_image(data, source: str = "<payload>", reduce: int = 1, gray: bool = False) -> np.ndarray:
+    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR.
+
+    ``data``: bytes or any buffer (a memoryview of a received ZeroMQ frame: not copied).
+    ``reduce`` (JPEG only): decode at 1/2, 1/4 or 1/8 scale in the DCT domain, as colour BGR
+    or, with ``gray``, as the JPEG's luma.
+    """
+    buf = np.frombuffer(data, np.uint8)
+    if not buf.size:
         raise ImageReadError(source, "empty file or payload")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = _gpu_decode(buf, reduce, gray)
+    if image is None:
+        if reduce == 1:
+            flags = cv2.IMREAD_UNCHANGED
+        elif reduce in _REDUCED:
+            flags = _REDUCED[reduce][gray] | cv2.IMREAD_IGNORE_ORIENTATION
+        else:
+            raise ImageReadError(source, f"cannot decode at 1/{reduce} scale: JPEG scales are 1/2, 1/4 and 1/8")
+        image = cv2.imdecode(buf, flags)
     if image is None:
         raise ImageReadError(source, "not a decodable image (corrupt or unsupported format)")
     return normalise_layout(image, source)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_bytes(path: str | Path) -> bytes:
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ImageReadError(path, exc.strerror or str(exc)) from None
-    return decode_image(data, str(path))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    return decode_image(read_bytes(path), str(path))
+
+
+def jpeg_dimensions(data) -> tuple[int, int] | None:
+    """(height, width) a JPEG stream declares in its frame header, read without decoding;
+    None when ``data`` is not a JPEG stream with a readable header."""
+    data = memoryview(data).cast("B")
+    if len(data) < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    i = 2
+    for _ in range(512):  # a JPEG reaches its frame header within a few markers
+        if i + 9 > len(data) or data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
+            return h, w
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+# ---- GPU JPEG decode (nvImageCodec), optional -------------------------------------------
+_gpu = threading.local()
+GPU_DECODE_ENV = "LINESIDE_GPU_DECODE"  # "0" keeps decoding on the CPU even with nvImageCodec installed
+
+
+def gpu_decoder():
+    """This thread's nvImageCodec decoder, or None when nvImageCodec or a GPU is missing (or
+    LINESIDE_GPU_DECODE=0). Decided once per thread; the reason is logged once."""
+    if not hasattr(_gpu, "decoder"):
+        _gpu.decoder = None
+        if os.environ.get(GPU_DECODE_ENV, "1") == "0":
+            return None
+        try:
+            from nvidia import nvimgcodec
+
+            _gpu.decoder = nvimgcodec.Decoder()
+            _gpu.params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.RGB,
+                                                   apply_exif_orientation=False)
+        except Exception as exc:  # not installed, no driver, no device: the CPU decodes
+            logging.getLogger(__name__).debug("GPU JPEG decode unavailable (%s): decoding on the CPU", exc)
+    return _gpu.decoder
+
+
+def _gpu_decode(buf: np.ndarray, reduce: int, gray: bool) -> np.ndarray | None:
+    """A JPEG decoded by nvJPEG (full size; then the DCT scale's box mean), as BGR or gray; None
+    to let the CPU decode (no GPU decoder, not a JPEG, or a stream nvJPEG refuses)."""
+    decoder = gpu_decoder()
+    if decoder is None or jpeg_dimensions(buf) is None:
+        return None
+    try:
+        decoded = decoder.decode(buf.tobytes(), params=_gpu.params)
+        if decoded is None:
+            return None
+        rgb = np.asarray(decoded.cpu())
+    except Exception:  # nvJPEG refuses some streams (e.g. lossless, 12-bit): the CPU tries them
+        return None
+    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY if gray else cv2.COLOR_RGB2BGR)
+    if reduce > 1:  # libjpeg's scaled IDCT is close to a box mean over reduce×reduce pixels
+        h, w = image.shape[:2]
+        image = cv2.resize(image, (-(-w // reduce), -(-h // reduce)), interpolation=cv2.INTER_AREA)
+    return image
 
 
 def normalise_layout(image: np.ndarray, source: str = "<array>") -> np.ndarray:

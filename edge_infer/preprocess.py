@@ -1,8 +1,15 @@
-"""The one preprocessing function: host training and the device both call it.
+"""The one preprocessing path: host training, export, calibration and the device all call it.
 
 An image as OpenCV decodes it (HxW gray, HxWx3 BGR, uint8) becomes the model input the
 exported graph takes: uint8 CxHxW, RGB when the model has three channels. Normalisation
 (mean/std) is inside the graph, so nothing else can drift between host and device.
+
+How a frame is brought down to the model's size is decided by ``plan`` alone: a JPEG is
+decoded at 1/2, 1/4 or 1/8 scale in its DCT domain when the ROI keeps at least the model's
+pixels at that scale, the (scaled) ROI is cropped, an integer-factor INTER_AREA shrink
+(OpenCV's fast box-filter path) takes it close to the model size, and one last resize
+makes the model size. ``read_input`` (files) and ``decode_input`` (payloads) follow the plan
+from encoded bytes; ``preprocess`` follows it for an image already decoded at full size.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from dataclasses import asdict, dataclass, replace
 import cv2
 import numpy as np
 
-from .errors import LinesideError
-from .imageio import read_image
+from .errors import ImageReadError, LinesideError
+from .imageio import decode_image, jpeg_dimensions, normalise_layout, read_bytes
+
+JPEG_SCALES = (8, 4, 2)  # the DCT-domain scales libjpeg decodes at (besides 1)
 
 
 @dataclass(frozen=True)
@@ -55,15 +64,66 @@ def station_spec(spec: InputSpec, roi) -> InputSpec:
     return replace(spec, roi=tuple(int(v) for v in roi)) if roi else spec
 
 
-def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """HxW or HxWx3 (BGR) uint8 → CxHxW uint8 at the spec's resolution."""
+@dataclass(frozen=True)
+class Plan:
+    """How one source image becomes the model input (see the module's docstring)."""
+
+    source: tuple[int, int]  # (height, width) of the full-size source
+    reduce: int  # JPEG decoded at 1/reduce in the DCT domain (1: full size)
+    decoded: tuple[int, int]  # (height, width) the decode yields
+    roi: tuple[int, int, int, int] | None  # the crop in the decoded image's pixels (x, y, w, h)
+    area: int  # then an integer INTER_AREA shrink by this factor (1: none)
+
+
+def plan(height: int, width: int, spec: InputSpec, jpeg: bool = False) -> Plan:
+    """THE decision of how a ``width``x``height`` source reaches ``spec``: every caller follows it.
+
+    ``jpeg``: the source is a JPEG stream, which can be decoded at a reduced scale. The scale
+    is the smallest (1/8 first) at which the ROI still has at least the model's pixels on both
+    axes, so the last resize still shrinks (or keeps) and never invents detail.
+    """
+    roi = spec.roi or (0, 0, width, height)
+    check_roi(roi, width, height)
+    for s in (JPEG_SCALES if jpeg else ()) + (1,):
+        decoded = (-(-height // s), -(-width // s))  # libjpeg rounds the scaled size up
+        scaled = _scale_roi(roi, s, decoded)
+        if s == 1 or (scaled[2] >= spec.width and scaled[3] >= spec.height):
+            break
+    w, h = scaled[2], scaled[3]
+    # the largest integer factor that divides the crop exactly and keeps the model's pixels:
+    # trimming to force one would shift the image's geometry
+    area = max(k for k in range(1, min(w // spec.width, h // spec.height) + 1) if w % k == 0 and h % k == 0)
+    full = scaled == (0, 0, decoded[1], decoded[0])
+    return Plan((height, width), s, decoded, None if full else scaled, area)
+
+
+def _scale_roi(roi, s: int, decoded: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The ROI in a 1/s-scale image: its edges rounded to the nearest reduced pixel."""
+    x, y, w, h = roi
+    x0, y0 = round(x / s), round(y / s)
+    x1, y1 = min(decoded[1], round((x + w) / s)), min(decoded[0], round((y + h) / s))
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
+
+
+def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> np.ndarray:
+    """HxW or HxWx3 (BGR) uint8 → CxHxW uint8 at the spec's resolution.
+
+    ``how``: the plan the image was decoded by (``decode_planned``); without it the image is
+    the full-size source and is planned here.
+    """
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise LinesideError(
             f"preprocess takes uint8 HxW or HxWx3 images, got {image.dtype} {image.shape}: "
             "decode with edge_infer.imageio first"
         )
-    if spec.roi is not None:
-        image = crop(image, spec.roi)
+    if how is None:
+        how = plan(image.shape[0], image.shape[1], spec)
+    elif image.shape[:2] != how.decoded:
+        raise LinesideError(f"image of {image.shape[1]}x{image.shape[0]} pixels was planned as "
+                            f"{how.decoded[1]}x{how.decoded[0]}: preprocess it with the plan it was decoded by")
+    if how.roi is not None:
+        image = crop(image, how.roi)
+    image = area_shrink(image, how.area)
     image = cv2.resize(image, (spec.width, spec.height), interpolation=_interpolation(image, spec))
     if spec.channels == 3:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
@@ -71,6 +131,55 @@ def preprocess(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     return image[None]
+
+
+def area_shrink(image: np.ndarray, k: int) -> np.ndarray:
+    """Shrink by an integer factor ``k`` that divides both sides, with OpenCV's INTER_AREA
+    box-filter fast path (exact k×k means)."""
+    if k < 2:
+        return image
+    h, w = image.shape[:2]
+    return cv2.resize(image, (w // k, h // k), interpolation=cv2.INTER_AREA)
+
+
+def decode_planned(data, spec: InputSpec, source: str = "<payload>") -> tuple[np.ndarray, Plan]:
+    """An encoded image (bytes or any buffer) decoded as ``plan`` says: at a reduced scale when
+    it is a JPEG the model's size allows that for. Returns the image and its plan."""
+    dims = jpeg_dimensions(data)
+    if dims is None:  # PNG, BMP, ...: decoded at full size, planned from what it is
+        image = decode_image(data, source)
+        return image, plan(image.shape[0], image.shape[1], spec)
+    how = plan(dims[0], dims[1], spec, jpeg=True)
+    image = decode_image(data, source, reduce=how.reduce, gray=spec.channels == 1)
+    if image.shape[:2] != how.decoded:
+        raise ImageReadError(source, f"JPEG declares {dims[1]}x{dims[0]} pixels but decodes to "
+                             f"{image.shape[1]}x{image.shape[0]} at 1/{how.reduce} scale: the stream is corrupt")
+    return image, how
+
+
+def decode_input(data, spec: InputSpec, source: str = "<payload>") -> np.ndarray:
+    """Encoded bytes → the model input (CxHxW uint8), by the plan."""
+    image, how = decode_planned(data, spec, source)
+    return preprocess(image, spec, how)
+
+
+def frame_image(payload, encoding: str, shape, spec: InputSpec, source: str) -> tuple[np.ndarray, Plan]:
+    """A wire frame's image, decoded by the plan, without copying a raw payload: the image is a
+    view of the received buffer until the resize writes the (small) model input."""
+    if encoding == "raw":
+        image = normalise_layout(np.frombuffer(payload, np.uint8).reshape(shape), source)
+        return image, plan(image.shape[0], image.shape[1], spec)
+    image, how = decode_planned(payload, spec, source)
+    if how.source != tuple(shape[:2]):
+        raise ImageReadError(source, f"decoded image of {how.source[1]}x{how.source[0]} pixels does not "
+                             f"match the header's shape {list(shape)}")
+    return image, how
+
+
+def read_input(path, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file → (model input, the file's (height, width) at full size), by the plan."""
+    image, how = decode_planned(read_bytes(path), spec, str(path))
+    return preprocess(image, spec, how), how.source
 
 
 def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
@@ -86,7 +195,7 @@ def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
     arrays, kept = [], []
     for i, path in enumerate(paths):
         try:
-            arrays.append(preprocess(read_image(path), spec))
+            arrays.append(read_input(path, spec)[0])
         except LinesideError:
             continue
         kept.append(i)
@@ -96,13 +205,17 @@ def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
 
 
 def crop(image: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
+    check_roi(roi, image.shape[1], image.shape[0])
     x, y, w, h = roi
-    H, W = image.shape[:2]
-    if x < 0 or y < 0 or x + w > W or y + h > H:
-        raise LinesideError(
-            f"ROI x={x} y={y} w={w} h={h} lies outside the {W}x{H} image: fix the station's ROI"
-        )
     return image[y : y + h, x : x + w]
+
+
+def check_roi(roi: tuple[int, int, int, int], width: int, height: int) -> None:
+    x, y, w, h = roi
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise LinesideError(
+            f"ROI x={x} y={y} w={w} h={h} lies outside the {width}x{height} image: fix the station's ROI"
+        )
 
 
 def _interpolation(image: np.ndarray, spec: InputSpec) -> int:
