@@ -33,6 +33,9 @@ class InputSpec:
     width: int = 224
     channels: int = 3
     roi: tuple[int, int, int, int] | None = None  # x, y, width, height in source pixels
+    # a graph that resizes itself (`lineside export --input native`): it takes uint8 N×H×W×C frames
+    # of this (height, width) in the frame's own layout (BGR), and the CPU only crops
+    native: tuple[int, int] | None = None
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -43,16 +46,35 @@ class InputSpec:
             object.__setattr__(self, "roi", tuple(int(v) for v in self.roi))
             if len(self.roi) != 4 or self.roi[2] <= 0 or self.roi[3] <= 0:
                 raise LinesideError(f"ROI must be x, y, width, height with positive size, got {self.roi}")
+        if self.native is not None:
+            object.__setattr__(self, "native", tuple(int(v) for v in self.native))
+            if len(self.native) != 2 or self.native[0] < self.height or self.native[1] < self.width:
+                raise LinesideError(f"native input {self.native} (height, width) must be at least the model's "
+                                    f"{self.height}x{self.width}: the graph only shrinks")
+
+    @property
+    def cpu_size(self) -> tuple[int, int]:
+        """(height, width) the CPU brings a frame to: the model's, or the native graph input's."""
+        return self.native or (self.height, self.width)
+
+    @property
+    def graph_shape(self) -> tuple[int, int, int]:
+        """One image's shape in the graph's input: C×H×W, or H×W×C for a native graph."""
+        if self.native:
+            return (*self.native, self.channels)
+        return self.channels, self.height, self.width
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["roi"] = list(self.roi) if self.roi else None
+        d["native"] = list(self.native) if self.native else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
-        roi = d.get("roi")
-        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(roi) if roi else None)
+        roi, native = d.get("roi"), d.get("native")
+        return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(roi) if roi else None,
+                   tuple(native) if native else None)
 
 
 def station_spec(spec: InputSpec, roi) -> InputSpec:
@@ -84,17 +106,21 @@ def plan(height: int, width: int, spec: InputSpec, jpeg: bool = False) -> Plan:
     """
     roi = spec.roi or (0, 0, width, height)
     check_roi(roi, width, height)
+    th, tw = spec.cpu_size
     for s in (JPEG_SCALES if jpeg else ()) + (1,):
         decoded = (-(-height // s), -(-width // s))  # libjpeg rounds the scaled size up
         scaled = _scale_roi(roi, s, decoded)
-        if s == 1 or (scaled[2] >= spec.width and scaled[3] >= spec.height):
+        if s == 1 or (scaled[2] >= tw and scaled[3] >= th):
             break
-    w, h = scaled[2], scaled[3]
-    # the largest integer factor that divides the crop exactly and keeps the model's pixels:
-    # trimming to force one would shift the image's geometry
-    area = max(k for k in range(1, min(w // spec.width, h // spec.height) + 1) if w % k == 0 and h % k == 0)
+    area = integer_factor(scaled[3], scaled[2], th, tw)
     full = scaled == (0, 0, decoded[1], decoded[0])
     return Plan((height, width), s, decoded, None if full else scaled, area)
+
+
+def integer_factor(h: int, w: int, th: int, tw: int) -> int:
+    """The largest integer factor that divides h×w exactly and keeps at least th×tw pixels
+    (trimming rows to force one would shift the image's geometry); 1 when there is none."""
+    return max(k for k in range(1, max(1, min(w // tw, h // th)) + 1) if w % k == 0 and h % k == 0)
 
 
 def _scale_roi(roi, s: int, decoded: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -124,7 +150,11 @@ def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> n
     if how.roi is not None:
         image = crop(image, how.roi)
     image = area_shrink(image, how.area)
-    image = cv2.resize(image, (spec.width, spec.height), interpolation=_interpolation(image, spec))
+    th, tw = spec.cpu_size
+    if image.shape[:2] != (th, tw):
+        image = cv2.resize(image, (tw, th), interpolation=_interpolation(image, th, tw))
+    if spec.native:
+        return native_layout(image, spec.channels)
     if spec.channels == 3:
         image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
         return np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -200,7 +230,7 @@ def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
             continue
         kept.append(i)
     if not arrays:
-        return np.zeros((0, spec.channels, spec.height, spec.width), np.uint8), kept
+        return np.zeros((0, *spec.graph_shape), np.uint8), kept
     return np.stack(arrays), kept
 
 
@@ -218,6 +248,14 @@ def check_roi(roi: tuple[int, int, int, int], width: int, height: int) -> None:
         )
 
 
-def _interpolation(image: np.ndarray, spec: InputSpec) -> int:
-    shrinking = image.shape[0] > spec.height or image.shape[1] > spec.width
+def native_layout(image: np.ndarray, channels: int) -> np.ndarray:
+    """H×W×C in the frame's own channel order (BGR) for a native graph, which permutes itself.
+    Already in that layout (the usual case), the image is returned as it is: a view, no copy."""
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+    return (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image)[:, :, None]
+
+
+def _interpolation(image: np.ndarray, th: int, tw: int) -> int:
+    shrinking = image.shape[0] > th or image.shape[1] > tw
     return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
