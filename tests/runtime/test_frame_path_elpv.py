@@ -5,7 +5,8 @@ A small rx (64×64, like the calibration test's) is trained on ELPV; test cells 
 upscaled to 1080×1080 inside a 1920×1080 frame, JPEG-encoded, and scored through the
 bundle twice: decoded at full size and resized once (the path before issue 23), and by
 ``edge_infer.preprocess``'s plan (1/8-scale DCT decode of the ROI). The AUROCs must agree
-within 0.002.
+within 0.002. Measured: 0.7195 today, 0.7198 by the plan (Δ +0.0003; bootstrap sd of Δ 0.0018),
+input |diff| mean 1.19 grey levels.
 """
 
 import cv2
@@ -23,7 +24,8 @@ from edge_infer.score import Scorer  # noqa: E402
 from lineside.cli import main as cli  # noqa: E402
 
 pytestmark = pytest.mark.slow
-PER_CLASS = 120
+STRIDE = 2  # every other test cell: 637 cells. With 240 the AUROC's own sampling noise between two
+# near-identical inputs (bootstrap sd of the difference ~0.003) was above the 0.002 bound
 ROI = (420, 0, 1080, 1080)
 
 
@@ -44,12 +46,7 @@ def test_reduced_decode_keeps_elpv_auroc(tmp_path):
     assert cli(["train", "rx", "--data", "elpv", "--out", str(run), "--size", "64", "--feature-dim", "24",
                 "--sigma", "1", "--limit", "40", "--threads", "2"]) == 0
     assert cli(["export", str(run), "--out", str(bundle), "--parity-images", "2", "--threads", "2"]) == 0
-    test = load_split("elpv").test
-    rng = np.random.default_rng(0)
-    picked = []
-    for label in (0, 1):
-        pool = [s for s in test if s.label == label]
-        picked += [pool[i] for i in sorted(rng.choice(len(pool), PER_CLASS, replace=False))]
+    picked = load_split("elpv").test[::STRIDE]
     scorer = Scorer(bundle, backend="ort-cpu", threads=2)
     spec = replace(scorer.spec, roi=ROI)
     before, after = [], []
