@@ -108,7 +108,7 @@ def gpu_decoder():
             _gpu.decoder = nvimgcodec.Decoder()
             _gpu.params = nvimgcodec.DecodeParams(color_spec=nvimgcodec.ColorSpec.RGB,
                                                    apply_exif_orientation=False)
-        except Exception as exc:  # not installed, no driver, no device: the CPU decodes
+        except Exception as exc:  # noqa: BLE001  not installed, no driver, no device: the CPU decodes
             logging.getLogger(__name__).debug("GPU JPEG decode unavailable (%s): decoding on the CPU", exc)
     return _gpu.decoder
 
@@ -124,7 +124,7 @@ def _gpu_decode(buf: np.ndarray, reduce: int, gray: bool) -> np.ndarray | None:
         if decoded is None:
             return None
         rgb = np.asarray(decoded.cpu())
-    except Exception:  # nvJPEG refuses some streams (e.g. lossless, 12-bit): the CPU tries them
+    except Exception:  # noqa: BLE001  nvJPEG refuses some streams (lossless, 12-bit): the CPU tries them
         return None
     image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY if gray else cv2.COLOR_RGB2BGR)
     if reduce > 1:  # libjpeg's scaled IDCT is close to a box mean over reduce×reduce pixels

@@ -7,7 +7,6 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-
 from runtime_helpers import bright, cleanup, dark, station, wait_for_rows
 
 from edge_infer import imageio
@@ -15,7 +14,14 @@ from edge_infer.camera import Publisher
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import decode_image, gpu_decoder
 from edge_infer.pipeline import Model
-from edge_infer.preprocess import InputSpec, decode_input, frame_image, plan, preprocess, read_input
+from edge_infer.preprocess import (
+    InputSpec,
+    decode_input,
+    frame_image,
+    plan,
+    preprocess,
+    read_input,
+)
 from edge_infer.server import Server, _recv_parts
 from edge_infer.wire import encode_frame, parse_frame
 
@@ -123,7 +129,7 @@ def test_raw_frames_are_not_copied_from_the_socket_to_the_resize():
         parts = _recv_parts(pull, 0)
         received = np.frombuffer(parts[1].buffer, np.uint8)
         msg = parse_frame(parts)
-        image, how = frame_image(msg.payload, "raw", msg.header.shape, InputSpec(224, 224, 3), "cam#7")
+        image, _ = frame_image(msg.payload, "raw", msg.header.shape, InputSpec(224, 224, 3), "cam#7")
         assert np.shares_memory(image, received)  # decoding a raw frame is a view of the received buffer
         assert (image == frame).all()
         pull.close()

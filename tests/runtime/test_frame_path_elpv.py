@@ -16,12 +16,12 @@ import pytest
 pytest.importorskip("elpv_dataset", reason="needs the ELPV data: pip install elpv-dataset")
 pytest.importorskip("torch", reason="training the detector needs torch (the train extra)")
 
-from test_frame_path import todays_path  # noqa: E402
+from test_frame_path import todays_path
 
-from edge_infer.imageio import read_image  # noqa: E402
-from edge_infer.preprocess import decode_input  # noqa: E402
-from edge_infer.score import Scorer  # noqa: E402
-from lineside.cli import main as cli  # noqa: E402
+from edge_infer.imageio import read_image
+from edge_infer.preprocess import decode_input
+from edge_infer.score import Scorer
+from lineside.cli import main as cli
 
 pytestmark = pytest.mark.slow
 STRIDE = 2  # every other test cell: 637 cells. With 240 the AUROC's own sampling noise between two
