@@ -43,6 +43,8 @@ def _latency(cmds, handler) -> None:
                    "CC BY-NC-SA 4.0, non-commercial)")
     p.add_argument("--max-images", type=_positive_int, default=256, help="images held in rotation (default: 256)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads for ONNX Runtime / torch (default: all)")
+    p.add_argument("--cuda-graph", action="store_true", help="tensorrt: replay each batch size from a captured "
+                   "CUDA graph, as `cuda_graph: true` in a station config does (needs cuda-python)")
     p.add_argument("--run", help="training run folder, for the torch backend")
     p.add_argument("--out", default="bench-latency", help="folder for latency.json and latency.png "
                    "(default: ./bench-latency)")

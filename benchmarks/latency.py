@@ -46,7 +46,8 @@ def run_all(bundle: Bundle, images: ImageSet, backends, precisions, batches, arg
     for backend in backends:
         for precision in precisions:
             try:
-                target = open_target(bundle, backend, precision, args.threads, args.run)
+                target = open_target(bundle, backend, precision, args.threads, args.run,
+                                     cuda_graph=getattr(args, "cuda_graph", False))
             except Unavailable as exc:
                 results += [skipped(backend, precision, b, str(exc)) for b in batches]
                 continue

@@ -13,11 +13,11 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import decode_image
+from edge_infer.imaging import gray_to_bgr, resize
 
 from .images import ImageSet
 
@@ -28,8 +28,8 @@ def make_frames(images: ImageSet, width: int, height: int, count: int = 8) -> li
     """`count` real images, resized to the camera resolution, as 3-channel BGR frames."""
     frames = []
     for payload in images.take(count):
-        image = cv2.resize(decode_image(payload), (width, height), interpolation=cv2.INTER_LINEAR)
-        frames.append(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image)
+        image = resize(decode_image(payload), width, height, area=False)
+        frames.append(gray_to_bgr(image) if image.ndim == 2 else image)
     return frames
 
 

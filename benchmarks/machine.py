@@ -9,13 +9,14 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+
+from edge_infer.doctor import cpuinfo as _cpuinfo, gpu, jetson, read as _read  # the device's own probes
 
 # Instruction-set flags that change inference speed; the full list is noise in a report.
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
              "avx_vnni", "amx_tile", "amx_int8", "asimd", "asimddp", "asimdhp", "sve", "i8mm", "bf16")
 LIBRARIES = ("lineside", "numpy", "opencv-python-headless", "opencv-python", "onnxruntime",
-             "onnxruntime-gpu", "tensorrt", "pycuda", "cuda-python", "torch", "pyzmq", "psutil")
+             "onnxruntime-gpu", "tensorrt", "cuda-python", "pillow", "torch", "pyzmq", "psutil")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
@@ -66,32 +67,6 @@ def summary(machine: dict) -> str:
     return "  ".join(parts)
 
 
-def gpu() -> dict:
-    """NVIDIA GPUs as nvidia-smi reports them; the reason when there are none."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return {"devices": [], "note": "nvidia-smi not found: no NVIDIA driver here (Jetsons have none; see `jetson`)"}
-    fields = ("name", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm", "power.limit", "pstate")
-    out = _run([smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"])
-    if out is None:
-        return {"devices": [], "note": "nvidia-smi failed: the driver is not loaded or no GPU is visible"}
-    devices = [dict(zip(fields, (v.strip() for v in line.split(",")))) for line in out.splitlines() if line.strip()]
-    return {"devices": devices}
-
-
-def jetson() -> dict | None:
-    """Jetson model, L4T release and the nvpmodel power mode; None on anything else."""
-    model = (_read("/proc/device-tree/model") or "").rstrip("\x00")
-    release = _read("/etc/nv_tegra_release")
-    if "jetson" not in model.lower() and release is None:
-        return None
-    nvpmodel = shutil.which("nvpmodel")
-    mode = _run([nvpmodel, "-q"]) if nvpmodel else None
-    return {"model": model or None, "l4t": release.splitlines()[0] if release else None,
-            "power_mode": " ".join(mode.split()) if mode else "unknown: nvpmodel -q not available",
-            "note": "numbers hold for this power mode only; run `sudo jetson_clocks` to fix clocks"}
-
-
 def libraries() -> dict:
     versions = {}
     for name in LIBRARIES:
@@ -115,16 +90,6 @@ def memory_gib() -> float | None:
     return None
 
 
-def _cpuinfo() -> dict:
-    """The first processor's fields from /proc/cpuinfo (plus the board-wide ones on ARM)."""
-    info: dict[str, str] = {}
-    for line in (_read("/proc/cpuinfo") or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in info:
-            info[key.strip()] = value.strip()
-    return info
-
-
 def _physical_cores() -> int | None:
     try:
         import psutil
@@ -132,18 +97,3 @@ def _physical_cores() -> int | None:
         return psutil.cpu_count(logical=False)
     except ImportError:
         return None
-
-
-def _read(path: str) -> str | None:
-    try:
-        return Path(path).read_text(errors="replace").strip()
-    except OSError:
-        return None
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None

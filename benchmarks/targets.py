@@ -50,7 +50,7 @@ class Target:
 
 
 def open_target(bundle: Bundle, backend: str, precision: str, threads: int | None = None,
-                run_dir: str | None = None) -> Target:
+                run_dir: str | None = None, cuda_graph: bool = False) -> Target:
     """Open one combination, or raise Unavailable with every reason it cannot run here."""
     if backend == "torch":
         return _open_torch(bundle, precision, threads, run_dir)
@@ -58,7 +58,8 @@ def open_target(bundle: Bundle, backend: str, precision: str, threads: int | Non
     if reasons:
         raise Unavailable("; and ".join(reasons))
     try:
-        model = open_backend(bundle, EDGE_NAMES.get(backend, backend), precision, threads)
+        model = open_backend(bundle, EDGE_NAMES.get(backend, backend), precision, threads,
+                             cuda_graph=cuda_graph and backend == "tensorrt")
     except LinesideError as exc:
         raise Unavailable(str(exc)) from None
     transfers = HOST_MEMORY if backend == "ort-cpu" else NOT_SEPARATED

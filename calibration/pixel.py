@@ -9,10 +9,10 @@ regions only on NG images, so both only shape the regions reported, never the ve
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 from edge_infer.errors import LinesideError
+from edge_infer.imaging import connected_components
 
 
 def pixel_threshold(good_maps, pixel_rate: float = 1e-3, area_quantile: float = 0.99,
@@ -49,5 +49,5 @@ def sample_pixels(amap: np.ndarray, size: int, rng: np.random.Generator) -> np.n
 def largest_blob(amap: np.ndarray, level: float) -> int:
     """Area in pixels of the largest 8-connected region of the map above ``level`` (0 if none)."""
     mask = (amap > level).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
+    _, stats = connected_components(mask)
+    return int(stats[1:, 4].max()) if len(stats) > 1 else 0  # column 4: the area

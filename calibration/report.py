@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_infer.bundle import write_json_atomic
+from edge_infer.numeric import trapezoid
 
 from .labelled import candidates
 from .quantile import ThresholdResult
@@ -108,7 +109,7 @@ def curves(good: np.ndarray, defects: np.ndarray) -> dict:
     fpr, tpr = fp / good.size, tp / defects.size
     precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
     order = np.argsort(fpr, kind="stable")
-    auroc = float(np.trapezoid(tpr[order], fpr[order]))
+    auroc = trapezoid(tpr[order], fpr[order])
     rec_order = np.argsort(tpr, kind="stable")
     ap = float(np.sum(np.diff(tpr[rec_order], prepend=0.0) * precision[rec_order]))
     return {"fpr": fpr, "tpr": tpr, "precision": precision, "auroc": auroc, "average_precision": ap}

@@ -33,7 +33,9 @@ def read_config(path: str | Path) -> dict:
 
     try:
         if path.suffix == ".toml":
-            data = secret_refs.from_toml(_tomllib().loads(text))
+            from edge_infer.tomlread import loads
+
+            data = secret_refs.from_toml(loads(text))
         else:
             data = secret_refs.load_yaml(text)
     except Exception as exc:  # the parsers' own error types differ; all mean "fix this file"
@@ -41,14 +43,6 @@ def read_config(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise LinesideError(f"{path} must be a mapping of settings at its top level")
     return data
-
-
-def _tomllib():
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10 (JetPack 6's Ubuntu 22.04)
-        import tomli as tomllib
-    return tomllib
 
 
 def for_device(data: dict) -> str:

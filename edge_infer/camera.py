@@ -17,11 +17,11 @@ from abc import ABC, abstractmethod
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import ImageReadError, LinesideError
 from .imageio import list_images, read_image
+from .imaging import opencv_builds_with, require_opencv
 from .logs import log_event
 from .wire import encode_frame
 
@@ -92,12 +92,13 @@ class CaptureSource(Source):
 
     def __init__(self, target, api: int, live: bool, describe: str, loop: bool = False):
         self.target, self.api, self.live, self.describe, self.loop = target, api, live, describe, loop
+        self.cv2 = require_opencv(f"reading {describe}")
         self.cap = None
         if not self.reopen():
             raise LinesideError(f"cannot open {describe}: {self.hint()}")
 
     def hint(self) -> str:
-        if self.api == cv2.CAP_GSTREAMER:
+        if self.api == self.cv2.CAP_GSTREAMER:
             return "check the pipeline with gst-launch-1.0 (ending in fakesink) and that the camera is free"
         if isinstance(self.target, int):
             return f"is /dev/video{self.target} present and not in use by another program?"
@@ -108,13 +109,13 @@ class CaptureSource(Source):
     def reopen(self) -> bool:
         if self.cap is not None:
             self.cap.release()
-        self.cap = cv2.VideoCapture(self.target, self.api)
+        self.cap = self.cv2.VideoCapture(self.target, self.api)
         return bool(self.cap.isOpened())
 
     def read(self) -> np.ndarray | None:
         ok, image = self.cap.read()
         if not ok and self.loop and not self.live:
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            self.cap.set(self.cv2.CAP_PROP_POS_FRAMES, 0)
             ok, image = self.cap.read()
         return image if ok else None
 
@@ -124,10 +125,7 @@ class CaptureSource(Source):
 
 
 def gstreamer_available() -> bool:
-    for line in cv2.getBuildInformation().splitlines():
-        if line.strip().startswith("GStreamer:"):
-            return "YES" in line
-    return False
+    return opencv_builds_with("GStreamer") is True
 
 
 def gst_pipeline(name: str, **params) -> str:
@@ -141,6 +139,10 @@ def gst_pipeline(name: str, **params) -> str:
 
 def open_source(spec: str, loop: bool = False, **gst_params) -> Source:
     """Turn the SOURCE argument into a Source (see the module docstring for the forms)."""
+    path = Path(spec)
+    if path.is_dir():
+        return FolderSource(path, loop)  # images decode without OpenCV; every other source needs it
+    cv2 = require_opencv(f"camera source {spec!r}")
     if spec.startswith("gst:") or " ! " in spec:
         pipeline = gst_pipeline(spec[4:], **gst_params) if spec.startswith("gst:") else spec
         if not gstreamer_available():
@@ -154,9 +156,6 @@ def open_source(spec: str, loop: bool = False, **gst_params) -> Source:
         return CaptureSource(spec, cv2.CAP_FFMPEG, True, f"stream {spec}")
     if spec.isdigit():
         return CaptureSource(int(spec), cv2.CAP_ANY, True, f"camera device {spec}")
-    path = Path(spec)
-    if path.is_dir():
-        return FolderSource(path, loop)
     if path.is_file():
         return CaptureSource(str(path), cv2.CAP_ANY, False, f"video file {path}", loop)
     raise LinesideError(f"camera source {spec!r} is none of: a folder of images, a video file, a device "

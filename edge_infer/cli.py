@@ -42,6 +42,13 @@ def _client_keys(p) -> None:
 
 
 def register_runtime(sub) -> None:
+    p = sub.add_parser("doctor", help="what this machine gives the runtime: OpenCV, ONNX Runtime, TensorRT, GPU",
+                       description="Report which OpenCV is in use (path, version, GStreamer, CUDA) or that images go "
+                       "through Pillow without it, ONNX Runtime's providers, the TensorRT and cuda-python versions, "
+                       "the CPU and GPU, and on a Jetson its power mode and clocks. Loads no model.")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.set_defaults(handler=handler("edge_infer.doctor:main"))
+
     p = sub.add_parser("serve", help="run a station: frames in (ZeroMQ), one verdict out per frame",
                        description="Bind the station's frames (PULL), verdicts (PUB) and control (REP) sockets and "
                        "score every frame. SIGTERM drains the queue and flushes the journal before exiting.")
@@ -129,6 +136,14 @@ def register_runtime(sub) -> None:
         q.add_argument("--who", help="who reviews, for the journal (default: the OS user)")
         q.add_argument("--json", action="store_true", help="print the reviewed verdicts as JSON")
     p.set_defaults(handler=handler("edge_infer.review_cmd:main"))
+
+    p = sub.add_parser("journal", help="maintain the station's journal (migrate an old one so retention can shrink it)",
+                       description="migrate: rewrite a journal made before retention (one VACUUM, with "
+                       "auto_vacuum=INCREMENTAL) so the retention job can give deleted verdicts' space back to the "
+                       "disk while the line runs. Stop the station first; it needs as much free disk as the journal.")
+    p.add_argument("action", choices=["migrate"], help="migrate: make the journal reclaimable (once)")
+    p.add_argument("source", help="the station's config (station.yaml) or its journal file (journal.sqlite)")
+    p.set_defaults(handler=handler("edge_infer.retention:main"))
 
     p = sub.add_parser("keys", help="make key pairs (CurveZMQ for the station's sockets; signing for bundles; "
                        "tls for the operator page and OPC UA)",

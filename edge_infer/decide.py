@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from .bundle import Thresholds
+from .imaging import connected_components
 
 Status = Literal["OK", "NG", "ERROR", "DROPPED"]
 
@@ -54,9 +54,9 @@ def find_regions(anomaly_map: np.ndarray, thresholds: Thresholds, limit: int = 1
     amap = np.asarray(anomaly_map, dtype=np.float32).reshape(anomaly_map.shape[-2:])
     level = thresholds.pixel if thresholds.pixel is not None else thresholds.image
     mask = (amap > level).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    labels, stats = connected_components(mask)
     regions = []
-    for i in range(1, count):
+    for i in range(1, len(stats)):
         x, y, w, h, area = (int(v) for v in stats[i])
         if area < thresholds.min_area:
             continue

@@ -15,40 +15,28 @@ import struct
 import threading
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import ImageReadError
+from .imaging import bgr_to_gray, bgr_to_rgb, decode, resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-_REDUCED = {  # (colour, gray) flags per DCT scale; EXIF orientation ignored as IMREAD_UNCHANGED does
-    2: (cv2.IMREAD_REDUCED_COLOR_2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
-    4: (cv2.IMREAD_REDUCED_COLOR_4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
-    8: (cv2.IMREAD_REDUCED_COLOR_8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
-}
-
-
 def decode_image(data, source: str = "<payload>", reduce: int = 1, gray: bool = False) -> np.ndarray:
-    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR.
+    """Decode an encoded image (PNG, JPEG, ...) as OpenCV does: HxW gray or HxWx3 BGR (edge_infer/imaging.py).
 
     ``data``: bytes or any buffer (a memoryview of a received ZeroMQ frame: not copied).
     ``reduce`` (JPEG only): decode at 1/2, 1/4 or 1/8 scale in the DCT domain, as colour BGR
     or, with ``gray``, as the JPEG's luma.
     """
-    buf = np.frombuffer(data, np.uint8)
-    if not buf.size:
+    if not memoryview(data).nbytes:
         raise ImageReadError(source, "empty file or payload")
-    image = _gpu_decode(buf, reduce, gray)
+    if reduce not in (1, 2, 4, 8):
+        raise ImageReadError(source, f"cannot decode at 1/{reduce} scale: JPEG scales are 1/2, 1/4 and 1/8")
+    image = _gpu_decode(data, reduce, gray)
     if image is None:
-        if reduce == 1:
-            flags = cv2.IMREAD_UNCHANGED
-        elif reduce in _REDUCED:
-            flags = _REDUCED[reduce][gray] | cv2.IMREAD_IGNORE_ORIENTATION
-        else:
-            raise ImageReadError(source, f"cannot decode at 1/{reduce} scale: JPEG scales are 1/2, 1/4 and 1/8")
-        image = cv2.imdecode(buf, flags)
+        image = decode(data, reduce, gray)
     if image is None:
         raise ImageReadError(source, "not a decodable image (corrupt or unsupported format)")
     return normalise_layout(image, source)
@@ -113,23 +101,25 @@ def gpu_decoder():
     return _gpu.decoder
 
 
-def _gpu_decode(buf: np.ndarray, reduce: int, gray: bool) -> np.ndarray | None:
+def _gpu_decode(data, reduce: int, gray: bool) -> np.ndarray | None:
     """A JPEG decoded by nvJPEG (full size; then the DCT scale's box mean), as BGR or gray; None
     to let the CPU decode (no GPU decoder, not a JPEG, or a stream nvJPEG refuses)."""
     decoder = gpu_decoder()
-    if decoder is None or jpeg_dimensions(buf) is None:
+    if decoder is None or jpeg_dimensions(data) is None:
         return None
     try:
-        decoded = decoder.decode(buf.tobytes(), params=_gpu.params)
+        decoded = decoder.decode(bytes(data), params=_gpu.params)
         if decoded is None:
             return None
         rgb = np.asarray(decoded.cpu())
     except Exception:  # noqa: BLE001  nvJPEG refuses some streams (lossless, 12-bit): the CPU tries them
         return None
-    image = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY if gray else cv2.COLOR_RGB2BGR)
+    image = bgr_to_rgb(rgb)  # the same channel flip turns RGB into BGR
+    if gray:
+        image = bgr_to_gray(image)
     if reduce > 1:  # libjpeg's scaled IDCT is close to a box mean over reduce×reduce pixels
         h, w = image.shape[:2]
-        image = cv2.resize(image, (-(-w // reduce), -(-h // reduce)), interpolation=cv2.INTER_AREA)
+        image = resize(image, -(-w // reduce), -(-h // reduce), area=True)
     return image
 
 

@@ -14,6 +14,12 @@ yet decided: a row goes in when a frame arrives (``Journal.receive``) and leaves
 transaction that records the frame's verdict, so after a crash the rows left are exactly the
 frames that reached the server and got no verdict (``Journal.inflight``); the server gives
 each of them an ERROR verdict ("lost in crash") at its next start.
+
+Every connection opens through ``connect``: a new journal is created with
+``auto_vacuum=INCREMENTAL`` (SQLite allows it only before the first table), so the retention
+job (``edge_infer.retention``) can give deleted rows' pages back to the disk while the line
+runs; the WAL is checkpointed every ``WAL_LIMIT_BYTES`` and kept at that size, so it stays a
+small, fixed part of the journal's disk budget.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ CREATE TABLE IF NOT EXISTS inflight (
 );
 """
 LOST_IN_CRASH = "lost in crash"
+WAL_LIMIT_BYTES = 512 << 10  # checkpoint at about this much WAL, and truncate the WAL back to it
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 COLUMNS = ("id", "decided_at", "station", "camera", "frame_id", "status", "score", "threshold", "reason",
            "detail", "confirmed")
@@ -82,14 +89,7 @@ class Journal:
 
     def __init__(self, path: str | Path, synchronous: str = "normal"):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self.db.executescript(SCHEMA)
-        except sqlite3.Error as exc:
-            raise LinesideError(f"cannot open the journal {self.path}: {exc}; check the path and its disk") from None
+        self.db = connect(self.path, synchronous)
 
     def receive(self, frames: list[dict]) -> list[int]:
         """Note frames as received, not yet decided (keys received_at, station, camera, frame_id,
@@ -168,6 +168,25 @@ class Journal:
 
     def _transaction(self):
         return _Tx(self.db)
+
+
+def connect(path: str | Path, synchronous: str = "normal", timeout: float = 10) -> sqlite3.Connection:
+    """A connection to the journal (created with its schema if new), for use by one thread at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        if db.execute("PRAGMA page_count").fetchone()[0] == 0:  # a new file: before WAL and the tables, or never
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # (setting it on an existing one takes a write lock)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA wal_autocheckpoint={max(16, WAL_LIMIT_BYTES // page_size)}")
+        db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+        db.executescript(SCHEMA)
+    except sqlite3.Error as exc:
+        raise LinesideError(f"cannot open the journal {path}: {exc}; check the path and its disk") from None
+    return db
 
 
 class _Tx:

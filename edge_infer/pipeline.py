@@ -96,7 +96,8 @@ class Model:
         if threads is None and cfg.workers > 1:  # N backends share the cores instead of each taking all
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         self.scorers = [Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=threads,
-                               thresholds=self.layers.effective(), roi=roi) for _ in range(cfg.workers)]
+                               thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph)
+                        for _ in range(cfg.workers)]
         self.scorer = self.scorers[0]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
         for scorer in self.scorers:

@@ -10,17 +10,21 @@ pixels at that scale, the (scaled) ROI is cropped, an integer-factor INTER_AREA 
 (OpenCV's fast box-filter path) takes it close to the model size, and one last resize
 makes the model size. ``read_input`` (files) and ``decode_input`` (payloads) follow the plan
 from encoded bytes; ``preprocess`` follows it for an image already decoded at full size.
+
+Decoding and resizing go through edge_infer/imaging.py: OpenCV where it imports; without it,
+Pillow's scaled JPEG decode (``draft``) and a NumPy resize within 1 grey level of OpenCV's
+(tested; docs/runtime.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import cv2
 import numpy as np
 
 from .errors import ImageReadError, LinesideError
 from .imageio import decode_image, jpeg_dimensions, normalise_layout, read_bytes
+from .imaging import bgr_to_gray, bgr_to_rgb, gray_to_bgr, resize
 
 JPEG_SCALES = (8, 4, 2)  # the DCT-domain scales libjpeg decodes at (besides 1)
 
@@ -152,24 +156,24 @@ def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> n
     image = area_shrink(image, how.area)
     th, tw = spec.cpu_size
     if image.shape[:2] != (th, tw):
-        image = cv2.resize(image, (tw, th), interpolation=_interpolation(image, th, tw))
+        image = resize(image, tw, th, area=image.shape[0] > th or image.shape[1] > tw)
     if spec.native:
         return native_layout(image, spec.channels)
     if spec.channels == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
+        image = gray_to_bgr(image) if image.ndim == 2 else bgr_to_rgb(image)  # gray: the same in RGB
         return np.ascontiguousarray(image.transpose(2, 0, 1))
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return image[None]
+        image = bgr_to_gray(image)
+    return np.ascontiguousarray(image[None])
 
 
 def area_shrink(image: np.ndarray, k: int) -> np.ndarray:
-    """Shrink by an integer factor ``k`` that divides both sides, with OpenCV's INTER_AREA
-    box-filter fast path (exact k×k means)."""
+    """Shrink by an integer factor ``k`` that divides both sides, with INTER_AREA: OpenCV's
+    box-filter fast path (exact k×k means), or imaging's NumPy box filter without OpenCV."""
     if k < 2:
         return image
     h, w = image.shape[:2]
-    return cv2.resize(image, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    return resize(image, w // k, h // k, area=True)
 
 
 def decode_planned(data, spec: InputSpec, source: str = "<payload>") -> tuple[np.ndarray, Plan]:
@@ -252,10 +256,5 @@ def native_layout(image: np.ndarray, channels: int) -> np.ndarray:
     """H×W×C in the frame's own channel order (BGR) for a native graph, which permutes itself.
     Already in that layout (the usual case), the image is returned as it is: a view, no copy."""
     if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
-    return (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image)[:, :, None]
-
-
-def _interpolation(image: np.ndarray, th: int, tw: int) -> int:
-    shrinking = image.shape[0] > th or image.shape[1] > tw
-    return cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        return gray_to_bgr(image) if image.ndim == 2 else image
+    return (bgr_to_gray(image) if image.ndim == 3 else image)[:, :, None]

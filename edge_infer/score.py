@@ -18,6 +18,7 @@ from .bundle import Bundle, Thresholds
 from .decide import Verdict, decide
 from .errors import ImageReadError, LinesideError
 from .imageio import IMAGE_SUFFIXES, list_images, read_bytes
+from .imaging import warm_up
 from .preprocess import decode_planned, preprocess, preprocess_batch, station_spec
 
 
@@ -32,9 +33,11 @@ class Scorer:
     """A bundle loaded on a backend, with the station's thresholds."""
 
     def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, thresholds: Thresholds | None = None, roi=None):
+                 threads: int | None = None, thresholds: Thresholds | None = None, roi=None,
+                 cuda_graph: bool = False):
+        warm_up()  # the codec is imported while the model loads, not on the first frame
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.backend: Backend = open_backend(self.bundle, backend, precision, threads)
+        self.backend: Backend = open_backend(self.bundle, backend, precision, threads, cuda_graph=cuda_graph)
         self.thresholds = thresholds if thresholds is not None else self.bundle.thresholds
         self.spec = station_spec(self.bundle.input_spec, roi)  # the station's crop, as serve applies it
 

@@ -10,6 +10,10 @@ the crash shows in `ctl health` under ``loops``:
     output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
+plus the journal's retention job (``edge_infer.retention``: by age and disk budget, its own
+connection) and, while the journal's disk refuses writes, the output's in-memory backlog
+(``edge_infer.backlog``: verdicts still go out, flagged ``journaled: false``).
+
 Every message the receiver takes gets exactly one verdict, and every verdict passes the
 single output step. The receiver notes each burst of messages in the journal's ``inflight``
 table before queueing them, and the output step deletes a frame's row in the transaction
@@ -35,12 +39,14 @@ from collections.abc import Callable
 import zmq
 
 from .alerts import AlertWorker, ImageCache, build_sinks
+from .backlog import Backlog
 from .control import encode_answer, handle_request
 from .decide import Verdict
 from .errors import ImageReadError, LinesideError
 from .journal import LOST_IN_CRASH, Journal
 from .logs import log_event
 from .pipeline import DropQueue, Item, Model
+from .retention import Retention
 from .station import StationConfig
 from .supervise import Loop, join_all
 from .telemetry import Telemetry
@@ -85,10 +91,14 @@ class Server:
         self.alert_workers: list[AlertWorker] = []
         self.loops: list[Loop] = []  # every supervised loop, reported by health (hooks add theirs)
         self.control_owes_answer = False  # REP state: a request was read and its answer not yet sent
+        self.retention = Retention(cfg.station, cfg.journal)  # its own thread and connection
+        self.backlog = Backlog(cfg.station, cfg.journal.backlog, self.retention.request_emergency)
+        self.receipts_failing = False
         self.status = "starting"
         from .exposure import warnings as exposure_warnings
 
         self.exposed = exposure_warnings(cfg)  # services open beyond loopback without their security
+        self.worker_alive_at = time.monotonic()  # the worker loop's heartbeat, for systemd's watchdog
 
     # ---- lifecycle ----------------------------------------------------------------
     def start(self) -> "Server":
@@ -114,6 +124,7 @@ class Server:
         self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
         self.receipts = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # the receiver's connection
         lost = self._lost_in_crash()  # read before the receiver notes new frames
+        self.retention.start()
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port, self.cfg.metrics_host)
         self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
@@ -197,6 +208,7 @@ class Server:
         self.request_stop()
         deadline = self.stop_at + SHUTDOWN_S
         stuck = join_all(self.threads + self.alert_workers, deadline)
+        self.retention.close()
         for hook in self.hooks:  # after the drain: they see (and send) every last verdict
             hook.close()
         if self.auth:
@@ -289,9 +301,12 @@ class Server:
                                          for it in items])
         except sqlite3.Error as exc:
             # The frames are still scored and published; only a crash before their verdicts would lose them.
-            log_event("journal_failed", level=logging.ERROR, station=self.station, stage="receive", error=str(exc),
-                      frames=len(items))
+            if not self.receipts_failing:  # once per episode: a full disk must not flood the log
+                log_event("journal_failed", level=logging.ERROR, station=self.station, stage="receive",
+                          error=str(exc), frames=len(items))
+            self.receipts_failing = True
             return
+        self.receipts_failing = False
         for item, inflight_id in zip(items, ids):
             item.inflight_id = inflight_id
 
@@ -363,6 +378,7 @@ class Server:
         while True:
             with self.model_lock:
                 n = min(self.cfg.batch.max_frames, self.model.max_batch)
+            self.worker_alive_at = time.monotonic()
             batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
             if batch and self.stopping.is_set() and time.monotonic() > self.stop_at + SCORE_DRAIN_S:
                 for item in batch:  # the stop is bounded: what is still queued gets its verdict unscored
@@ -400,7 +416,11 @@ class Server:
         sinks = tuple(s.name for s in self.sinks)
         done = False
         while not done:
-            items = [self.outbox.get()]
+            try:  # while verdicts wait in the backlog, wake up to retry even when no new one comes
+                items = [self.outbox.get(timeout=POLL_MS / 1e3 if self.backlog.rows else None)]
+            except queue.Empty:
+                self._record(journal, [], sinks)
+                continue
             while len(items) < 256:
                 try:
                     items.append(self.outbox.get_nowait())
@@ -411,8 +431,14 @@ class Server:
             if items:
                 try:
                     self._journal_and_publish(journal, items, sinks)
-                except Exception as exc:  # journaled already (it retries); keep the stream going
+                except Exception as exc:  # journaled already (or held in the backlog); keep the stream going
                     log_event("publish_failed", level=logging.ERROR, station=self.station, error=repr(exc))
+        if self.backlog.rows:  # a last try at the drain; what still fails is logged as never journaled
+            self.backlog.retry_at = 0.0
+            self._record(journal, [], sinks)
+            if self.backlog.rows:
+                log_event("journal_backlog_lost", level=logging.ERROR, station=self.station,
+                          verdicts=len(self.backlog.rows), why="the journal could not be written until shutdown")
 
     def _output_done(self) -> None:
         self.journal.close()
@@ -420,22 +446,14 @@ class Server:
         self.status = "stopped"
         self.finished.set()
 
-    def _record(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> list[int]:
-        """Journal the verdicts, retrying while the disk refuses: nothing is published unjournaled."""
-        delay = 0.1
-        while True:
-            try:
-                ids = journal.record([_row(it) for it in items], sinks)
-            except sqlite3.Error as exc:
-                self.status = "journal-failing"
-                log_event("journal_failed", level=logging.ERROR, station=self.station, error=str(exc),
-                          retry_in_s=delay, waiting=len(items))
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self.status == "journal-failing":
-                self.status = "draining" if self.stopping.is_set() else "ready"
-            return ids
+    def _record(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> list[int | None]:
+        """Journal the verdicts; while the disk refuses, they wait in the backlog (id None) and go out anyway."""
+        ids = self.backlog.write(journal, [_row(it) for it in items], sinks)
+        if self.backlog.failing:
+            self.status = "journal-failing"
+        elif self.status == "journal-failing":
+            self.status = "draining" if self.stopping.is_set() else "ready"
+        return ids
 
     def _journal_and_publish(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> None:
         t0 = time.perf_counter()
@@ -444,13 +462,14 @@ class Server:
         for item, verdict_id in zip(items, ids):
             item.id = verdict_id
             event = item.event()
+            event["journaled"] = verdict_id is not None
             event["latency_ms"]["journal"] = round(journal_ms, 3)
             event["latency_ms"]["total"] = round((time.perf_counter() - item.t_received) * 1e3, 3)
             ng = item.verdict.status == "NG"
             self.pub_sock.send_multipart(verdict_message(event))
             if ng and self.cfg.alerts.zmq:
                 self.pub_sock.send_multipart(verdict_message(event, alert=True))
-            if ng and item.image is not None and self.cfg.alerts.disk:
+            if ng and item.image is not None and self.cfg.alerts.disk and verdict_id is not None:
                 self.images.put(verdict_id, item.image, item.anomaly_map, item.roi)
             policy = self.queue.policy if item.verdict.status == "DROPPED" else None
             self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
@@ -519,11 +538,21 @@ class Server:
     # the reference whole, and a batch that takes seconds must not keep control from answering
     def health(self) -> dict:
         bundle = dict(self.model.info)
+        journal = self.journal_report()
         answer = {"ok": True, "status": self.status, "station": self.station, "bundle": bundle, "pid": os.getpid(),
-                  "loops": {loop.name: loop.report() for loop in self.loops}}
+                  "loops": {loop.name: loop.report() for loop in self.loops}, "journal": journal,
+                  "warnings": journal["warnings"]}
         if self.exposed:
             answer["security_warnings"] = self.exposed
         return answer
+
+    def journal_report(self) -> dict:
+        """The journal's size against its budget, retention's work, the backlog, and what to warn about."""
+        report = {**self.retention.report(), **self.backlog.report()}
+        if self.backlog.failing:
+            report["warnings"].insert(0, f"the journal cannot be written ({self.backlog.last_error}): "
+                                      f"{len(self.backlog.rows)} verdicts wait in memory; check its disk")
+        return report
 
     def stats(self) -> dict:
         model = self.model
@@ -535,7 +564,7 @@ class Server:
                 "queue": {"depth": len(self.queue), "high_water": self.queue.high_water,
                           "capacity": self.queue.capacity, "policy": self.queue.policy},
                 "thresholds": thresholds, "threshold_layers": layers, "drift": drift,
-                "backend": bundle["backend"], "precision": bundle["precision"]}
+                "backend": bundle["backend"], "precision": bundle["precision"], "journal": self.journal_report()}
 
 
 def _without_recipes(line):
@@ -577,8 +606,17 @@ def _row(item: Item) -> dict:
 
 
 def serve_forever(servers: list[Server]) -> None:
-    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all."""
+    """Run stations until SIGTERM/SIGINT or each one's `ctl shutdown`; then drain them all.
+
+    Under systemd (Type=notify) it says READY=1 once all stations serve, WATCHDOG=1 while
+    every worker loop turns, and STOPPING=1 when it drains (edge_infer/sdnotify.py).
+    """
+    from .sdnotify import Notifier
+
+    notifier = Notifier()
+
     def stop(*_):
+        notifier.stopping()
         for server in servers:
             server.request_stop()
 
@@ -587,12 +625,16 @@ def serve_forever(servers: list[Server]) -> None:
     try:
         for server in servers:
             server.start()
-        while not all(server.finished.wait(0.5) or server.past_shutdown_deadline() for server in servers):
-            pass
+        notifier.ready(f"serving {', '.join(s.station for s in servers)}")
+        while not all(server.finished.wait(notifier.tick_s / len(servers)) or server.past_shutdown_deadline()
+                      for server in servers):
+            notifier.watchdog(min(server.worker_alive_at for server in servers))
     finally:
+        notifier.stopping()
         for server in servers:
             if server.status != "starting":
                 server.close()
+        notifier.close()
 
 
 def main(args) -> int:

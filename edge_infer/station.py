@@ -53,10 +53,38 @@ class LimitsConfig(_Strict):
         return Limits(self.max_payload_bytes, self.max_side)
 
 
+class RetainConfig(_Strict):
+    """How long verdicts stay in the journal, and how much disk it may take (docs/station-config.md)."""
+
+    days: float | None = Field(30, gt=0, description="OK, ERROR and DROPPED verdicts older than this are deleted "
+                               "(null: kept until the disk budget needs their space)")
+    ng_days: float | None = Field(365, gt=0, description="NG and reviewed verdicts (confirmed set) are kept this "
+                                  "long (null: until the disk budget needs their space)")
+    max_mb: float | None = Field(2048, ge=2, description="disk budget of the journal file and its WAL, in MiB; "
+                                 "over it the oldest OK verdicts go first, then older NG/reviewed ones "
+                                 "(null: no budget)")
+    warn_percent: float = Field(80, gt=0, le=100, description="health warns when the journal reaches this share "
+                                "of max_mb")
+    interval_s: float = Field(10, gt=0, le=3600, description="how often the retention job runs")
+    batch_rows: int = Field(500, ge=10, le=10_000, description="verdicts deleted per transaction: small, so the "
+                            "line's writes never wait long")
+
+    @model_validator(mode="after")
+    def _ng_kept_longer(self):
+        if self.days is not None and self.ng_days is not None and self.ng_days < self.days:
+            raise ValueError(f"ng_days ({self.ng_days:g}) must be at least days ({self.days:g}): NG and reviewed "
+                             "verdicts are the ones kept longer")
+        return self
+
+
 class JournalConfig(_Strict):
     path: Path = Path("journal.sqlite")
     synchronous: Literal["normal", "full"] = Field(
         "normal", description="normal: survives a process crash; full: also a power cut, slower")
+    retain: RetainConfig = Field(default_factory=RetainConfig, description="retention by age and disk budget")
+    backlog: int = Field(10_000, ge=0, le=1_000_000, description=(
+        "verdicts kept in memory while the journal cannot be written (disk full), written when it can "
+        "again; beyond it the oldest are published only"))
 
 
 class CurveConfig(_Strict):
@@ -126,6 +154,9 @@ class StationConfig(_Strict):
     workers: int = Field(1, ge=1, le=16, description=(
         "scoring threads, each with its own backend, taking batches from the one queue; verdicts "
         "of different workers may leave out of arrival order (ids and frame ids tell them apart)"))
+    cuda_graph: bool = Field(False, description=(
+        "tensorrt backend: capture each batch size into a CUDA graph and replay it (less launch overhead "
+        "per frame); needs cuda-python. Other backends run without graphs"))
     roi: list[int] | None = Field(None, min_length=4, max_length=4, description="x, y, width, height")
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="override the bundle's")
     sockets: Sockets = Field(default_factory=Sockets)
@@ -155,6 +186,13 @@ class StationConfig(_Strict):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}: choose one of {', '.join(BACKENDS)}")
         return value
+
+    @model_validator(mode="after")
+    def _cuda_graph_needs_tensorrt(self):
+        if self.cuda_graph and self.backend.startswith("ort-"):
+            raise ValueError(f"cuda_graph: true applies to the tensorrt backend only, and backend is {self.backend}: "
+                             "set backend: tensorrt (or auto) or remove cuda_graph")
+        return self
 
     @model_validator(mode="after")
     def _distinct_cameras(self):
@@ -219,15 +257,11 @@ def read_station_data(path: Path) -> dict:
     if not path.is_file():
         raise LinesideError(f"station config {path} does not exist: write one (see docs/station-config.md)")
     text = path.read_text()
-    if path.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ImportError:  # Python 3.10 (JetPack 6) has no tomllib
-            raise LinesideError(f"{path}: TOML station configs need Python 3.11 or newer; "
-                                "write the same settings as YAML (station.yaml)") from None
     try:
         if path.suffix.lower() == ".toml":
-            data = secret_refs.from_toml(tomllib.loads(text))
+            from .tomlread import loads
+
+            data = secret_refs.from_toml(loads(text))
         else:
             data = secret_refs.load_yaml(text)
     except Exception as exc:  # yaml and tomllib raise their own parse errors

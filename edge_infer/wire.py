@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from .errors import ImageReadError
+from .errors import ImageReadError, LinesideError
 from .imageio import decode_image, jpeg_dimensions, normalise_layout
 
 SCHEMA_VERSION = 1
@@ -199,16 +199,15 @@ def decode_frame(frame: Frame) -> np.ndarray:
 def encode_frame(image: np.ndarray, station: str, camera: str, frame_id: int, encoding: str = "raw",
                  captured_at: float | None = None, quality: int = 90, tags: dict | None = None) -> list[bytes]:
     """Build a frame message from a uint8 HxW or HxWx3 (BGR) image."""
-    import cv2
+    from .imaging import encode
 
     if encoding == "raw":
         payload = np.ascontiguousarray(image).tobytes()
     else:
-        params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else []
-        ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", image, params)
-        if not ok:
-            raise WireError(f"OpenCV could not encode the image as {encoding}")
-        payload = buf.tobytes()
+        try:
+            payload = encode(image, encoding, quality)
+        except LinesideError as exc:
+            raise WireError(str(exc)) from None
     header = {"v": SCHEMA_VERSION, "station": station, "camera": camera, "frame_id": int(frame_id),
               "captured_at": time.time() if captured_at is None else captured_at, "encoding": encoding,
               "dtype": "uint8", "shape": list(image.shape)}

@@ -10,9 +10,13 @@ import numpy as np
 
 
 def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: int = 3,
-                     image_threshold: float | None = 0.5, max_batch: int = 8, ballast_mb: int = 0) -> Path:
+                     image_threshold: float | None = 0.5, max_batch: int = 8, ballast_mb: int = 0,
+                     stall_per_level: int | None = None) -> Path:
     """``ballast_mb``: about that many MB of convolution weights whose result adds 0 to the score,
-    for tests that need a model whose loading costs memory as a real one's does (slow to run)."""
+    for tests that need a model whose loading costs memory as a real one's does (slow to run).
+    ``stall_per_level``: the graph also runs an ONNX Loop of (brightest pixel x this) empty
+    iterations, so a black frame scores at once and a bright one keeps the worker busy for
+    minutes: a real model whose scoring hangs, for the watchdog test."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -22,7 +26,7 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes1"], ["m"], keepdims=1),
-        helper.make_node("Div", ["m", "c255"], ["anomaly_map"]),
+        helper.make_node("Div", ["m", "c255"], ["anomaly_map" if stall_per_level is None else "plain_map"]),
         helper.make_node("ReduceMax", ["anomaly_map", "axes123"], ["score"] if not ballast_mb else ["peak"],
                          keepdims=0),
     ]
@@ -41,6 +45,28 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
         nodes += [helper.make_node("ReduceMax", [x], ["ballast_max"], keepdims=0),
                   helper.make_node("Mul", ["ballast_max", "zero"], ["nothing"]),
                   helper.make_node("Add", ["peak", "nothing"], ["score"])]
+    extra = []
+    if stall_per_level is not None:
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+             helper.make_node("Add", ["v_in", "one"], ["v_out"])], "spin",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+             helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [])],
+            [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+             helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
+            initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
+        nodes[3:3] = [
+            helper.make_node("ReduceMax", ["f"], ["brightest"], keepdims=0),
+            helper.make_node("Mul", ["brightest", "per_level"], ["trips_f"]),
+            helper.make_node("Cast", ["trips_f"], ["trips"], to=TensorProto.INT64),
+            helper.make_node("Loop", ["trips", "true", "stall_zero"], ["spun"], body=body),
+            helper.make_node("Mul", ["spun", "stall_zero"], ["stall_nothing"]),
+            helper.make_node("Add", ["plain_map", "stall_nothing"], ["anomaly_map"]),
+        ]
+        extra = [helper.make_tensor("per_level", TensorProto.FLOAT, [], [float(stall_per_level)]),
+                 helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+                 helper.make_tensor("stall_zero", TensorProto.FLOAT, [], [0.0])]
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", channels, height, width])],
@@ -48,7 +74,7 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
          helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
         initializer=[helper.make_tensor("axes1", TensorProto.INT64, [1], [1]),
                      helper.make_tensor("axes123", TensorProto.INT64, [3], [1, 2, 3]),
-                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), *ballast],
+                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), *ballast, *extra],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8

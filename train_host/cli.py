@@ -29,6 +29,11 @@ def register(sub) -> None:
            description="DRAEM-style discriminative encoder-decoder trained on defects cut "
            "and pasted from the station's own good images; --learned-synthesis tunes where "
            "and how to paste by a validation hypergradient (docs/cutpaste.md).")
+    family("draem", [draem_options], help="reconstructive + discriminative U-Nets trained together on "
+           "Perlin-textured anomalies (DRAEM), from scratch",
+           description="DRAEM without a texture dataset: Perlin masks filled with procedural textures; the "
+           "epoch kept is chosen on good images vs a different synthetic family (plus --val-defects) "
+           "(docs/draem.md).")
     family("dinov2-lora", [dinov2_options, dinov2_lora_options], stations=True,
            help="DINOv2 ViT + LoRA + segmentation head, trained on synthetic anomalies, merged for export",
            description="Adapts a DINOv2 ViT to the station with LoRA on synthetic anomalies "
@@ -151,7 +156,7 @@ def common_train_options(p, stations: bool = False) -> None:
                    help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
     p.add_argument("--val-defects", type=int, default=0,
                    help="move this many labelled defect images from test into validation, for families that "
-                   "validate on real defects (cutpaste); the test set then excludes them (default: 0)")
+                   "validate on real defects (cutpaste, draem); the test set then excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_device_options(p)
     p.add_argument("--yes", action="store_true", help="train even when the expected time on this hardware is past "
@@ -222,6 +227,16 @@ def cutpaste_options(p) -> None:
     p.add_argument("--base-channels", type=int, help="width of the network's first level (default: 16)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: topk:0.01)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 2)")
+
+
+def draem_options(p) -> None:
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: 10)")
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument("--lr", type=float, help="Adam learning rate of both networks (default: 1e-3)")
+    p.add_argument("--base-channels", type=int, help="width of both networks' first level (default: 16)")
+    p.add_argument("--score-pool", type=float, help="average-pool window of the image score, as a share of the "
+                   "shorter side (default: 0.08)")
+    p.add_argument("--anomaly-share", type=float, help="share of training images given an anomaly (default: 0.5)")
 
 
 def adtr_options(p) -> None:

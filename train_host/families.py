@@ -16,6 +16,7 @@ FAMILIES = {
     "adtr": "train_host.models.adtr",
     "rddpm": "train_host.models.rddpm",
     "cutpaste": "train_host.models.cutpaste",
+    "draem": "train_host.models.draem",
     "dinov2-lora": "train_host.models.dinov2_lora",
     "dinov2-knn": "train_host.models.dinov2_knn",
 }

@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from edge_infer.errors import LinesideError
+from edge_infer.numeric import trapezoid
 
 
 def image_auroc(labels, scores) -> float:
@@ -148,7 +149,7 @@ class _PixelCurve:
 
     def auroc(self) -> float:
         tpr = np.concatenate([[0.0], self.tp / self.n_defect])
-        return float(np.trapezoid(tpr, self._fpr()))
+        return trapezoid(tpr, self._fpr())
 
     def au_pro(self, fpr_limit: float) -> float:
         if not 0.0 < fpr_limit <= 1.0:
@@ -171,7 +172,7 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     The curve is interpolated linearly at exactly x = limit, as the MVTec AD code does.
     """
     inside = int(np.searchsorted(x, limit, side="right"))  # points with x <= limit
-    area = float(np.trapezoid(y[:inside], x[:inside]))
+    area = trapezoid(y[:inside], x[:inside])
     if inside < x.size:
         x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
         y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)

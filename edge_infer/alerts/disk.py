@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..bundle import write_json_atomic
+from ..imaging import colormap_jet, encode, gray_to_bgr, resize
 from ..station import DiskConfig
 from .sink import Sink
 
@@ -56,17 +56,16 @@ def heatmap(image: np.ndarray, anomaly_map: np.ndarray, roi=None) -> np.ndarray:
     """
     amap = np.asarray(anomaly_map, np.float32).reshape(anomaly_map.shape[-2:])
     top = float(amap.max()) or 1.0
-    colour = cv2.applyColorMap((np.clip(amap / top, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
-    base = image.copy() if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    colour = colormap_jet((np.clip(amap / top, 0, 1) * 255).astype(np.uint8))
+    base = image.copy() if image.ndim == 3 else gray_to_bgr(image)
     x, y, w, h = roi if roi else (0, 0, image.shape[1], image.shape[0])
-    colour = cv2.resize(colour, (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = resize(colour, w, h, area=False)
     region = base[y : y + h, x : x + w]
-    base[y : y + h, x : x + w] = cv2.addWeighted(region, 0.5, colour, 0.5, 0)
+    base[y : y + h, x : x + w] = ((region.astype(np.uint16) + colour + 1) >> 1).astype(np.uint8)  # half and half
     return base
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
     tmp = path.with_suffix(".tmp.png")
-    if not cv2.imwrite(str(tmp), image):
-        raise OSError(f"cannot write {tmp}")
+    tmp.write_bytes(encode(image, "png"))
     tmp.replace(path)

@@ -106,6 +106,8 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "fp32",
         opened.precision = precision
         if backend == "auto":
             log(opened.selection)
+        if cuda_graph and name != "tensorrt":
+            log(f"cuda_graph applies to the tensorrt backend only: {name} runs without CUDA graphs")
         return opened
     raise LinesideError(f"no backend could be opened: {selection.explain('none')}")
 

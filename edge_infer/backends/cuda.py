@@ -1,8 +1,9 @@
-"""One small adapter over CUDA memory, streams and graphs: cuda-python or pycuda.
+"""One small adapter over CUDA memory, streams and graphs, on cuda-python's runtime API.
 
-NVIDIA's TensorRT samples moved from pycuda to cuda-python (``cuda.bindings``); either
-may be what a device has, so the TensorRT backend talks to this adapter only. Nothing
-here is imported unless a CUDA backend is asked for.
+cuda-python (``cuda.bindings.runtime``) is the one CUDA binding: NVIDIA's TensorRT samples
+use it, it installs as a wheel (pycuda is a source build that needs nvcc) and it captures
+CUDA graphs. The TensorRT backend talks to this adapter only; nothing here is imported
+unless a CUDA backend is asked for.
 """
 
 from __future__ import annotations
@@ -14,22 +15,21 @@ import numpy as np
 
 from ..errors import LinesideError
 
-INSTALL_HINT = "install cuda-python (`pip install cuda-python`) or pycuda, matching the device's CUDA"
+INSTALL_HINT = ("install cuda-python matching the device's CUDA major version (`pip install \"cuda-python>=12,<13\"` "
+                "for CUDA 12, as on JetPack 6), or the `gpu` extra")
 
 
 def open_cuda(device: int = 0) -> "Cuda":
-    """The first CUDA binding that imports here, bound to ``device``."""
-    errors = []
-    for kind in (CudaPython, PyCuda):
-        try:
-            return kind(device)
-        except ImportError as exc:
-            errors.append(f"{kind.library}: {exc}")
-    raise LinesideError(f"no CUDA binding for Python is installed ({'; '.join(errors)}): {INSTALL_HINT}")
+    """cuda-python's runtime, bound to ``device``."""
+    try:
+        return CudaPython(device)
+    except ImportError as exc:
+        raise LinesideError(f"cuda-python is not installed ({exc}): {INSTALL_HINT}") from None
 
 
 class Cuda(ABC):
-    """Device memory, page-locked host memory, one stream, and optional CUDA graph capture."""
+    """Device memory, page-locked host memory, one stream, and optional CUDA graph capture
+    (an interface, so the TensorRT backend's logic reads without the binding's tuples)."""
 
     library = ""
 
@@ -146,60 +146,3 @@ class CudaPython(Cuda):
 
     def launch(self, graph, stream) -> None:
         self._check(self.rt.cudaGraphLaunch(graph, stream), "cudaGraphLaunch")
-
-
-class PyCuda(Cuda):
-    library = "pycuda"
-
-    def __init__(self, device: int = 0):
-        import pycuda.driver as drv
-
-        drv.init()
-        self.drv = drv
-        self.dev = drv.Device(device)
-        self.ctx = self.dev.retain_primary_context()
-        self.ctx.push()
-        self._allocations: dict[int, object] = {}
-
-    def device_info(self) -> dict:
-        major, minor = self.dev.compute_capability()
-        return {"gpu_name": self.dev.name(), "compute_capability": f"{major}.{minor}"}
-
-    def malloc(self, nbytes: int) -> int:
-        allocation = self.drv.mem_alloc(nbytes)
-        self._allocations[int(allocation)] = allocation
-        return int(allocation)
-
-    def free(self, ptr: int) -> None:
-        self._allocations.pop(ptr).free()
-
-    def pinned(self, shape, dtype) -> np.ndarray:
-        return self.drv.pagelocked_empty(shape, dtype)
-
-    def free_pinned(self, array: np.ndarray) -> None:
-        array.base.free() if hasattr(array.base, "free") else None
-
-    def stream(self):
-        return self.drv.Stream()
-
-    def stream_handle(self, stream) -> int:
-        return stream.handle
-
-    def synchronize(self, stream) -> None:
-        stream.synchronize()
-
-    def htod(self, ptr: int, host: np.ndarray, stream) -> None:
-        self.drv.memcpy_htod_async(ptr, host, stream)
-
-    def dtoh(self, host: np.ndarray, ptr: int, stream) -> None:
-        self.drv.memcpy_dtoh_async(host, ptr, stream)
-
-    def begin_capture(self, stream) -> None:
-        raise LinesideError("CUDA graph capture goes through cuda-python here; pycuda is installed instead: "
-                            "run without --cuda-graph, or `pip install cuda-python`")
-
-    def end_capture(self, stream):
-        raise LinesideError("CUDA graph capture needs cuda-python")
-
-    def launch(self, graph, stream) -> None:
-        raise LinesideError("CUDA graph capture needs cuda-python")

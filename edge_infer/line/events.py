@@ -9,14 +9,13 @@ an outbound channel (MQTT) has delivered the journal.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
 from ..journal import SCHEMA as JOURNAL_SCHEMA
-from ..journal import Journal
+from ..journal import Journal, connect
 
 # line_events (the audit log) and line_cursors belong to the journal's schema.
 SCHEMA = JOURNAL_SCHEMA
@@ -25,9 +24,7 @@ SCHEMA = JOURNAL_SCHEMA
 class LineJournal:
     def __init__(self, path: str | Path, station: str):
         self.station, self.lock = station, threading.Lock()
-        self.db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        self.db = connect(path)
         self.audit = Journal(path)  # the audit log is written through the journal's own Journal.event
 
     def event(self, kind: str, who: str, **detail) -> None:

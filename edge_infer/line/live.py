@@ -10,10 +10,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 
-import cv2
 import numpy as np
 
 from ..alerts.disk import heatmap
+from ..errors import LinesideError
+from ..imaging import encode
 
 STRIP = 60  # results in the pass/fail history strip
 SHIFT_STATUSES = ("OK", "NG", "ERROR", "DROPPED")
@@ -132,8 +133,10 @@ class LiveView:
         image = heat if layer == "heatmap" and heat is not None else raw
         if image is None:
             return None
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        return buf.tobytes() if ok else None
+        try:
+            return encode(image, "jpeg", 85)
+        except LinesideError:
+            return None
 
     def summary(self) -> dict:
         with self.lock:

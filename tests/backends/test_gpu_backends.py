@@ -26,7 +26,7 @@ def have_gpu() -> str | None:
 @pytest.mark.gpu
 def test_cuda_adapter_round_trips_pinned_memory():
     if have_gpu() is None:
-        pytest.skip("no CUDA device or no cuda-python/pycuda here (CPU-only machine)")
+        pytest.skip("no CUDA device or no cuda-python here (CPU-only machine)")
     from edge_infer.backends.cuda import open_cuda
 
     cuda = open_cuda()

@@ -41,3 +41,53 @@ def test_units_pass_systemd_analyze(tmp_path):
     problems = [line for line in (r.stderr + r.stdout).splitlines()
                 if line.strip() and "is not executable" not in line]
     assert not problems, problems
+
+
+def test_service_unit_is_supervised_by_sd_notify():
+    u = unit("lineside@.service")
+    assert (u["Type"], u["NotifyAccess"]) == ("notify", "main")
+    assert int(u["WatchdogSec"]) >= 10  # serve pings at half of it (tests/runtime/test_sdnotify.py)
+
+
+def dockerfile_pins() -> dict[str, str]:
+    """name -> specifier of every requirement the Dockerfile's `pip install` lines name."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    text = (ASSETS / "Dockerfile").read_text().replace("\\\n", " ")
+    pins = {}
+    for line in text.splitlines():
+        if "pip install" in line:
+            for quoted in re.findall(r'"([^"]+)"', line):
+                req = Requirement(quoted)
+                pins[req.name.lower()] = req.specifier
+    return pins
+
+
+def test_dockerfile_installs_the_base_dependencies_within_pyprojects_floors():
+    """Every base dependency of pyproject.toml is in the image, with a range that admits its floor
+    and no higher one: an image pinning numpy<2 while the code needs NumPy 2 is what this catches."""
+    from packaging.requirements import Requirement
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    project = tomllib.loads((ASSETS.parents[1] / "pyproject.toml").read_text())["project"]
+    pins = dockerfile_pins()
+    for dependency in project["dependencies"]:
+        req = Requirement(dependency)
+        assert req.name.lower() in pins, f"the Dockerfile does not install {req.name}"
+        floor = next(s.version for s in req.specifier if s.operator == ">=")
+        image = pins[req.name.lower()]
+        assert image.contains(floor), f"the image's {req.name}{image} refuses pyproject's floor {floor}"
+        image_floor = next((s.version for s in image if s.operator == ">="), None)
+        assert image_floor == floor, f"the image's {req.name} floor {image_floor} differs from pyproject's {floor}"
+    # the optional pieces it adds come from pyproject's extras, within their ranges
+    extras = {Requirement(r).name.lower(): Requirement(r).specifier for group in
+              project["optional-dependencies"].values() for r in group}
+    for name in ("onnxruntime", "cuda-python"):
+        floor = next(s.version for s in extras[name] if s.operator == ">=")
+        assert pins[name].contains(floor), f"the image's {name}{pins[name]} refuses the extra's floor {floor}"
+    assert "opencv-python-headless" not in pins  # JetPack's OpenCV (GStreamer) stays the one in use

@@ -40,7 +40,10 @@ def test_frames_queued_at_kill_9_get_lost_in_crash_verdicts_after_restart(tmp_pa
     proc = start_server(path, cfg)
     try:
         rows = wait_for_rows(cfg.journal.path, N)
-        stats = request(cfg.sockets.control, {"cmd": "stats"})
+        deadline = time.monotonic() + 10  # a verdict is journaled, then published and counted
+        while (stats := request(cfg.sockets.control, {"cmd": "stats"}))["verdicts"]["ERROR"] < len(in_flight) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert request(cfg.sockets.control, {"cmd": "shutdown"})["ok"] and proc.wait(20) == 0
     finally:
         proc.kill()

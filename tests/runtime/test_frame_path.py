@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 import zmq
-from runtime_helpers import bright, cleanup, dark, station, wait_for_rows
+from runtime_helpers import bright, cleanup, dark, station, wait_for_rows, without_opencv
 
 from edge_infer import imageio
 from edge_infer.camera import Publisher
-from edge_infer.errors import LinesideError
+from edge_infer.errors import ImageReadError, LinesideError
 from edge_infer.imageio import decode_image, gpu_decoder
 from edge_infer.pipeline import Model
 from edge_infer.preprocess import (
@@ -114,6 +114,39 @@ def test_every_caller_follows_the_one_plan(tmp_path):
     assert (decode_input(path.read_bytes(), spec) == from_file).all()
     with pytest.raises(LinesideError, match="planned as"):
         preprocess(frame, spec, how)  # a full-size image with a reduced plan is refused
+
+
+@pytest.mark.parametrize("gray", [False, True], ids=["colour", "gray"])
+def test_reduced_jpeg_decode_without_opencv_matches_opencvs(gray):
+    """Pillow's draft is libjpeg's same scaled IDCT as IMREAD_REDUCED_*: the same size (odd
+    sides round up), pixels within the few grey levels two libjpeg builds differ by (identical
+    here: both use this machine's libjpeg-turbo)."""
+    frame = scene(height=1083, width=1917, seed=4)
+    payload = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    want = {r: decode_image(payload, reduce=r, gray=gray) for r in (2, 4, 8)}
+    with without_opencv():
+        got = {r: decode_image(memoryview(payload), reduce=r, gray=gray) for r in (2, 4, 8)}
+        with pytest.raises(ImageReadError, match="JPEG scales are 1/2, 1/4 and 1/8"):
+            decode_image(payload, reduce=3)
+    for r in (2, 4, 8):
+        assert got[r].shape == want[r].shape == ((1083 + r - 1) // r, (1917 + r - 1) // r) + (() if gray else (3,))
+        d = np.abs(got[r].astype(int) - want[r])
+        assert d.mean() < 0.5 and d.max() <= 4, (r, d.mean(), d.max())
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.width}x{s.height}c{s.channels}{'roi' if s.roi else ''}")
+def test_the_plan_without_opencv_gives_opencvs_model_input(spec):
+    """Reduced decode, integer box shrink and final resize through imaging's Pillow/NumPy path:
+    the same plan and, pixel for pixel, within 1-2 grey levels of the OpenCV path."""
+    frame = scene(seed=1)
+    payload = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    want_jpeg, want_raw = decode_input(payload, spec), preprocess(frame, spec)
+    with without_opencv():
+        got_jpeg, got_raw = decode_input(payload, spec), preprocess(frame, spec)
+    for got, want, bound in ((got_jpeg, want_jpeg, 3), (got_raw, want_raw, 1)):
+        assert got.shape == want.shape and got.dtype == np.uint8
+        d = np.abs(got.astype(int) - want)
+        assert d.max() <= bound and d.mean() < 0.5, (d.max(), d.mean())
 
 
 def test_raw_frames_are_not_copied_from_the_socket_to_the_resize():

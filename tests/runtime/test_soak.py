@@ -332,7 +332,9 @@ class Control:
 
 
 class Verdicts:
-    """Follows the journal as it grows (retention may delete old rows before the end)."""
+    """Follows the journal as it grows. Like any consumer of the journal (MQTT, a sync) it keeps
+    a delivery cursor in ``line_cursors``, so retention deletes only rows it has read (unless
+    the disk budget forces it, which the soak would then report as missing verdicts)."""
 
     def __init__(self, journal: Path):
         self.journal, self.last_id = journal, 0
@@ -341,12 +343,15 @@ class Verdicts:
     def read(self) -> None:
         if not self.journal.exists():
             return
-        db = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=30)
+        db = sqlite3.connect(self.journal, timeout=30, isolation_level=None)
         try:
+            db.execute("INSERT INTO line_cursors (name, verdict_id) VALUES ('soak', ?) ON CONFLICT (name) "
+                       "DO UPDATE SET verdict_id = excluded.verdict_id", (self.last_id,))
             for row in db.execute("SELECT id, camera, frame_id, status, reason FROM verdicts WHERE id > ? "
-                                  "ORDER BY id", (self.last_id,)):
+                                  "ORDER BY id", (self.last_id,)).fetchall():
                 self.rows[row[0]] = row[1:]
                 self.last_id = row[0]
+            db.execute("UPDATE line_cursors SET verdict_id = ? WHERE name = 'soak'", (self.last_id,))
         except sqlite3.OperationalError:  # the server is creating the schema: next time
             pass
         finally:

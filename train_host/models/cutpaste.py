@@ -37,7 +37,7 @@ class CutPasteConfig:
 class SegmentationNet(nn.Module):
     """A 4-level U-Net: normalised image → one defect logit per pixel."""
 
-    def __init__(self, channels: int, base: int):
+    def __init__(self, channels: int, base: int, head: bool = True):
         super().__init__()
         widths = [base, 2 * base, 4 * base, 8 * base]
         self.down = nn.ModuleList()
@@ -46,7 +46,8 @@ class SegmentationNet(nn.Module):
             self.down.append(block(cin, width))
             cin = width
         self.up = nn.ModuleList(block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(3)))
-        self.head = nn.Conv2d(base, 1, 1)
+        # head=False: the last level's features come out (base channels) for a caller's own head
+        self.head = nn.Conv2d(base, 1, 1) if head else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
