@@ -67,6 +67,8 @@ def _e2e(cmds, handler) -> None:
     p.add_argument("--images", help="folder of images to replay (default: ELPV)")
     p.add_argument("--sweep", action="store_true", help="find the highest FPS per camera with p99 under --budget-ms")
     p.add_argument("--budget-ms", type=float, help="p99 capture-to-verdict budget for --sweep")
+    p.add_argument("--workers", type=_positive_int, help="override the station's `workers` (scoring threads, "
+                   "one backend each); throughput per core and per backend are in every trial")
     p.add_argument("--out", default="bench-e2e", help="folder for e2e.json and e2e.png (default: ./bench-e2e)")
     p.set_defaults(handler=handler("benchmarks.e2e:main"))
 

@@ -36,6 +36,8 @@ def main(args) -> int:
     if args.fps <= 0:
         raise LinesideError(f"--fps must be positive, got {args.fps}")
     station = load_station(args.station_config)
+    if args.workers is not None:
+        station = station.model_copy(update={"workers": args.workers})
     images = load_images(args.images, 64)
     frames = load.make_frames(images, width, height)
     templates = [encode_frame(f, station.station, "cam", 0, args.encoding) for f in frames]
@@ -46,6 +48,8 @@ def main(args) -> int:
         health = server.wait_ready()
         run = Runner(ctx, server, templates, args.cameras, args.warmup, args.duration)
         results = sweep(run, args.fps, args.budget_ms) if args.sweep else [run.trial(args.fps)]
+        for r in results:
+            per_hardware(r, station.workers)
         server_stats = server.stats()
     finally:
         server.stop()
@@ -54,6 +58,7 @@ def main(args) -> int:
         **report.header(args, "e2e", ("station_config",)),
         "station": {"name": station.station, "backend": station.backend, "precision": station.precision,
                     "queue": station.queue.model_dump(), "batch": station.batch.model_dump(),
+                    "workers": station.workers, "threads_per_backend": station.threads,
                     "server": health.get("bundle"), "curve": "off for the benchmark" if station.curve else "off",
                     "alerts": "webhook/GPIO/disk off for the benchmark; scratch journal"},
         "frames": {"resolution": [width, height], "encoding": args.encoding, "distinct_frames": len(templates),
@@ -145,6 +150,16 @@ def analyse(fps: float, cameras: int, measured: dict, verdicts: dict, unsent: in
                             "where": {**{s: st["p50"] for s, st in stages.items() if s not in ("total", "compute")},
                                       "transport": float(np.median(transport)) if transport else None}},
             "samples_ms": {"total": [round(v, 4) for v in e2e]}}
+
+
+def per_hardware(result: dict, workers: int) -> None:
+    """Throughput per CPU core the server used (its mean CPU %, /100) and per backend (worker)."""
+    if result["status"] != "ok":
+        return
+    cores = result.get("server", {}).get("cpu_percent_mean", 0) / 100
+    result["throughput_per_core_ips"] = round(result["throughput_ips"] / cores, 2) if cores > 0 else None
+    result["throughput_per_backend_ips"] = round(result["throughput_ips"] / workers, 2)
+    result["workers"] = workers
 
 
 def passes(result: dict, budget_ms: float) -> bool:

@@ -181,6 +181,10 @@ def e2e_table(doc: dict) -> str:
                   "where it goes (medians, so they need not add up exactly):"]
         lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in o["where"].items() if v is not None)
                      + "   (transport: camera→server socket + server→subscriber, per frame)")
+        if r.get("throughput_per_core_ips") is not None:
+            lines.append(f"throughput in {r['key']}: {r['throughput_ips']:.1f} img/s with {r['workers']} worker(s): "
+                         f"{r['throughput_per_core_ips']:.1f} img/s per server core used, "
+                         f"{r['throughput_per_backend_ips']:.1f} img/s per backend")
     missed = sum(r.get("camera_missed_slots", 0) for r in doc["results"])
     if missed:
         lines.append(f"{missed} camera slot(s) skipped: the load generator itself was starved of CPU, so fewer "

@@ -177,7 +177,7 @@ def smoke_run(bundle) -> None:
     for precision in sorted(m.variants):
         try:
             with OrtBackend(bundle.model_path(precision), spec, 1, provider="ort-cpu", threads=1) as backend:
-                out = backend.run(np.zeros((1, spec.channels, spec.height, spec.width), np.uint8))
+                out = backend.run(np.zeros((1, *spec.graph_shape), np.uint8))
         except LinesideError:
             raise
         except Exception as exc:  # onnxruntime raises its own types for bad graphs

@@ -82,7 +82,7 @@ def build_engine(bundle: Bundle, precision: str = "fp16", batch: tuple[int, int,
     if weakly_typed:
         set_legacy_precision(trt, config, precision)
     profile = builder.create_optimization_profile()
-    shape = (spec.channels, spec.height, spec.width)
+    shape = spec.graph_shape
     profile.set_shape("image", (lo, *shape), (opt, *shape), (hi, *shape))
     config.add_optimization_profile(profile)
     cache = load_timing_cache(config, timing_cache)
@@ -218,7 +218,7 @@ def check_batch(bundle: Bundle, images: str | None, count: int) -> tuple[np.ndar
             raise LinesideError(f"no images in {images} for the engine check: give --images a folder of station images")
         return arrays, f"station ({images})"
     rng = np.random.default_rng(0)  # without station images: flat greys and smooth noise, said as such
-    shape = (spec.channels, spec.height, spec.width)
+    shape = spec.graph_shape
     arrays = [np.full(shape, v, np.uint8) for v in (0, 64, 128, 192, 255)]
     arrays += [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(max(0, count - len(arrays)))]
     return np.stack(arrays[:max(count, 1)]), "synthetic (no --images given)"

@@ -59,15 +59,18 @@ class ModelInfo(_Strict):
 class InputInfo(_Strict):
     name: str = "image"
     dtype: Literal["uint8"] = "uint8"
-    layout: Literal["NCHW"] = "NCHW"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"  # NHWC: a native graph (frames in their own BGR layout)
     height: int
     width: int
     channels: Literal[1, 3]
     roi: list[int] | None = None
     max_batch: int = 8
+    native: list[int] | None = Field(None, description="a graph that resizes itself: it takes frames of this "
+                                     "[height, width] (lineside export --input native)")
 
     def spec(self) -> InputSpec:
-        return InputSpec(self.height, self.width, self.channels, tuple(self.roi) if self.roi else None)
+        return InputSpec(self.height, self.width, self.channels, tuple(self.roi) if self.roi else None,
+                         tuple(self.native) if self.native else None)
 
 
 class OutputInfo(_Strict):

@@ -65,19 +65,57 @@ def opencv_builds_with(feature: str) -> bool | None:
 
 
 # ---- codecs ---------------------------------------------------------------------------
-def decode(data: bytes) -> np.ndarray | None:
-    """Decode an encoded image as OpenCV's IMREAD_UNCHANGED does (BGR order); None if undecodable."""
+def decode(data, reduce: int = 1, gray: bool = False) -> np.ndarray | None:
+    """Decode an encoded image as OpenCV's IMREAD_UNCHANGED does (BGR order); None if undecodable.
+
+    ``data``: bytes or any buffer (a memoryview of a received frame is not copied).
+    ``reduce`` 2, 4 or 8 (JPEG): decode at that scale in the DCT domain, as colour BGR or, with
+    ``gray``, as luma: OpenCV's IMREAD_REDUCED_* where it imports, Pillow's ``draft`` otherwise
+    (both are libjpeg's scaled IDCT; EXIF orientation ignored, as IMREAD_UNCHANGED does).
+    """
+    if reduce not in (1, 2, 4, 8):
+        raise LinesideError(f"cannot decode at 1/{reduce} scale: JPEG scales are 1/2, 1/4 and 1/8")
     cv2 = opencv()
     if cv2 is not None:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        return cv2.imdecode(np.frombuffer(data, np.uint8), _opencv_flags(cv2, reduce, gray))
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if reduce > 1:
+                return _pillow_reduced(im, reduce, gray)
             im.load()
             return _pillow_to_array(im)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
         return None  # Pillow's ways to say "corrupt", "truncated" or "too many pixels to be a frame"
+
+
+def _opencv_flags(cv2, reduce: int, gray: bool) -> int:
+    if reduce == 1:
+        return cv2.IMREAD_UNCHANGED
+    name = f"IMREAD_REDUCED_{'GRAYSCALE' if gray else 'COLOR'}_{reduce}"
+    return getattr(cv2, name) | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def _pillow_reduced(im, reduce: int, gray: bool) -> np.ndarray:
+    """libjpeg's scaled decode through ``draft`` (a size of w//reduce x h//reduce makes it pick
+    exactly 1/reduce); other formats decode whole and shrink, as OpenCV does (its sizes)."""
+    w, h = im.size
+    if im.format == "JPEG" and w >= reduce and h >= reduce:
+        im.draft("L" if gray else "RGB", (w // reduce, h // reduce))
+        im.load()
+        image = _pillow_to_array(im)
+    else:
+        im.load()
+        image = _pillow_to_array(im)
+        image = resize(image, w // reduce, h // reduce, area=False)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[..., :3]
+    if gray and image.ndim == 3:
+        return bgr_to_gray(image)
+    if not gray and image.ndim == 2:
+        return gray_to_bgr(image)
+    return image
 
 
 def _pillow_to_array(im) -> np.ndarray:

@@ -6,10 +6,17 @@ the queue may shed it, so an undecodable image is always an ERROR); ``Model.scor
 rest. The difference from the Scorer is only that each frame's failure (ROI outside)
 becomes that frame's ERROR verdict instead of stopping a batch, and a backend failure
 becomes an ERROR for the frames of that batch.
+
+Frames are decoded by ``edge_infer.preprocess``'s plan (a JPEG at the scale the model
+needs) straight from the received buffer; a raw frame is never copied before the resize.
+The model is loaded once per worker (``workers`` in the station config): each worker scores
+its batches on its own backend, so N single-threaded backends use N cores.
 """
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 import time
 from collections import deque
@@ -20,8 +27,8 @@ import numpy as np
 from .bundle import Bundle, Thresholds, sha256_file
 from .decide import Verdict
 from .drift import DriftMonitor
-from .errors import LinesideError
-from .preprocess import preprocess
+from .errors import ImageReadError, LinesideError
+from .preprocess import Plan, frame_image, preprocess
 from .score import Scorer
 from .station import StationConfig
 from .thresholds import ThresholdLayers
@@ -44,6 +51,8 @@ class Item:
     bundle_sha: str | None = None
     image: np.ndarray | None = None  # decoded on receipt; kept after scoring for NG frames only (disk alerts)
     decode_ms: float | None = None
+    plan: Plan | None = None  # how ``image`` was decoded (edge_infer.preprocess.plan)
+    planned_for: object = None  # the InputSpec the plan was made for
     anomaly_map: np.ndarray | None = None
     roi: tuple | None = None  # the crop the anomaly map covers, in frame pixels (None: the whole frame)
     id: int | None = None  # journal row id once recorded
@@ -68,6 +77,10 @@ class Model:
     ``recipe`` (a line recipe) adds its thresholds over the station's pins and its ROI over
     the station's. The thresholds the model decides with follow edge_infer.thresholds' rule;
     ``layers.runtime`` holds `ctl threshold` values, which `ctl reload` carries over.
+
+    One Scorer (backend) per worker: ``score`` may be called from ``cfg.workers`` threads at
+    once, each batch on a free backend. ``lease`` (taken under the server's model lock) keeps
+    a reload from closing the model while a batch is on it.
     """
 
     def __init__(self, cfg: StationConfig, bundle_path=None, recipe=None, bundle: Bundle | None = None,
@@ -79,15 +92,25 @@ class Model:
         self.recipe = recipe
         self.layers = ThresholdLayers(*bundle.thresholds_with_source(), station=pins, runtime=dict(runtime or {}))
         roi = (recipe.roi if recipe is not None and recipe.roi else None) or cfg.roi
-        self.scorer = Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=cfg.threads,
-                             thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph)
+        threads = cfg.threads
+        if threads is None and cfg.workers > 1:  # N backends share the cores instead of each taking all
+            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+        self.scorers = [Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=threads,
+                               thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph)
+                        for _ in range(cfg.workers)]
+        self.scorer = self.scorers[0]
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for scorer in self.scorers:
+            self._free.put(scorer)
+        self._busy, self._idle = 0, threading.Condition()
+        self._drift_lock = threading.Lock()
         self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)
         self.spec = self.scorer.spec
         m = bundle.manifest
         self.info = {"path": str(bundle.root), "family": m.model.family, "name": m.model.name,
                      "version": m.model.version, "manifest_sha256": sha256_file(bundle.root / "manifest.json"),
                      "backend": self.scorer.backend.name, "precision": self.scorer.backend.precision,
-                     "signed": bundle.signed, "thresholds_file": self.layers.bundle_source}
+                     "signed": bundle.signed, "thresholds_file": self.layers.bundle_source, "workers": cfg.workers}
 
     @property
     def thresholds(self) -> Thresholds:
@@ -96,21 +119,54 @@ class Model:
     def set_runtime(self, runtime: dict) -> None:
         """New runtime threshold layer; decisions use it from the next batch."""
         self.layers.runtime = dict(runtime)
-        self.scorer.thresholds = self.layers.effective()
-        self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)  # new reference
+        for scorer in self.scorers:
+            scorer.thresholds = self.layers.effective()
+        with self._drift_lock:
+            self.drift = DriftMonitor(self.layers.bundle.provenance, self.scorer.thresholds.image)  # new reference
 
     @property
     def max_batch(self) -> int:
         return self.scorer.backend.max_batch
 
+    def lease(self) -> _Lease:
+        """Count a batch in (call under the lock that guards swapping models); use as ``with``."""
+        with self._idle:
+            self._busy += 1
+        return _Lease(self)
+
+    def _release(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    def decode(self, item: Item) -> None:
+        """The frame's image, decoded by this model's plan (a JPEG at the scale its input needs).
+        Raises ImageReadError (undecodable, wrong shape) or LinesideError (ROI outside)."""
+        h = item.frame.header
+        item.image, item.plan = frame_image(item.frame.payload, h.encoding, h.shape, self.spec,
+                                            f"{h.camera}#{h.frame_id}")
+        item.planned_for = self.spec
+
     def score(self, items: list[Item]) -> None:
         """Give every item its verdict (OK, NG or ERROR); never raises for one bad frame."""
+        scorer = self._free.get()  # one per worker: free whenever a worker asks
+        try:
+            self._score(scorer, items)
+        finally:
+            self._free.put(scorer)
+
+    def _score(self, scorer: Scorer, items: list[Item]) -> None:
         t_start = time.perf_counter()
         inputs, ready, preprocess_ms = [], [], {}
         for it in items:
             t0 = time.perf_counter()
             try:
-                inputs.append(preprocess(it.image, self.spec))
+                if it.planned_for != self.spec:  # decoded for the model a reload replaced
+                    self.decode(it)
+                inputs.append(preprocess(it.image, self.spec, it.plan))
+            except ImageReadError as exc:
+                it.verdict, it.image = Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}"), None
+                continue
             except LinesideError as exc:
                 it.verdict, it.image = Verdict("ERROR", reason=f"cannot preprocess: {exc}"), None
                 continue
@@ -119,7 +175,7 @@ class Model:
         if not ready:
             return
         try:
-            out, verdicts = self.scorer.judge(np.stack(inputs))
+            out, verdicts = scorer.judge(np.stack(inputs))
         except Exception as exc:  # any backend failure is this batch's ERROR, not the server's end
             for it in ready:
                 it.verdict, it.image = Verdict("ERROR", reason=f"backend failure: {exc}"), None
@@ -132,15 +188,31 @@ class Model:
             it.verdict = verdict
             it.bundle_sha = sha
             if it.verdict.status == "OK":
-                self.drift.add(it.verdict.score)
+                with self._drift_lock:
+                    self.drift.add(it.verdict.score)
             if it.verdict.status == "NG":
                 it.anomaly_map, it.roi = out.anomaly_map[i], self.spec.roi
             else:
                 it.image = None
 
     def close(self) -> None:
-        self.scorer.close()
+        """Close every backend once no batch is on the model any more."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
+        for scorer in self.scorers:
+            scorer.close()
         release_freed_memory()
+
+
+class _Lease:
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __enter__(self) -> Model:
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        self.model._release()
 
 
 class DropQueue:

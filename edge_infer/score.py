@@ -17,9 +17,9 @@ from .backends import Backend, ModelOutputs, open_backend
 from .bundle import Bundle, Thresholds
 from .decide import Verdict, decide
 from .errors import ImageReadError, LinesideError
-from .imageio import IMAGE_SUFFIXES, list_images, read_image
+from .imageio import IMAGE_SUFFIXES, list_images, read_bytes
 from .imaging import warm_up
-from .preprocess import preprocess, preprocess_batch, station_spec
+from .preprocess import decode_planned, preprocess, preprocess_batch, station_spec
 
 
 @dataclass
@@ -47,15 +47,15 @@ class Scorer:
 
     def score_paths(self, paths: Iterable[Path], batch: int = 1, keep_maps: bool = False) -> Iterator[Scored]:
         """One Scored per path, in order; unreadable images become ERROR verdicts, never a crash."""
-        pending: list[tuple[Path, np.ndarray, float]] = []
+        pending: list[tuple[Path, tuple, float]] = []
         for path in paths:
             t0 = time.perf_counter()
             try:
-                image = read_image(path)
+                decoded = decode_planned(read_bytes(path), self.spec, str(path))  # at the size the model needs
             except ImageReadError as exc:
                 yield Scored(str(path), Verdict("ERROR", reason=exc.reason))
                 continue
-            pending.append((path, image, (time.perf_counter() - t0) * 1e3))
+            pending.append((path, decoded, (time.perf_counter() - t0) * 1e3))
             if len(pending) >= min(batch, self.backend.max_batch):
                 yield from self._score_pending(pending, keep_maps)
                 pending = []
@@ -80,7 +80,7 @@ class Scorer:
 
     def _score_pending(self, pending, keep_maps: bool) -> Iterator[Scored]:
         t0 = time.perf_counter()
-        batch = np.stack([preprocess(image, self.spec) for _, image, _ in pending])
+        batch = np.stack([preprocess(image, self.spec, how) for _, (image, how), _ in pending])
         preprocess_ms = round((time.perf_counter() - t0) * 1e3 / len(pending), 3)
         out, verdicts = self.judge(batch)
         for i, ((path, _, decode_ms), verdict) in enumerate(zip(pending, verdicts)):

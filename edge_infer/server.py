@@ -6,7 +6,7 @@ the crash shows in `ctl health` under ``loops``:
 
     receiver  PULL → parse_frame (limits) → journal "inflight" → decode → bounded DropQueue
                                  (bad message or undecodable image → ERROR, overflow → DROPPED)
-    worker    DropQueue → Model.score (preprocess, batch, backend, decide)
+    worker    DropQueue → Model.score (preprocess, batch, backend, decide); `workers: N` runs N
     output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
@@ -42,7 +42,7 @@ from .alerts import AlertWorker, ImageCache, build_sinks
 from .backlog import Backlog
 from .control import encode_answer, handle_request
 from .decide import Verdict
-from .errors import LinesideError
+from .errors import ImageReadError, LinesideError
 from .journal import LOST_IN_CRASH, Journal
 from .logs import log_event
 from .pipeline import DropQueue, Item, Model
@@ -50,7 +50,7 @@ from .retention import Retention
 from .station import StationConfig
 from .supervise import Loop, join_all
 from .telemetry import Telemetry
-from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, decode_frame, parse_frame, verdict_message
+from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
 
 RELOADABLE = ("bundle", "backend", "precision", "threads", "roi", "thresholds")  # what `ctl reload` applies
 POLL_MS = 100
@@ -73,6 +73,7 @@ class Server:
         self.telemetry = Telemetry(cfg.station)
         self.model = Model(cfg)  # load first: health answers "ready" only with a model
         self.model_lock = threading.Lock()
+        self._workers_lock, self._workers_left = threading.Lock(), cfg.workers  # the last one ends the output
         self.queue = DropQueue(cfg.queue.capacity, cfg.queue.policy)
         self.outbox: queue.Queue = queue.Queue(maxsize=4 * cfg.queue.capacity + 1024)  # full: receiver waits
         self.listeners: list[Callable[[Item, dict], None]] = []
@@ -131,7 +132,8 @@ class Server:
         self.threads = [
             Loop("receiver", self._receive, recover=self._rebind_frames, finish=self._receiver_done,
                  stopping=self.stopping),
-            Loop("worker", self._work, finish=lambda: self.outbox.put(None), stopping=self.stopping),
+            *(Loop("worker" if i == 0 else f"worker{i}", self._work, finish=self._worker_done, stopping=self.stopping)
+              for i in range(self.cfg.workers)),  # `workers`: each scores on its own backend
             Loop("output", self._output, finish=self._output_done, stopping=self.stopping),
             Loop("control", self._control, recover=self._recover_control, finish=lambda: self.control_sock.close(),
                  stopping=self.stopping),
@@ -327,17 +329,22 @@ class Server:
         self._track_ids(item.camera, item.frame_id)
         # Decode here, before the queue can shed anything: an undecodable image is an ERROR
         # whatever the load, and DROPPED only ever means a good frame left unscored.
+        # Decoded by the model's plan (a JPEG at the scale its input needs); the frame stays with
+        # the item until scored, in case a reload brings a model that plans differently.
         t_decode = time.perf_counter()
         try:
-            item.image = decode_frame(item.frame)
-        except WireError as exc:
+            self.model.decode(item)  # the current model, read without the lock: decoding never waits on scoring
+        except ImageReadError as exc:
             item.frame, item.verdict = None, Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}")
             return self._emit(item)
-        item.frame, item.decode_ms = None, (time.perf_counter() - t_decode) * 1e3
+        except LinesideError as exc:
+            item.frame, item.verdict = None, Verdict("ERROR", reason=f"cannot preprocess: {exc}")
+            return self._emit(item)
+        item.decode_ms = (time.perf_counter() - t_decode) * 1e3
         dropped = self.queue.put(item)
         self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
         if dropped is not None:
-            dropped.image = None
+            dropped.image = dropped.frame = None
             dropped.verdict = Verdict("DROPPED", reason=f"overload: queue of {self.queue.capacity} full, "
                                       f"policy {self.queue.policy}")
             self._emit(dropped)
@@ -375,23 +382,33 @@ class Server:
             batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
             if batch and self.stopping.is_set() and time.monotonic() > self.stop_at + SCORE_DRAIN_S:
                 for item in batch:  # the stop is bounded: what is still queued gets its verdict unscored
-                    item.image = None
+                    item.image = item.frame = None
                     item.verdict = Verdict("ERROR", reason=f"not scored: the server stopped and its queue did "
                                                            f"not drain within {SCORE_DRAIN_S:g} s")
                     self._emit(item)
             elif batch:
                 try:
                     with self.model_lock:  # a reload swaps the model between batches, never inside one
-                        self.model.score(batch)
+                        lease = self.model.lease()
+                    with lease as model:  # scored outside the lock: the other workers score alongside
+                        model.score(batch)
                 except Exception as exc:  # a bug in scoring must not make frames vanish
                     log_event("scoring_failed", station=self.station, error=repr(exc))
                 for item in batch:
                     if item.verdict is None:
                         item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
+                    item.frame = None
                     self._emit(item)
                 self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
             elif self.received_all.is_set() and not len(self.queue):
                 break
+
+    def _worker_done(self) -> None:
+        with self._workers_lock:
+            self._workers_left -= 1
+            last = self._workers_left == 0
+        if last:  # the output step stops at this mark: only after every worker's verdicts
+            self.outbox.put(None)
 
     # ---- output ---------------------------------------------------------------------
     def _output(self) -> None:
@@ -554,12 +571,13 @@ def _without_recipes(line):
     return None if line is None else line.model_copy(update={"recipes": []})
 
 
-def _recv_parts(sock: zmq.Socket, flags: int) -> list[bytes]:
+def _recv_parts(sock: zmq.Socket, flags: int) -> list[zmq.Frame]:
     """One message's parts, keeping at most MAX_PARTS: a frame has two, and a peer that sends
-    thousands gets its ERROR without the server holding them all."""
-    parts = [sock.recv(flags)]
+    thousands gets its ERROR without the server holding them all. Zero-copy: each part is a
+    zmq.Frame over libzmq's own buffer, which decode reads in place."""
+    parts = [sock.recv(flags, copy=False)]
     while sock.rcvmore:
-        part = sock.recv()
+        part = sock.recv(copy=False)
         if len(parts) < MAX_PARTS:
             parts.append(part)
     return parts

@@ -38,6 +38,9 @@ class QueueConfig(_Strict):
 
 
 class BatchConfig(_Strict):
+    """Dynamic batching, as Triton's dynamic batcher: a worker takes what is queued, up to
+    ``max_frames``, and waits at most ``max_wait_ms`` for a partial batch to fill."""
+
     max_frames: int = Field(1, ge=1, le=64, description="frames per backend call (capped by the bundle)")
     max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a partial batch waits for more")
 
@@ -147,7 +150,10 @@ class StationConfig(_Strict):
     backend: str = "auto"
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="auto: the precision of the engine built for this bundle on this device, else fp32")
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, description="CPU threads per backend (default: all cores / workers)")
+    workers: int = Field(1, ge=1, le=16, description=(
+        "scoring threads, each with its own backend, taking batches from the one queue; verdicts "
+        "of different workers may leave out of arrival order (ids and frame ids tell them apart)"))
     cuda_graph: bool = Field(False, description=(
         "tensorrt backend: capture each batch size into a CUDA graph and replay it (less launch overhead "
         "per frame); needs cuda-python. Other backends run without graphs"))

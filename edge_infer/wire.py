@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import ImageReadError, LinesideError
-from .imageio import decode_image, normalise_layout
+from .imageio import decode_image, jpeg_dimensions, normalise_layout
 
 SCHEMA_VERSION = 1
 MAX_HEADER_BYTES = 2048
@@ -102,7 +102,7 @@ class Frame:
     """A frame that passed every check that needs no decoding."""
 
     header: FrameHeader
-    payload: bytes
+    payload: bytes | memoryview  # the received buffer itself (a ZeroMQ frame's memory), never copied
     received_at: float = field(default_factory=time.time)
 
 
@@ -110,7 +110,8 @@ def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
     """Validate a received message; raise WireError with the reason, never anything else."""
     if len(parts) != 2:
         raise WireError(f"message has {len(parts)} parts; a frame is exactly 2: [header, payload]")
-    raw_header, payload = bytes(parts[0]), parts[1]
+    # parts may be bytes or zero-copy zmq.Frame objects; the payload stays a view of their memory
+    raw_header, payload = bytes(parts[0]), memoryview(parts[1]).cast("B")
     if len(raw_header) > MAX_HEADER_BYTES:
         raise WireError(f"header of {len(raw_header)} bytes exceeds the limit of {MAX_HEADER_BYTES}")
     try:
@@ -141,7 +142,7 @@ def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
         if dims != tuple(header.shape[:2]):
             raise WireError(f"{header.encoding} payload is {dims[1]}x{dims[0]} but the header says shape "
                             f"{header.shape}", **ident)
-    return Frame(header, bytes(payload))
+    return Frame(header, payload)
 
 
 def _identity(data: dict) -> dict:
@@ -174,24 +175,7 @@ def encoded_dimensions(data: bytes, encoding: str) -> tuple[int, int] | None:
             return None
         w, h = struct.unpack(">II", data[16:24])
         return h, w
-    if len(data) < 4 or data[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    for _ in range(512):  # a JPEG reaches its frame header within a few markers
-        if i + 9 > len(data) or data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return h, w
-        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-        if length < 2:
-            return None
-        i += 2 + length
-    return None
+    return jpeg_dimensions(data)
 
 
 def decode_frame(frame: Frame) -> np.ndarray:

@@ -160,3 +160,35 @@ def test_train_seed_sets_the_random_backbone(category, tmp_path):
                     "--feature-dim", "8", "--seed", str(seed), "--limit", "4", "--val-share", "0"]) == 0
         runs.append(load_run(out)[0])
     assert not torch.equal(runs[0].backbone.conv1.weight, runs[1].backbone.conv1.weight)
+
+
+def test_export_native_input_resizes_inside_the_graph(run, category, tmp_path):
+    """`--input native WxH`: the graph takes BGR frames of that size and resizes them itself (box
+    AveragePool, then an antialiased Resize); parity against the CPU path is checked at export
+    and the runtime feeds it frames without resizing on the CPU."""
+    import onnx
+
+    native_dir, plain_dir = tmp_path / "native", tmp_path / "plain"
+    assert cli(["export", str(run), "--out", str(native_dir), "--input", "native", "256x192", "--parity-images", "4"]) == 0
+    assert cli(["export", str(run), "--out", str(plain_dir), "--parity-images", "2"]) == 0
+    bundle = Bundle.load(native_dir)
+    assert bundle.manifest.input.layout == "NHWC" and bundle.manifest.input.native == [192, 256]
+    assert bundle.input_spec.graph_shape == (192, 256, 3)
+    parity = bundle.manifest.files["model.onnx"].checks["parity"]
+    assert parity["score_rel_err"] <= parity["tolerance"] and "CPU path" in parity["against"]
+    graph = onnx.load(str(native_dir / "model.onnx")).graph
+    resize = [n for n in graph.node if n.op_type == "Resize"]
+    assert resize and {a.name: a.i for a in resize[0].attribute}["antialias"] == 1
+    assert any(n.op_type == "AveragePool" for n in graph.node)  # 256x192 → 128x96 by a 2x2 box first
+    paths = [s.path for s in load_split(category).test]
+    native = [s.verdict.score for s in Scorer(bundle).score_paths(paths, batch=4)]
+    plain = [s.verdict.score for s in Scorer(Bundle.load(plain_dir)).score_paths(paths, batch=4)]
+    print(f"\nnative vs CPU-resized scores: max relative difference "
+          f"{np.max(np.abs(np.subtract(native, plain))) / np.max(np.abs(plain)):.2e}")
+    np.testing.assert_allclose(native, plain, rtol=0.05, atol=0.02 * float(np.max(np.abs(plain))))
+    from train_host.export import parse_native
+
+    with pytest.raises(LinesideError, match="give `--input native WIDTHxHEIGHT`"):
+        parse_native(["native", "12x"])
+    with pytest.raises(LinesideError, match="must be at least the model's 64x64"):
+        InputSpec(64, 64, 3, native=(48, 640))

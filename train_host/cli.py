@@ -90,6 +90,13 @@ def register(sub) -> None:
     ex.add_argument("--force", action="store_true", help="replace --out if it exists")
     ex.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_device_options(ex, amp=False, workers=False)
+    ex.add_argument("--input", nargs=2, metavar=("native", "WIDTHxHEIGHT"),
+                    help="`native WxH`: the graph takes uint8 N×H×W×C frames (BGR, as decoded) of that size "
+                    "(the frame, or the station's ROI) and resizes inside (Resize, antialiased), so a GPU does "
+                    "it; parity is then checked against the CPU path")
+    ex.add_argument("--native-tolerance", type=float, default=2e-2,
+                    help="with --input native: largest relative error against PyTorch on CPU-resized frames "
+                    "(the in-graph resize is close to, not equal to, OpenCV's INTER_AREA; default: 2e-2)")
     precision_options(ex)
     ex.set_defaults(handler=handler("train_host.export:main"))
 

@@ -4,12 +4,19 @@ The graph meets the model I/O contract: ``image`` uint8 N×C×H×W in, ``anomaly
 float32 N×1×H×W and ``score`` float32 N out, normalisation inside. The parity check runs
 onnxruntime on the CPU (the runtime's own OrtBackend) against PyTorch on real images and
 refuses the export past a tolerance.
+
+With ``--input native WxH`` the graph takes the frame itself: uint8 N×H×W×C in the frame's
+own layout (BGR), and permutes and resizes inside: the CPU path's integer box shrink as an
+AveragePool, then an antialiased linear Resize (opset 18 ``antialias=1``) to the model size,
+so a TensorRT engine does it on the GPU. Its parity is checked against PyTorch on the
+same frames resized by the CPU path (``edge_infer.preprocess``).
 """
 
 from __future__ import annotations
 
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +26,7 @@ from edge_infer.backends.base import relative_error
 from edge_infer.backends.ort import OrtBackend
 from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
 from edge_infer.errors import LinesideError
-from edge_infer.preprocess import InputSpec, load_inputs
+from edge_infer.preprocess import InputSpec, integer_factor, load_inputs, preprocess
 
 from .run import load_run, run_data, run_split
 from .train import set_threads, summarise
@@ -37,9 +44,11 @@ def main(args) -> int:
                               int8_activations=args.int8_activations)
     from .device import resolve_device
 
+    native = parse_native(args.input) if args.input else None
     bundle = export_bundle(args.run, Path(args.out), data=args.data, max_batch=args.max_batch,
-                           parity_images=args.parity_images, tolerance=args.tolerance, force=args.force,
-                           variants=variants, device=resolve_device(getattr(args, "device", "auto")))
+                           parity_images=args.parity_images,
+                           tolerance=args.native_tolerance if native else args.tolerance, force=args.force,
+                           variants=variants, device=resolve_device(getattr(args, "device", "auto")), native=native)
     entry = bundle.manifest.files["model.onnx"]
     parity = entry.checks["parity"]
     print(f"exported {bundle.root}/model.onnx: parity on {parity['images']} images, max relative error "
@@ -51,13 +60,32 @@ def main(args) -> int:
     return 0
 
 
+def parse_native(values: list[str]) -> tuple[int, int]:
+    """``["native", "WxH"]`` → (height, width)."""
+    kind, size = values
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        width = height = 0
+    if kind != "native" or width < 8 or height < 8:
+        raise LinesideError(f"--input {kind} {size}: give `--input native WIDTHxHEIGHT`, the frame's (or the ROI's) "
+                            "size, e.g. `--input native 1920x1080`")
+    return height, width
+
+
 def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch: int = 8,
                   parity_images: int = 16, tolerance: float = 1e-3, force: bool = False,
-                  variants=None, device=None) -> Bundle:
+                  variants=None, device=None, native: tuple[int, int] | None = None) -> Bundle:
     """FP32 graph + manifest + provisional thresholds; then the FP16/INT8 variants ``variants`` asks for.
-    The graph is traced on the CPU; PyTorch's side of the parity check runs on ``device`` (default: CPU)."""
+    The graph is traced on the CPU; PyTorch's side of the parity check runs on ``device`` (default: CPU).
+    ``native`` (height, width): the graph takes frames of that size and resizes them itself."""
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
+    if native:
+        if variants is not None and set(variants.precisions) - {"fp32"}:
+            raise LinesideError("--input native with --precision fp16/int8 is not supported yet: export the "
+                                "variants from a model-size bundle")
+        spec = replace(spec, native=native)
     if record["data"].get("zero_shot"):
         data = run_data(record, data, run)
         record = new_station_scale(model, record, data, spec)
@@ -66,8 +94,9 @@ def export_bundle(run: str | Path, out: Path, data: str | None = None, max_batch
     images = parity_batch(data or record["data"].get("data"), record, spec, parity_images)
     parity = parity_check(model, out / "model.onnx", spec, images, tolerance, max_batch, device)
     bundle = Bundle(out, make_manifest(record, spec, max_batch))
+    resize = f"with in-graph resize from {native[1]}x{native[0]} frames " if native else ""
     bundle.add_file("model.onnx", "model", f"torch.onnx.export (opset {OPSET}, torch {torch.__version__}) "
-                    f"of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
+                    f"{resize}of run {Path(run).resolve()}", precision="fp32", checks={"parity": parity})
     bundle.write_thresholds(provisional_thresholds(record), "train_host.export (provisional)")
     if variants is not None:
         from .precision.variants import add_variants
@@ -80,11 +109,13 @@ def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: 
     """Export with a dynamic batch dimension (1..max_batch; static at 1), as one self-contained file."""
     if max_batch < 1:
         raise LinesideError(f"--max-batch {max_batch}: the graph must accept at least one image")
-    example = torch.zeros(min(2, max_batch), spec.channels, spec.height, spec.width, dtype=torch.uint8)
-    dynamic = {"image": {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
+    example = torch.zeros(min(2, max_batch), *spec.graph_shape, dtype=torch.uint8)
+    graph = NativeInput(model, spec) if spec.native else model
+    name = "frame" if spec.native else "image"  # the forward's argument, which dynamic_shapes names
+    dynamic = {name: {0: torch.export.Dim("batch", min=1, max=max_batch)}} if max_batch > 1 else None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, opset_version=OPSET,
+        program = torch.onnx.export(graph.eval(), (example,), dynamo=True, opset_version=OPSET,
                                     input_names=["image"], output_names=["anomaly_map", "score"],
                                     dynamic_shapes=dynamic, external_data=False, verbose=False)
     program.save(str(path), external_data=False)
@@ -93,12 +124,40 @@ def export_onnx(model: torch.nn.Module, spec: InputSpec, path: Path, max_batch: 
     onnx.checker.check_model(str(path))
 
 
+class NativeInput(torch.nn.Module):
+    """The model behind a resize of its own: uint8 N×H×W×C frames (BGR) in, as the CPU path
+    would shrink them: the same integer box factor (AveragePool), then an antialiased linear
+    Resize to the model size, rounded to uint8 as the CPU path's output is."""
+
+    def __init__(self, model: torch.nn.Module, spec: InputSpec):
+        super().__init__()
+        self.model, self.channels, self.size = model, spec.channels, (spec.height, spec.width)
+        self.box = integer_factor(*spec.native, spec.height, spec.width)
+
+    def forward(self, frame: torch.Tensor):
+        x = frame.permute(0, 3, 1, 2)
+        if self.channels == 3:
+            x = x.flip(1)  # BGR → RGB
+        x = x.float()
+        if self.box > 1:
+            x = torch.nn.functional.avg_pool2d(x, self.box)
+        if tuple(x.shape[-2:]) != self.size:
+            x = torch.nn.functional.interpolate(x, size=self.size, mode="bilinear", antialias=True,
+                                                align_corners=False)
+        return self.model(x.round().clamp(0, 255).to(torch.uint8))
+
+
 @torch.no_grad()
 def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, images: np.ndarray,
                  tolerance: float, max_batch: int = 8, device=None) -> dict:
-    """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``."""
+    """Max relative error of the ONNX graph against PyTorch on real images; raises past ``tolerance``.
+    For a native graph, ``images`` are frames, and PyTorch gets them resized by the CPU path."""
     ort_out = OrtBackend(onnx_path, spec, max_batch=max_batch).run_all(images)
-    ref_map, ref_score = reference_outputs(model, images, device)
+    reference = images
+    if spec.native:
+        cpu = replace(spec, native=None, roi=None)  # the frames are the ROI already
+        reference = np.stack([preprocess(frame, cpu) for frame in images])
+    ref_map, ref_score = reference_outputs(model, reference, device)
     result = {
         "images": int(len(images)),
         "score_rel_err": relative_error(ort_out.score, ref_score),
@@ -106,6 +165,7 @@ def parity_check(model: torch.nn.Module, onnx_path: Path, spec: InputSpec, image
         "tolerance": tolerance,
         "backend": "onnxruntime CPUExecutionProvider",
         "torch_device": str(device or "cpu"),
+        **({"against": "PyTorch on the frames resized by edge_infer.preprocess (CPU path)"} if spec.native else {}),
     }
     worst = max(result["score_rel_err"], result["map_rel_err"])
     if not worst <= tolerance:
@@ -140,7 +200,7 @@ def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) ->
         raise LinesideError("the run does not say where its images are: give --data DIR for the parity check")
     split = run_split(record, data)
     samples = split.val[: count // 2] + split.test[:: max(1, len(split.test) // max(1, count - count // 2))]
-    images, _ = load_inputs([s.path for s in samples[:count]], spec)
+    images, _ = load_inputs([s.path for s in samples[:count]], spec)  # frames at the native size for a native graph
     if not len(images):
         raise LinesideError(f"no readable image in {data} for the parity check: give --data with real images")
     return images
@@ -186,7 +246,8 @@ def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:
                         training={"data": record["data"], **{k: v for k, v in record["training"].items()
                                                               if k != "skipped_images"}}),
         input=InputInfo(height=spec.height, width=spec.width, channels=spec.channels,
-                        roi=list(spec.roi) if spec.roi else None, max_batch=max_batch),
+                        roi=list(spec.roi) if spec.roi else None, max_batch=max_batch,
+                        layout="NHWC" if spec.native else "NCHW", native=list(spec.native) if spec.native else None),
         outputs=OutputInfo(map_height=spec.height, map_width=spec.width),
         score_normalization=normalization,
     )

@@ -54,7 +54,7 @@ class Backend(ABC):
         return {"backend": self.name, "precision": self.precision, "max_batch": self.max_batch}
 
     def check_input(self, images: np.ndarray) -> None:
-        want = (self.spec.channels, self.spec.height, self.spec.width)
+        want = self.spec.graph_shape
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             got = f"{getattr(images, 'dtype', type(images).__name__)} {getattr(images, 'shape', '')}"
             raise LinesideError(f"the model takes uint8 N×{want[0]}×{want[1]}×{want[2]} batches, got {got}: "

@@ -54,7 +54,7 @@ class TensorRTBackend(Backend):
         self.inputs, self.outputs = self._io_names(trt)
         self.stream = self.cuda.stream()
         self.cuda_graph, self.graphs = cuda_graph, {}
-        self.context.set_input_shape("image", (max_batch, spec.channels, spec.height, spec.width))
+        self.context.set_input_shape("image", (max_batch, *spec.graph_shape))
         self.host, self.device = {}, {}
         for name in (*self.inputs, *self.outputs):
             shape = tuple(self.context.get_tensor_shape(name))

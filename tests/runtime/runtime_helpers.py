@@ -3,7 +3,9 @@ server in this process or a subprocess, and ways to wait for the journal."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,10 +15,11 @@ import yaml
 
 from tiny_bundle import gray, make_tiny_bundle
 
+from edge_infer import imaging
 from edge_infer.journal import read_verdicts
 from edge_infer.station import StationConfig, load_station
 
-__all__ = ["gray", "make_tiny_bundle", "station", "wait_for_rows", "bright", "dark", "corrupt_png"]
+__all__ = ["gray", "make_tiny_bundle", "station", "wait_for_rows", "bright", "dark", "corrupt_png", "without_opencv"]
 
 
 def short_dir() -> Path:
@@ -80,3 +83,17 @@ def corrupt_png(image: np.ndarray) -> bytes:
     for i in range(start, min(len(data) - 16, start + 32)):
         data[i] ^= 0x5A
     return bytes(data)
+
+
+@contextlib.contextmanager
+def without_opencv():
+    """`import cv2` fails inside (as on a device without it); OpenCV is back afterwards."""
+    saved = sys.modules.get("cv2")
+    sys.modules["cv2"] = None  # the import system's own way to say "not installed"
+    imaging.opencv.cache_clear()
+    try:
+        assert imaging.opencv() is None
+        yield
+    finally:
+        sys.modules["cv2"] = saved
+        imaging.opencv.cache_clear()

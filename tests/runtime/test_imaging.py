@@ -4,7 +4,6 @@ scoring path in a process where `import cv2` fails."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -16,23 +15,10 @@ import numpy as np
 import pytest
 
 from edge_infer import imaging
+from runtime_helpers import without_opencv
 from tiny_bundle import make_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@contextlib.contextmanager
-def without_opencv():
-    """`import cv2` fails inside (as on a device without it); OpenCV is back afterwards."""
-    saved = sys.modules.get("cv2")
-    sys.modules["cv2"] = None  # the import system's own way to say "not installed"
-    imaging.opencv.cache_clear()
-    try:
-        assert imaging.opencv() is None
-        yield
-    finally:
-        sys.modules["cv2"] = saved
-        imaging.opencv.cache_clear()
 
 
 def random_image(rng, h, w, c, smooth):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import read_image
-from edge_infer.preprocess import InputSpec, preprocess
+from edge_infer.preprocess import InputSpec, preprocess, read_input
 
 from .records import Sample
 
@@ -43,15 +43,14 @@ class ImageDataset(Dataset):
         """(item, path, "") or (None, path, reason): the reason travels back from workers."""
         sample = self.samples[index]
         try:
-            image = read_image(sample.path)
-            pixels = preprocess(image, self.spec)
+            pixels, size = read_input(sample.path, self.spec)  # the runtime's decode-and-shrink plan
             mask = np.zeros(pixels.shape[1:], dtype=bool)
             if sample.mask_path is not None:
                 raw = _read_mask_pixels(sample.mask_path)
-                if raw.shape != image.shape[:2]:
+                if raw.shape != size:
                     raise LinesideError(
                         f"mask {sample.mask_path} is {raw.shape[1]}x{raw.shape[0]} but its image is "
-                        f"{image.shape[1]}x{image.shape[0]}: masks must match their image's size"
+                        f"{size[1]}x{size[0]}: masks must match their image's size"
                     )
                 mask = _mask_in_geometry(raw, self.spec)
         except LinesideError as exc:  # ImageReadError included: names the file and the problem

@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 
 from edge_infer.errors import LinesideError
-from edge_infer.imageio import read_image
-from edge_infer.preprocess import preprocess
+from edge_infer.preprocess import read_input
 
 from . import KINDS, synthesize_set
 
@@ -24,7 +23,7 @@ def main(args) -> int:
     if unknown:
         raise LinesideError(f"unknown anomaly kind(s) {unknown}: choose from {', '.join(KINDS)}")
     split = load_split(args.data, seed=args.seed)
-    images = [preprocess(read_image(s.path), spec) for s in split.train[: args.sources]]
+    images = [read_input(s.path, spec)[0] for s in split.train[: args.sources]]
     samples = synthesize_set(images, per_kind=args.per_kind, kinds=kinds, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
