@@ -396,13 +396,14 @@ def wait_received(station: Station, senders: Senders, since_start: int, timeout_
 def test_soak():
     station = Station(short_dir())
     try:
-        run_soak(station)
+        figures = run_soak(station)  # asserts the accounting, control, RSS and journal as it ends
+        assert figures["exit_code"] == 0, "SIGTERM did not end the server cleanly"
     finally:
         if station.proc is not None and station.proc.poll() is None:
             station.proc.kill()
 
 
-def run_soak(station: Station) -> None:
+def run_soak(station: Station) -> dict:
     rng = random.Random(SEED)
     tmp = station.tmp
     verdicts = Verdicts(station.journal)
@@ -501,4 +502,4 @@ def run_soak(station: Station) -> None:
         assert peak - warm < RSS_GROWTH_MB, f"server start {start}: RSS {warm} MB after warm-up, then {peak} MB"
     if station.budget:
         assert journal_mb <= JOURNAL_BUDGET_MB, f"journal {journal_mb:.1f} MB over its {JOURNAL_BUDGET_MB} MB budget"
-    assert code == 0
+    return figures
