@@ -457,7 +457,12 @@ class Server:
 
     def _journal_and_publish(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> None:
         t0 = time.perf_counter()
-        ids = self._record(journal, items, sinks)
+        with self.images.staging:  # alert workers read pending alerts only once their images are here
+            ids = self._record(journal, items, sinks)
+            if self.cfg.alerts.disk:
+                for item, verdict_id in zip(items, ids):
+                    if item.verdict.status == "NG" and item.image is not None and verdict_id is not None:
+                        self.images.put(verdict_id, item.image, item.anomaly_map, item.roi)
         journal_ms = (time.perf_counter() - t0) * 1e3 / len(items)
         for item, verdict_id in zip(items, ids):
             item.id = verdict_id
@@ -469,8 +474,6 @@ class Server:
             self.pub_sock.send_multipart(verdict_message(event))
             if ng and self.cfg.alerts.zmq:
                 self.pub_sock.send_multipart(verdict_message(event, alert=True))
-            if ng and item.image is not None and self.cfg.alerts.disk and verdict_id is not None:
-                self.images.put(verdict_id, item.image, item.anomaly_map, item.roi)
             policy = self.queue.policy if item.verdict.status == "DROPPED" else None
             self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
             for listener in self.listeners:

@@ -70,7 +70,9 @@ class AlertWorker(Loop):
 
     def deliver_pending(self, journal) -> int:
         done = 0
-        for row in journal.pending(self.sink.name):
+        with self.images.staging:  # no alert whose images the output step is still putting
+            rows = journal.pending(self.sink.name)
+        for row in rows:
             try:
                 note = self.sink.deliver(row, self.images)
             except Exception as exc:  # any failure is retried later, never lost

@@ -25,6 +25,10 @@ class ImageCache:
 
     def __init__(self, size: int = 64):
         self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        # Held by the output step from the journal commit (which makes an alert pending) until its
+        # images are put here, and by alert workers while they read pending alerts: a worker never
+        # sees an NG verdict whose image has not arrived yet (the disk sink would miss its heatmap).
+        self.staging = threading.Lock()
 
     def put(self, verdict_id: int, image, anomaly_map, roi=None) -> None:
         with self.lock:
