@@ -191,8 +191,9 @@ class LineService:
             raise
 
     def _switch_failed(self, exc: PlcError, who: str, recipe_id) -> None:
-        self.signals.set_error(exc.code, exc.detail)
+        # Journaled before the PLC sees the error code: whoever reads the code finds the refusal in the audit.
         self.journal.event("recipe_refused", who, to=recipe_id, error=exc.code.name, detail=exc.detail)
+        self.signals.set_error(exc.code, exc.detail)
 
     def acknowledge_alarm(self, who: str) -> dict | None:
         alarm = self.live.acknowledge()
