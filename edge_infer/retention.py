@@ -16,6 +16,8 @@ reaches EARLY of its budget, or when the server cannot write (``emergency``):
    when busy writers have starved SQLite's own checkpoints past twice WAL_LIMIT_BYTES) shrinks the WAL.
 
 Deletes take ``batch_rows`` verdicts per transaction, so the line's writer never waits long.
+The newest verdict is never deleted, so no verdict id is ever handed out twice (SQLite numbers
+a new row max(id) + 1): cursors, alert deliveries and a PLC's reads by id stay true.
 A verdict is protected while a delivery cursor (``line_cursors``: MQTT, a sync) has not passed
 it or one of its alert deliveries is pending. The age rule never deletes a protected verdict;
 the budget does only when nothing else is left to delete, and then logs ``retention_forced``
@@ -221,9 +223,12 @@ class Retention:
         ``after``, and their deliveries, in one short transaction; return (deleted, last id)."""
         def select() -> list[int]:
             params = (self.station, after, *args, *((_cursor_floor(db),) if protect else ()), self.retain.batch_rows)
-            # NOT INDEXED: walk the rowid from ``after``, never the station index (which would sort)
+            # NOT INDEXED: walk the rowid from ``after``, never the station index (which would sort).
+            # The newest verdict always stays: SQLite numbers a new row max(id) + 1, so deleting it
+            # would hand its id out again, and a follower that had read it would skip the new one.
             return [r[0] for r in db.execute(f"SELECT id FROM verdicts NOT INDEXED WHERE station = ? AND id > ? "
-                                             f"AND {where} ORDER BY id LIMIT ?", params)]
+                                             f"AND {where} AND id < (SELECT MAX(id) FROM verdicts) "
+                                             f"ORDER BY id LIMIT ?", params)]
 
         if not select():  # a read: take the write lock only when there is something to delete
             return 0, after

@@ -177,3 +177,28 @@ def test_a_journal_made_before_retention_is_migrated_once(tmp_path):
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     with pytest.raises(LinesideError, match="does not exist"):
         migrate(tmp_path / "nope.sqlite")
+
+
+@pytest.mark.parametrize("rule", ["age", "budget"])
+def test_a_verdict_id_is_never_handed_out_twice(tmp_path, rule):
+    """SQLite gives a new row max(id) + 1: were the newest verdict deleted while older (NG) ones
+    stay, the next verdict would get its id again, and every follower that had read up to that
+    id (the soak's, MQTT's, a sync's cursor; a PLC reading results by id) would skip the new
+    verdict. The soak lost one frame in 651,668 this way: cursor caught up, the newest row an OK
+    one, the trim deleting every OK row the cursor had passed."""
+    cfg = journal_cfg(tmp_path, days=1, ng_days=30, max_mb=2 if rule == "budget" else None)
+    journal = Journal(cfg.path)
+    old = time.time() - 2 * 86400  # past `days` for OK rows, within `ng_days` for NG ones
+    # alternating, the newest one OK, like the soak's two images; for the budget, NG rows alone
+    # over its target, so the trim deletes every OK row the cursor has passed
+    rows = [verdict(i, "NG" if i % 2 else "OK", old) for i in range(16001 if rule == "budget" else 11)]
+    vids = journal.record(rows)
+    journal.db.execute("INSERT INTO line_cursors (name, verdict_id) VALUES ('follower', ?)", (vids[-1],))
+    retention = Retention("st1", cfg)
+    if rule == "budget":
+        retention.wal_room = lambda: 0  # the trim's target from the rows alone
+    retention.run_pass(journal.db)
+    assert len(ids(cfg.path, "status = 'OK'")) < len(rows) // 2  # the rule did delete OK verdicts
+    new = journal.record([verdict(len(rows), "OK", time.time())])[0]
+    assert new > vids[-1], f"verdict id {new} handed out again (the newest before it was {vids[-1]})"
+    journal.close()
