@@ -362,6 +362,15 @@ class Verdicts:
             self.read()
 
 
+def reused_ids(journal: Path, verdicts: Verdicts) -> list:
+    """Verdict ids the journal now holds for another frame than the one the follower read under
+    that id: an id handed out twice, which a follower past it can never see."""
+    with sqlite3.connect(journal) as db:
+        rows = db.execute("SELECT id, camera, frame_id FROM verdicts").fetchall()
+    return [(vid, verdicts.rows[vid][:2], (camera, frame_id)) for vid, camera, frame_id in rows
+            if vid in verdicts.rows and verdicts.rows[vid][:2] != (camera, frame_id)][:10]
+
+
 def sustainable_rate(station: Station, senders: Senders, step_s: float = 3.0) -> float:
     """The highest rate (frames/s) the server keeps up with, shedding nothing: one camera, paced,
     from 50/s up by a quarter each step until frames are DROPPED (or the camera cannot go faster)."""
@@ -491,7 +500,8 @@ def run_soak(station: Station) -> dict:
 
     missing = [(cam, i) for cam, ids in senders.sent.items() for i in ids if (cam, i) not in by_frame]
     twice = {key: s for key, s in by_frame.items() if len(s) > 1}
-    assert not missing, f"{len(missing)} frames without a verdict, e.g. {missing[:10]}"
+    assert not missing, (f"{len(missing)} frames without a verdict, e.g. {missing[:10]}; verdict ids the journal "
+                         f"holds for another frame than the follower read: {reused_ids(station.journal, verdicts)}")
     assert not twice, f"{len(twice)} frames with several verdicts, e.g. {list(twice.items())[:10]}"
     assert fuzz_rows == senders.fuzz_sent, (fuzz_rows, senders.fuzz_sent)
     assert lost_in_crash >= 1 or queued_at_kill == 0  # the kill caught frames inside the server
