@@ -2,12 +2,13 @@
 
 Four loops, each on its own thread and owning its sockets (ZeroMQ sockets are not
 thread-safe), each supervised (edge_infer/supervise.py): a loop that raises is restarted and
-the crash shows in `ctl health` under ``loops``:
+the crash shows in `ctl health` under ``loops``. This module has the server's life, the
+workers and control; frames in and verdicts out have their own modules:
 
-    receiver  PULL → parse_frame (limits) → journal "inflight" → decode → bounded DropQueue
+    receiver  (edge_infer/receiver.py) PULL → parse_frame (limits) → journal "inflight" → decode → bounded DropQueue
                                  (bad message or undecodable image → ERROR, overflow → DROPPED)
     worker    DropQueue → Model.score (preprocess, batch, backend, decide); `workers: N` runs N
-    output    outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
+    output    (edge_infer/output.py) outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
 plus the journal's retention job (``edge_infer.retention``: by age and disk budget, its own
@@ -18,8 +19,9 @@ Every message the receiver takes gets exactly one verdict, and every verdict pas
 single output step. The receiver notes each burst of messages in the journal's ``inflight``
 table before queueing them, and the output step deletes a frame's row in the transaction
 that records its verdict; rows a crash leaves behind become ERROR verdicts ("lost in
-crash") at the next start, so the accounting holds across ``kill -9`` too. ``Server.listeners`` (callables taking ``(item, event)``, called after
-the verdict is journaled and published) is where other line I/O subscribes. SIGTERM (or
+crash") at the next start, so the accounting holds across ``kill -9`` too.
+``Server.listeners`` (callables taking ``(item, event)``, called after the verdict is
+journaled and published) is where other line I/O subscribes. SIGTERM (or
 `ctl shutdown`) drains: the receiver empties its socket, the worker the queue, the output
 the journal, then the process exits, within SHUTDOWN_S whatever state the loops are in.
 Several stations can run in one process, one ``Server`` (and ZeroMQ context) each.
@@ -48,15 +50,13 @@ from .logs import log_event
 from .pipeline import DropQueue, Item, Model
 from .retention import Retention
 from .station import StationConfig
-from .supervise import Loop, join_all
+from .output import Output
+from .receiver import Receiver, recv_parts
+from .supervise import POLL_MS, Loop, join_all
 from .telemetry import Telemetry
-from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES, WireError, parse_frame, verdict_message
+from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES
 
 RELOADABLE = ("bundle", "backend", "precision", "threads", "roi", "thresholds")  # what `ctl reload` applies
-POLL_MS = 100
-DRAIN_S = 2.0  # at most this long reading what is left on the frames socket at shutdown
-MAX_PARTS = 3  # kept of a message: enough to tell "too many parts" from a frame
-BURST = 64  # messages taken per wake-up at most; their receipt is journaled in one transaction
 SCORE_DRAIN_S = 5.0  # after a stop, frames still queued this long are not scored: ERROR "not scored"
 SHUTDOWN_S = 8.0  # a stop ends within this, whatever state the loops are in
 MAX_CONTROL_MESSAGE = 1 << 20  # bytes a control message part may have before ZeroMQ drops the peer
@@ -85,7 +85,6 @@ class Server:
         self.stop_at: float | None = None  # time.monotonic() of the stop request
         self.received_all = threading.Event()  # receiver has emptied its socket and left
         self.finished = threading.Event()  # every verdict journaled and published
-        self.last_ids: dict[str, int] = {}
         self.auth = None
         self.threads: list[Loop] = []  # the server's own loops
         self.alert_workers: list[AlertWorker] = []
@@ -93,7 +92,6 @@ class Server:
         self.control_owes_answer = False  # REP state: a request was read and its answer not yet sent
         self.retention = Retention(cfg.station, cfg.journal)  # its own thread and connection
         self.backlog = Backlog(cfg.station, cfg.journal.backlog, self.retention.request_emergency)
-        self.receipts_failing = False
         self.status = "starting"
         from .exposure import warnings as exposure_warnings
 
@@ -122,19 +120,20 @@ class Server:
                 self.auth.stop()
             raise
         self.journal = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # schema exists before any reader
-        self.receipts = Journal(self.cfg.journal.path, self.cfg.journal.synchronous)  # the receiver's connection
-        lost = self._lost_in_crash()  # read before the receiver notes new frames
+        self.output = Output(self, self.pub_sock, self.journal)
+        self.receiver = Receiver(self, self.frames_sock, Journal(self.cfg.journal.path, self.cfg.journal.synchronous))
+        lost = self.receiver.lost_in_crash()  # read before the receiver notes new frames
         self.retention.start()
         if self.cfg.metrics_port:
             self.telemetry.serve_http(self.cfg.metrics_port, self.cfg.metrics_host)
         self.alert_workers = [AlertWorker(s, self.cfg, self.images, self.telemetry, self.finished)
                               for s in self.sinks]
         self.threads = [
-            Loop("receiver", self._receive, recover=self._rebind_frames, finish=self._receiver_done,
+            Loop("receiver", self.receiver.run, recover=self.receiver.recover, finish=self.receiver.finish,
                  stopping=self.stopping),
             *(Loop("worker" if i == 0 else f"worker{i}", self._work, finish=self._worker_done, stopping=self.stopping)
               for i in range(self.cfg.workers)),  # `workers`: each scores on its own backend
-            Loop("output", self._output, finish=self._output_done, stopping=self.stopping),
+            Loop("output", self.output.run, finish=self.output.finish, stopping=self.stopping),
             Loop("control", self._control, recover=self._recover_control, finish=lambda: self.control_sock.close(),
                  stopping=self.stopping),
         ]
@@ -142,7 +141,7 @@ class Server:
         for t in self.threads + self.alert_workers:
             t.start()
         for item in lost:  # before the line starts, whose inspection ids begin anew in this run
-            self._emit(item)
+            self.emit(item)
         for hook in self.hooks:
             hook.start()
         self.status = "ready"
@@ -172,7 +171,7 @@ class Server:
             raise LinesideError(f"cannot bind {address}: {exc}; pick a free address in the station's sockets") from None
         return sock
 
-    def _rebind(self, sock: zmq.Socket, kind: int, address: str) -> zmq.Socket:
+    def rebind(self, sock: zmq.Socket, kind: int, address: str) -> zmq.Socket:
         """A fresh socket on the same address, for a loop whose socket a crash left unusable.
         The old one is closed first; its address may take a moment to free, hence the retries."""
         sock.close()
@@ -228,147 +227,8 @@ class Server:
             self.ctx.term()  # every socket is closed by now: this returns at once
         log_event("stopped", station=self.station, **self.telemetry.snapshot()["verdicts"])
 
-    # ---- receiver -------------------------------------------------------------------
-    def _receive(self) -> None:
-        sock, poller = self.frames_sock, zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        while not self.stopping.is_set():
-            if poller.poll(POLL_MS):
-                self._accept_burst(_recv_burst(sock, 0))
-        # Drain: what already reached the socket still gets its verdict. Bounded in time,
-        # since a camera that keeps sending would otherwise keep the server alive.
-        deadline = self.stop_at + DRAIN_S
-        while time.monotonic() < deadline:
-            burst = _recv_burst(sock, zmq.NOBLOCK)
-            if not burst:
-                break
-            self._accept_burst(burst)
-
-    def _rebind_frames(self, exc: BaseException) -> None:
-        if isinstance(exc, zmq.ZMQError):  # the socket itself failed: a fresh one on the same address
-            self.frames_sock = self._rebind(self.frames_sock, zmq.PULL, self.cfg.sockets.frames)
-
-    def _receiver_done(self) -> None:
-        self.frames_sock.close()
-        self.receipts.close()
-        self.received_all.set()
-
-    def _accept_burst(self, messages: list[list[bytes]]) -> None:
-        """Take what arrived: note every message as received (one journal transaction for the
-        burst, so the frame path stays fast), then queue each or give it its verdict at once."""
-        items = [self._admit_safely(parts) for parts in messages]
-        self._note_received(items)
-        for item in items:  # counted once noted: `received` in stats never runs ahead of the journal
-            self.telemetry.received_frame(item.camera)
-            try:
-                self._dispatch(item)
-            except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
-                log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
-                item.frame, item.verdict = None, Verdict("ERROR", reason="internal error while receiving: "
-                                                         "see the server log")
-                self._emit(item)
-
-    def _admit_safely(self, parts: list[bytes]) -> Item:
-        try:
-            return self._admit(parts)
-        except Exception as exc:  # a bug here must neither stop the receiver nor lose the message
-            log_event("receive_failed", level=logging.ERROR, station=self.station, error=repr(exc))
-            item = Item(self.station, None, None, None, time.time(), time.perf_counter())
-            item.verdict = Verdict("ERROR", reason="internal error while receiving: see the server log")
-            return item
-
-    def _admit(self, parts: list[bytes]) -> Item:
-        """The message as an Item: a frame to score, or one that already has its ERROR verdict."""
-        now, t = time.time(), time.perf_counter()
-        try:
-            frame = parse_frame(parts, self.limits)
-        except WireError as exc:
-            item = Item(self.station, exc.camera, exc.frame_id, exc.captured_at, now, t)
-            item.verdict = Verdict("ERROR", reason=exc.reason)
-            return item
-        h = frame.header
-        item = Item(self.station, h.camera, h.frame_id, h.captured_at, now, t, frame=frame, tags=h.tags)
-        refusal = self._refusal(h)
-        if refusal:
-            item.frame, item.verdict = None, Verdict("ERROR", reason=refusal)
-        return item
-
-    def _note_received(self, items: list[Item]) -> None:
-        """Journal the items as in flight; their verdict's transaction removes them again."""
-        try:
-            ids = self.receipts.receive([{"received_at": it.received_at, "station": it.station, "camera": it.camera,
-                                          "frame_id": it.frame_id, "captured_at": it.captured_at, "tags": it.tags}
-                                         for it in items])
-        except sqlite3.Error as exc:
-            # The frames are still scored and published; only a crash before their verdicts would lose them.
-            if not self.receipts_failing:  # once per episode: a full disk must not flood the log
-                log_event("journal_failed", level=logging.ERROR, station=self.station, stage="receive",
-                          error=str(exc), frames=len(items))
-            self.receipts_failing = True
-            return
-        self.receipts_failing = False
-        for item, inflight_id in zip(items, ids):
-            item.inflight_id = inflight_id
-
-    def _lost_in_crash(self) -> list[Item]:
-        """Frames an earlier run received and never decided (it was killed): each gets its ERROR now."""
-        lost = []
-        for row in self.receipts.inflight(self.station):
-            item = Item(self.station, row["camera"], row["frame_id"], row["captured_at"], row["received_at"],
-                        time.perf_counter(), tags=row["tags"], inflight_id=row["inflight_id"])
-            item.verdict = Verdict("ERROR", reason=LOST_IN_CRASH)
-            lost.append(item)
-        if lost:
-            log_event("lost_in_crash", level=logging.WARNING, station=self.station, frames=len(lost),
-                      cameras=sorted({str(it.camera) for it in lost}))
-        return lost
-
-    def _dispatch(self, item: Item) -> None:
-        if item.verdict is not None:
-            return self._emit(item)
-        self._track_ids(item.camera, item.frame_id)
-        # Decode here, before the queue can shed anything: an undecodable image is an ERROR
-        # whatever the load, and DROPPED only ever means a good frame left unscored.
-        # Decoded by the model's plan (a JPEG at the scale its input needs); the frame stays with
-        # the item until scored, in case a reload brings a model that plans differently.
-        t_decode = time.perf_counter()
-        try:
-            self.model.decode(item)  # the current model, read without the lock: decoding never waits on scoring
-        except ImageReadError as exc:
-            item.frame, item.verdict = None, Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}")
-            return self._emit(item)
-        except LinesideError as exc:
-            item.frame, item.verdict = None, Verdict("ERROR", reason=f"cannot preprocess: {exc}")
-            return self._emit(item)
-        item.decode_ms = (time.perf_counter() - t_decode) * 1e3
-        dropped = self.queue.put(item)
-        self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
-        if dropped is not None:
-            dropped.image = dropped.frame = None
-            dropped.verdict = Verdict("DROPPED", reason=f"overload: queue of {self.queue.capacity} full, "
-                                      f"policy {self.queue.policy}")
-            self._emit(dropped)
-
-    def _refusal(self, h) -> str | None:
-        """Why a well-formed frame is not this server's to score, if it is not."""
-        if h.station != self.station:
-            return (f"frame addressed to station {h.station!r}, but this server is {self.station!r}: "
-                    "point the camera at its own station's server")
-        if self.cfg.cameras and h.camera not in {c.name for c in self.cfg.cameras}:
-            return f"camera {h.camera!r} is not one of the station's cameras: add it to `cameras`"
-        return None
-
-    def _track_ids(self, camera: str, frame_id: int) -> None:
-        """Count ids a camera skipped (frames lost upstream); a smaller id means it restarted."""
-        last = self.last_ids.get(camera)
-        if last is not None and frame_id > last + 1:
-            self.telemetry.gap(camera, frame_id - last - 1)
-            log_event("frame_gap", camera=camera, after=last, next=frame_id, missing=frame_id - last - 1)
-        elif last is not None and frame_id <= last:
-            log_event("frame_ids_restarted", camera=camera, last=last, now=frame_id)
-        self.last_ids[camera] = frame_id
-
-    def _emit(self, item: Item) -> None:
+    def emit(self, item: Item) -> None:
+        """Hand a decided item to the output step (from the receiver, the workers, the start)."""
         item.decided_at = time.time()
         self.outbox.put(item)  # blocks when full: back-pressure to the sockets, never a lost verdict
 
@@ -385,7 +245,7 @@ class Server:
                     item.image = item.frame = None
                     item.verdict = Verdict("ERROR", reason=f"not scored: the server stopped and its queue did "
                                                            f"not drain within {SCORE_DRAIN_S:g} s")
-                    self._emit(item)
+                    self.emit(item)
             elif batch:
                 try:
                     with self.model_lock:  # a reload swaps the model between batches, never inside one
@@ -398,7 +258,7 @@ class Server:
                     if item.verdict is None:
                         item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
                     item.frame = None
-                    self._emit(item)
+                    self.emit(item)
                 self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
             elif self.received_all.is_set() and not len(self.queue):
                 break
@@ -410,81 +270,6 @@ class Server:
         if last:  # the output step stops at this mark: only after every worker's verdicts
             self.outbox.put(None)
 
-    # ---- output ---------------------------------------------------------------------
-    def _output(self) -> None:
-        journal = self.journal
-        sinks = tuple(s.name for s in self.sinks)
-        done = False
-        while not done:
-            try:  # while verdicts wait in the backlog, wake up to retry even when no new one comes
-                items = [self.outbox.get(timeout=POLL_MS / 1e3 if self.backlog.rows else None)]
-            except queue.Empty:
-                self._record(journal, [], sinks)
-                continue
-            while len(items) < 256:
-                try:
-                    items.append(self.outbox.get_nowait())
-                except queue.Empty:
-                    break
-            done = None in items
-            items = [it for it in items if it is not None]
-            if items:
-                try:
-                    self._journal_and_publish(journal, items, sinks)
-                except Exception as exc:  # journaled already (or held in the backlog); keep the stream going
-                    log_event("publish_failed", level=logging.ERROR, station=self.station, error=repr(exc))
-        if self.backlog.rows:  # a last try at the drain; what still fails is logged as never journaled
-            self.backlog.retry_at = 0.0
-            self._record(journal, [], sinks)
-            if self.backlog.rows:
-                log_event("journal_backlog_lost", level=logging.ERROR, station=self.station,
-                          verdicts=len(self.backlog.rows), why="the journal could not be written until shutdown")
-
-    def _output_done(self) -> None:
-        self.journal.close()
-        self.pub_sock.close()
-        self.status = "stopped"
-        self.finished.set()
-
-    def _record(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> list[int | None]:
-        """Journal the verdicts; while the disk refuses, they wait in the backlog (id None) and go out anyway."""
-        ids = self.backlog.write(journal, [_row(it) for it in items], sinks)
-        if self.backlog.failing:
-            self.status = "journal-failing"
-        elif self.status == "journal-failing":
-            self.status = "draining" if self.stopping.is_set() else "ready"
-        return ids
-
-    def _journal_and_publish(self, journal: Journal, items: list[Item], sinks: tuple[str, ...]) -> None:
-        t0 = time.perf_counter()
-        with self.images.staging:  # alert workers read pending alerts only once their images are here
-            ids = self._record(journal, items, sinks)
-            if self.cfg.alerts.disk:
-                for item, verdict_id in zip(items, ids):
-                    if item.verdict.status == "NG" and item.image is not None and verdict_id is not None:
-                        self.images.put(verdict_id, item.image, item.anomaly_map, item.roi)
-        journal_ms = (time.perf_counter() - t0) * 1e3 / len(items)
-        for item, verdict_id in zip(items, ids):
-            item.id = verdict_id
-            event = item.event()
-            event["journaled"] = verdict_id is not None
-            event["latency_ms"]["journal"] = round(journal_ms, 3)
-            event["latency_ms"]["total"] = round((time.perf_counter() - item.t_received) * 1e3, 3)
-            ng = item.verdict.status == "NG"
-            self.pub_sock.send_multipart(verdict_message(event))
-            if ng and self.cfg.alerts.zmq:
-                self.pub_sock.send_multipart(verdict_message(event, alert=True))
-            policy = self.queue.policy if item.verdict.status == "DROPPED" else None
-            self.telemetry.verdict(item.verdict.status, event["latency_ms"]["total"], event["latency_ms"], policy)
-            for listener in self.listeners:
-                try:
-                    listener(item, event)
-                except Exception as exc:  # a faulty listener must not stop the verdict stream
-                    log_event("listener_failed", listener=repr(listener), error=repr(exc))
-            item.image = item.anomaly_map = None
-        for worker in self.alert_workers:
-            worker.wake.set()
-
     # ---- control --------------------------------------------------------------------
     def _control(self) -> None:
         """REP: every request, whatever its shape, gets exactly one answer (the socket's state
@@ -493,7 +278,7 @@ class Server:
         poller.register(sock, zmq.POLLIN)
         while not (self.finished.is_set() or self.past_shutdown_deadline()):
             if poller.poll(POLL_MS):
-                parts = _recv_parts(sock, 0)
+                parts = recv_parts(sock, 0)
                 self.control_owes_answer = True
                 sock.send(encode_answer(handle_request(self, parts)))
                 self.control_owes_answer = False
@@ -534,7 +319,7 @@ class Server:
             except zmq.ZMQError:
                 pass
         if self.control_owes_answer or isinstance(exc, zmq.ZMQError):
-            self.control_sock = self._rebind(self.control_sock, zmq.REP, self.cfg.sockets.control)
+            self.control_sock = self.rebind(self.control_sock, zmq.REP, self.cfg.sockets.control)
             self.control_owes_answer = False
 
     # health and stats read the model reference once, without the scoring lock: a reload swaps
@@ -572,40 +357,6 @@ class Server:
 
 def _without_recipes(line):
     return None if line is None else line.model_copy(update={"recipes": []})
-
-
-def _recv_parts(sock: zmq.Socket, flags: int) -> list[zmq.Frame]:
-    """One message's parts, keeping at most MAX_PARTS: a frame has two, and a peer that sends
-    thousands gets its ERROR without the server holding them all. Zero-copy: each part is a
-    zmq.Frame over libzmq's own buffer, which decode reads in place."""
-    parts = [sock.recv(flags, copy=False)]
-    while sock.rcvmore:
-        part = sock.recv(copy=False)
-        if len(parts) < MAX_PARTS:
-            parts.append(part)
-    return parts
-
-
-def _recv_burst(sock: zmq.Socket, flags: int) -> list[list[bytes]]:
-    """The messages waiting on the socket, BURST at most: the first is read with ``flags``, the
-    rest only if they are already there. Empty when a NOBLOCK read finds nothing."""
-    burst = []
-    try:
-        burst.append(_recv_parts(sock, flags))
-        while len(burst) < BURST:
-            burst.append(_recv_parts(sock, zmq.NOBLOCK))
-    except zmq.Again:
-        pass
-    return burst
-
-
-def _row(item: Item) -> dict:
-    v = item.verdict
-    return {"inflight_id": item.inflight_id, "decided_at": item.decided_at, "station": item.station, "camera": item.camera,
-            "frame_id": item.frame_id, "status": v.status, "score": v.score, "threshold": v.threshold,
-            "reason": v.reason,
-            "detail": {"regions": [r.__dict__ for r in v.regions], "latency_ms": v.latency_ms,
-                       "bundle_sha256": item.bundle_sha, "captured_at": item.captured_at, "tags": item.tags}}
 
 
 def serve_forever(servers: list[Server]) -> None:

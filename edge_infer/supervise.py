@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from .logs import log_event
 
+POLL_MS = 100  # how long a loop waits on its socket or queue before it looks at the stop flag again
 BACKOFF_S = 0.05  # first restart delay, doubling per crash in a row
 BACKOFF_MAX_S = 2.0
 QUIET_S = 30.0  # a loop that ran this long without crashing starts its backoff over

@@ -12,6 +12,7 @@ from collections import Counter
 
 import zmq
 
+import edge_infer.receiver as receiver_module
 import edge_infer.server as server_module
 from edge_infer.camera import Publisher
 from edge_infer.control import request
@@ -66,7 +67,7 @@ def test_malformed_control_requests_get_an_error_answer_and_control_goes_on(serv
 def test_a_crashed_loop_is_restarted_and_reported_in_health(serve, monkeypatch):
     server = serve()
     address = server.cfg.sockets.control
-    real_handle, real_recv = server_module.handle_request, server_module._recv_burst
+    real_handle, real_recv = server_module.handle_request, receiver_module.recv_burst
     crashes = {"control": 1, "receiver": 1}
 
     def crash_once(loop: str):
@@ -83,7 +84,7 @@ def test_a_crashed_loop_is_restarted_and_reported_in_health(serve, monkeypatch):
         return real_recv(sock, flags)
 
     monkeypatch.setattr(server_module, "handle_request", handle)
-    monkeypatch.setattr(server_module, "_recv_burst", recv)
+    monkeypatch.setattr(receiver_module, "recv_burst", recv)
     answer = request(address, {"cmd": "health"})  # read, then the loop crashed: the answer is still owed
     assert answer["ok"] is False and "injected control bug" in answer["error"]
     with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw") as camera:
