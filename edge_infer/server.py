@@ -248,20 +248,30 @@ class Server:
                     self.emit(item)
             elif batch:
                 try:
-                    with self.model_lock:  # a reload swaps the model between batches, never inside one
-                        lease = self.model.lease()
-                    with lease as model:  # scored outside the lock: the other workers score alongside
-                        model.score(batch)
-                except Exception as exc:  # a bug in scoring must not make frames vanish
-                    log_event("scoring_failed", station=self.station, error=repr(exc))
-                for item in batch:
-                    if item.verdict is None:
-                        item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
-                    item.frame = None
-                    self.emit(item)
+                    self._score(batch)
+                finally:  # the loop crashed (it will be restarted): what it held still gets a verdict
+                    for item in batch:
+                        if item.decided_at is None:
+                            item.frame, item.verdict = None, Verdict("ERROR", reason="internal error in the worker: "
+                                                                     "see the server log")
+                            self.emit(item)
                 self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
             elif self.received_all.is_set() and not len(self.queue):
                 break
+
+    def _score(self, batch: list[Item]) -> None:
+        try:
+            with self.model_lock:  # a reload swaps the model between batches, never inside one
+                lease = self.model.lease()
+            with lease as model:  # scored outside the lock: the other workers score alongside
+                model.score(batch)
+        except Exception as exc:  # a bug in scoring must not make frames vanish
+            log_event("scoring_failed", station=self.station, error=repr(exc))
+        for item in batch:
+            if item.verdict is None:
+                item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
+            item.frame = None
+            self.emit(item)
 
     def _worker_done(self) -> None:
         with self._workers_lock:

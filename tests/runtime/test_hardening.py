@@ -98,6 +98,28 @@ def test_a_crashed_loop_is_restarted_and_reported_in_health(serve, monkeypatch):
     assert all(loop["alive"] for loop in loops.values())
 
 
+def test_a_worker_that_crashes_handing_out_its_batch_loses_no_frame(serve, monkeypatch):
+    server = serve()
+    real_emit, crashed = server.emit, []
+
+    def emit(item):  # the worker's first hand-over crashes (before the item reaches the output)
+        if threading.current_thread().name == "worker" and not crashed:
+            crashed.append(item.frame_id)
+            raise RuntimeError("injected worker bug")
+        real_emit(item)
+
+    monkeypatch.setattr(server, "emit", emit)
+    with Publisher(server.cfg.sockets.frames, "st1", "cam0", "raw", hwm=100) as camera:
+        for i in range(8):
+            camera.publish(bright() if i % 2 else dark(), block=True)
+        rows = wait_for_rows(server.cfg.journal.path, 8)
+    assert sorted(r["frame_id"] for r in rows) == list(range(8))  # the crash's batch too
+    crashed_row = next(r for r in rows if r["frame_id"] == crashed[0])
+    assert crashed_row["status"] == "ERROR" and "internal error in the worker" in crashed_row["reason"]
+    loops = request(server.cfg.sockets.control, {"cmd": "health"})["loops"]
+    assert loops["worker"]["restarts"] == 1 and "injected worker bug" in loops["worker"]["last_error"]
+
+
 def test_close_is_bounded_when_a_loop_is_stuck(serve, caplog):
     server = serve()
     release = threading.Event()
