@@ -2,6 +2,7 @@
 download at the pinned revision, sha256 recorded, a corrupted download refused, the offline message,
 and `lineside weights pull` → `import` on an offline host → train."""
 
+import dataclasses
 import hashlib
 import json
 
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 from test_dinov2 import meta_checkpoint, meta_to_hf
 
 from lineside.cli import main as cli
-from train_host.pretrained import REGISTRY
+from train_host.pretrained import COMMIT, REGISTRY, SHA256
 
 ENTRY = REGISTRY["dinov2-vits14"]
 KEY = (ENTRY.repo, ENTRY.revision, ENTRY.filename)
@@ -34,7 +35,8 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture
-def hub(checkpoint, monkeypatch, tmp_path):
+def served(checkpoint, monkeypatch, tmp_path):
+    """The loopback hub serving the small checkpoint at the pinned revision (the real pins, unchanged)."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with Hub() as server:
@@ -43,10 +45,19 @@ def hub(checkpoint, monkeypatch, tmp_path):
         yield server
 
 
+@pytest.fixture
+def hub(served, checkpoint, monkeypatch):
+    """As `served`, with the entry's sha256 pin set to the small checkpoint's (the real one pins Meta's file)."""
+    monkeypatch.setitem(REGISTRY, ENTRY.name,
+                        dataclasses.replace(ENTRY, sha256=hashlib.sha256(checkpoint).hexdigest()))
+    return served
+
+
 def test_dinov2_weights_download_once_at_the_pinned_revision(hub, data, checkpoint, tmp_path):
     assert cli(["train", "dinov2-knn", "--data", str(data), "--out", str(tmp_path / "a"), *TRAIN]) == 0
     weights = json.loads((tmp_path / "a" / "run.json").read_text())["training"]["backbone_weights"]
     assert weights["revision"] == ENTRY.revision and weights["pinned"] and weights["repo"] == ENTRY.repo
+    assert weights["pins"] == "revision and sha256"
     assert weights["sha256"] == hashlib.sha256(checkpoint).hexdigest() and weights["format"] == "huggingface"
     assert f"GET /{ENTRY.repo}/resolve/{ENTRY.revision}/{ENTRY.filename}" in hub.requests  # the pin, not main
     gets = sum(r.startswith("GET") for r in hub.requests)
@@ -59,6 +70,27 @@ def test_a_corrupted_download_is_refused_and_removed(hub, data, tmp_path, capsys
     assert cli(["train", "dinov2-knn", "--data", str(data), "--out", str(tmp_path / "a"), *TRAIN]) == 2
     assert "sha256" in capsys.readouterr().err and not (tmp_path / "a").exists()
     assert not list((tmp_path / "cache").rglob("blobs/0000*"))  # nothing corrupt left in the cache
+
+
+def test_a_file_the_hub_vouches_for_but_lineside_does_not_pin_is_refused(served, data, tmp_path, capsys):
+    """The hub serves another file under the pinned revision, with its own (matching) sha256: only the pin
+    catches it."""
+    assert ENTRY.sha256 == "ae1e99fcefd534ed978cdeb8326f08030c96e28b7a81ffcbc98a857c84d14be1"
+    assert cli(["train", "dinov2-knn", "--data", str(data), "--out", str(tmp_path / "a"), *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert "not the file this lineside pins" in err and ENTRY.sha256 in err and not (tmp_path / "a").exists()
+    assert not list((tmp_path / "cache").rglob("blobs/*"))  # removed from the cache
+
+
+def test_pins_are_commits_and_sha256s_and_list_says_what_is_pinned(capsys):
+    for entry in REGISTRY.values():
+        assert entry.revision is None or COMMIT.match(entry.revision), entry.name
+        assert entry.sha256 is None or SHA256.match(entry.sha256), entry.name
+    assert REGISTRY["resnet18"].pinned == "revision and sha256"  # rx's default backbone
+    assert REGISTRY["efficientnet_b4"].pinned == "nothing"
+    assert cli(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "timm/resnet18.a1_in1k@491b427b45c9  pins revision and sha256" in out
 
 
 def test_offline_names_the_file_and_pull_import_carry_it(hub, data, checkpoint, tmp_path, monkeypatch, capsys):

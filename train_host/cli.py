@@ -145,7 +145,7 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--weights", help="pretrained backbone: 'imagenet' (CNN families) or 'dinov2' (ViT families), "
                    "resolved through the Hugging Face hub cache at a pinned revision (`lineside weights pull` carries "
                    "them to an offline host), or a local checkpoint (.safetensors or .pth); default: random init, "
-                   "which costs accuracy (docs/weights.md)")
+                   "which costs accuracy (docs/training-hardware.md)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, sampling and init (default: 0)")
     p.add_argument("--val-share", type=float, default=0.1,

@@ -47,22 +47,35 @@ class Pretrained:
     def ref(self) -> str:
         return self.revision or "main"
 
+    @property
+    def pinned(self) -> str:
+        """What this lineside pins of the file, for the run record and `weights list`."""
+        return " and ".join(k for k, v in (("revision", self.revision), ("sha256", self.sha256)) if v) or "nothing"
 
-# DINOv2 revisions: the facebook/dinov2-* commits of July 2023 that model cards and downstream projects pin.
-# timm's ImageNet checkpoints: the repositories timm's own pretrained configs name; their revision is not
-# pinned here (no connected machine to read it from), so the commit served is recorded with the run.
+
+# Pins: a revision (a commit of the hub repository, not a branch that moves) and the sha256 of the file (the
+# hub's LFS object id). They were not read from the hub here (no network where this was written): each is the
+# value that several independent public projects record for the same repository and file, and all of them
+# agree; sizes are given for the same reason. Where no such record was found the field stays None: the hub's
+# own sha256 (ETag) is still checked on download, and the run records the commit it got. Fill a missing pin
+# from a connected machine with `lineside weights pull NAME --out DIR` (weights.json has both values).
 REGISTRY = {p.name: p for p in (
-    Pretrained("resnet18", "imagenet", "resnet18", "timm/resnet18.a1_in1k", "model.safetensors", None),
+    Pretrained("resnet18", "imagenet", "resnet18", "timm/resnet18.a1_in1k", "model.safetensors",
+               "491b427b45c94c7fb0e78b5474cc919aff584bbf",
+               "80c49dee3da4822c009c5a7fe591e9223c5a2cfcf95a4067ca4dfb5a7b89c612"),  # 46,807,446 bytes
     Pretrained("wide_resnet50_2", "imagenet", "wide_resnet50_2", "timm/wide_resnet50_2.racm_in1k",
-               "model.safetensors", None),
+               "model.safetensors", "30f73aceaaa1911830a9795b83ab1908dba18719",
+               "03b71d65fb2c73bb0de079a1781009f27a782ec481d2f64ab3bde9b1cdec3000"),  # 275,835,296 bytes
     Pretrained("efficientnet_b4", "imagenet", "efficientnet_b4", "timm/efficientnet_b4.ra2_in1k",
-               "model.safetensors", None),
+               "model.safetensors", None),  # no public record of its commit or sha256 found: unpinned
     Pretrained("dinov2-vits14", "dinov2", "vits14", "facebook/dinov2-small", "model.safetensors",
-               "ed25f3a31f01632728cabb09d1542f84ab7b0056"),
+               "ed25f3a31f01632728cabb09d1542f84ab7b0056",
+               "ae1e99fcefd534ed978cdeb8326f08030c96e28b7a81ffcbc98a857c84d14be1"),  # 88,249,960 bytes
     Pretrained("dinov2-vitb14", "dinov2", "vitb14", "facebook/dinov2-base", "model.safetensors",
-               "f9e44c814b77203eaa57a6bdbbd535f21ede1415"),
+               "f9e44c814b77203eaa57a6bdbbd535f21ede1415"),  # its sha256: no public record found
     Pretrained("dinov2-vitl14", "dinov2", "vitl14", "facebook/dinov2-large", "model.safetensors",
-               "47b73eefe95e8d44ec3623f8890bd894b6ea2d6c"),
+               "47b73eefe95e8d44ec3623f8890bd894b6ea2d6c",
+               "399fba97a95f22c36834418bc69373364a99af3a1153da1c0fb31db567c92e23"),  # 1,217,522,888 bytes
 )}
 KINDS = {"imagenet": "the CNN families (rx, adtr)", "dinov2": "the ViT families (dinov2-lora, dinov2-knn)"}
 
@@ -156,7 +169,8 @@ def fetch(entry: Pretrained, log=print) -> tuple[str, dict]:
     digest = verified(entry, path)
     log(f"weights: {entry.name} = {entry.repo}@{commit} {entry.filename}, sha256 {digest[:16]}... ({path})")
     return str(path), {"source": "hub", "name": entry.name, "repo": entry.repo, "revision": commit,
-                       "pinned": entry.revision is not None, "file": entry.filename, "sha256": digest}
+                       "pinned": entry.revision is not None, "pins": entry.pinned, "file": entry.filename,
+                       "sha256": digest}
 
 
 def verified(entry: Pretrained, path: Path) -> str:
@@ -173,9 +187,11 @@ def verified(entry: Pretrained, path: Path) -> str:
         blob.unlink(missing_ok=True)
         if path.is_symlink() or path.exists():
             path.unlink()
+        what = ("not the file this lineside pins (the hub's own hash matched it: the repository served another "
+                "file under the pinned revision)" if bad == [entry.sha256] else "corrupt")
         raise LinesideError(f"{entry.name}: {entry.filename} has sha256 {digest}, expected {bad[0]}: the download "
-                            "is corrupt or not the pinned file; it was removed from the cache. Try again, or carry "
-                            "a verified copy with `lineside weights pull` / `lineside weights import`")
+                            f"is {what}; it was removed from the cache. Try again, or carry a verified copy with "
+                            "`lineside weights pull` / `lineside weights import`")
     if entry.revision is not None and path.parent.name != entry.revision:
         raise LinesideError(f"{entry.name}: the cache gave revision {path.parent.name}, not the pinned {entry.revision}")
     return digest
@@ -289,6 +305,6 @@ def list_main(args) -> int:
     for entry in REGISTRY.values():
         cached = any((repo_folder(entry) / "snapshots").glob(f"*/{entry.filename}"))
         print(f"{entry.name:16s} --weights {entry.kind:8s} backbone {entry.backbone:16s} {entry.repo}@"
-              f"{(entry.revision or 'main (unpinned)')[:12]}  {'cached' if cached else 'not cached'}")
+              f"{(entry.revision or 'main')[:12]}  pins {entry.pinned:20s} {'cached' if cached else 'not cached'}")
     print(f"cache: {cache_dir()}")
     return 0
