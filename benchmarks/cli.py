@@ -1,4 +1,4 @@
-"""`lineside bench latency | e2e | compare`. Imports nothing heavy: handlers load on use."""
+"""`lineside bench latency | e2e | compare | train-step`. Imports nothing heavy: handlers load on use."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ def register(sub) -> None:
     _latency(cmds, handler)
     _e2e(cmds, handler)
     _compare(cmds, handler)
+    _train_step(cmds, handler)
     from .trigger import register_trigger  # the line's trigger-to-reject timing (argparse only)
 
     register_trigger(cmds)
@@ -84,6 +85,35 @@ def _compare(cmds, handler) -> None:
                    help="smallest relative change worth flagging, beyond the bootstrap interval (default: 0.05)")
     p.add_argument("--level", type=float, default=0.95, help="bootstrap confidence level (default: 0.95)")
     p.set_defaults(handler=handler("benchmarks.compare:main"))
+
+
+def _train_step(cmds, handler) -> None:
+    p = cmds.add_parser("train-step", help="time each family's data loading and training steps (CPU), "
+                        "optionally against an older source tree",
+                        description="Runs a small `lineside train` per family in its own process and times, inside "
+                        "fit, the wait for each batch, the work on each batch, and each optimiser step (warm-up "
+                        "excluded; percentiles; the machine in the report). With --baseline, the runs alternate "
+                        "with the same runs of another source tree (e.g. `git worktree add ../before COMMIT`).")
+    p.add_argument("family", nargs="+", help="families to time (rx adtr rddpm cutpaste draem dinov2-lora dinov2-knn, "
+                   "or all)")
+    p.add_argument("--data", default="elpv", help="training data: elpv (default) or an MVTec-layout category folder")
+    p.add_argument("--images", type=_positive_int, default=64,
+                   help="training images (--limit of train; validation and test are capped alike; default: 64)")
+    p.add_argument("--epochs", type=_positive_int, default=3, help="epochs of the gradient families (default: 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="batch size (default: 8)")
+    p.add_argument("--size", type=_positive_int, default=64,
+                   help="input size in px (ViT families: rounded down to a multiple of 14; default: 64)")
+    p.add_argument("--warmup", type=int, default=2, help="first batches and steps of each run not measured "
+                   "(default: 2)")
+    p.add_argument("--repeats", type=_positive_int, default=2, help="runs per family and tree, alternating "
+                   "(default: 2)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the family's default)")
+    p.add_argument("--baseline", help="another lineside source tree to time the same way (PYTHONPATH=TREE)")
+    p.add_argument("--timeout", type=_positive_int, default=900, help="seconds per run before it is counted as "
+                   "failed (default: 900)")
+    p.add_argument("--out", default="bench-train-step", help="folder for train-step.json "
+                   "(default: ./bench-train-step)")
+    p.set_defaults(handler=handler("benchmarks.train_step:main"))
 
 
 def _seconds(text: str) -> float:

@@ -22,7 +22,10 @@ HIDDEN_ARGS = ("handler", "command", "bench_command")
 def command_of(args, positionals: tuple[str, ...]) -> str:
     """The command with every option's effective value: what to type to measure the same thing."""
     values = {k: v for k, v in vars(args).items() if k not in HIDDEN_ARGS}
-    parts = ["lineside", "bench", args.bench_command] + [str(values.pop(p)) for p in positionals]
+    parts = ["lineside", "bench", args.bench_command]
+    for p in positionals:  # a positional may take several values (nargs="+")
+        value = values.pop(p)
+        parts += [str(v) for v in value] if isinstance(value, list) else [str(value)]
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
         if value is None or value is False:
