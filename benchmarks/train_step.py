@@ -41,6 +41,8 @@ LAUNCH = 'import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0]
 
 # Small versions of each family: every option here exists in the trees before and after issue 21.
 # "{epochs}" is --epochs; sizes come from --size (ViT families: rounded down to their 14-px patches).
+# dinov2-lora trains on synthetic anomalies of 4 kinds and as many good images: --per-kind images // 8
+# gives it about --images training images, like the other families.
 FAMILY_ARGS = {
     "rx": ["--feature-dim", "24"],
     "adtr": ["--backbone", "tf_efficientnet_lite0", "--hidden-dim", "32", "--heads", "2", "--ff-dim", "64",
@@ -50,7 +52,7 @@ FAMILY_ARGS = {
     "cutpaste": ["--channels", "1", "--base-channels", "4", "--epochs", "{epochs}"],
     "draem": ["--channels", "1", "--base-channels", "4", "--epochs", "{epochs}"],
     "dinov2-lora": ["--backbone", "vits14", "--depth", "2", "--layers", "0,1", "--epochs", "{epochs}",
-                    "--per-kind", "2", "--adapt", "lora", "--rank", "4"],
+                    "--per-kind", "{per_kind}", "--adapt", "lora", "--rank", "4"],
     "dinov2-knn": ["--backbone", "vits14", "--depth", "2", "--bank-size", "30"],
 }
 VIT_FAMILIES = {"dinov2-lora", "dinov2-knn"}
@@ -106,7 +108,7 @@ def train_argv(family: str, args, out: Path) -> list[str]:
             "--size", str(size), "--batch-size", str(args.batch_size), "--seed", "0"]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    return argv + [a.format(epochs=args.epochs) for a in FAMILY_ARGS[family]]
+    return argv + [a.format(epochs=args.epochs, per_kind=max(1, args.images // 8)) for a in FAMILY_ARGS[family]]
 
 
 def run_one(family: str, tree: Path, args) -> dict:
@@ -150,7 +152,7 @@ def timings(events: dict, warmup: int) -> dict:
     steps_cpu = step_spans(events["steps_cpu"], [b["fetch_cpu"] for b in batches])
     loaders: dict[str, dict] = {}
     for b in batches:
-        label = re.sub(r"\d+", "N", events["loaders"][b["loader"]]) or "(unlabelled)"
+        label = re.sub(r"\b\d+\b", "N", events["loaders"][b["loader"]]) or "(unlabelled)"  # epoch 3 → epoch N
         entry = loaders.setdefault(label, {"batches": 0, "images": 0, "data_s": 0.0, "use_s": 0.0})
         entry["batches"] += 1
         entry["images"] += b["images"]

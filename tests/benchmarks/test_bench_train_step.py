@@ -24,14 +24,14 @@ def test_a_step_is_the_span_between_optimiser_steps_less_the_batch_waits_inside_
 def test_warm_up_leaves_the_first_batches_and_steps_out_of_the_samples_but_not_the_totals():
     batches = [{"loader": 0, "fetch": [i, i + 0.25], "use": [i + 0.25, i + 1], "fetch_cpu": [i, i + 0.2],
                 "use_cpu": [i + 0.2, i + 0.9], "images": 4, "in_fit": True} for i in range(5)]
-    events = {"fit": [0.0, 5.0], "batches": batches, "loaders": ["demo: epoch 1"],
+    events = {"fit": [0.0, 5.0], "batches": batches, "loaders": ["dinov2: epoch 1"],
               "steps": [i + 1.0 for i in range(5)], "steps_cpu": [i + 0.9 for i in range(5)]}
     t = timings(events, warmup=2)
     assert t["samples_ms"]["data"] == pytest.approx([250.0] * 3)
     assert t["samples_ms"]["step"] == pytest.approx([750.0, 750.0])  # 4 spans, 2 left out
     assert t["cpu_samples_ms"]["step"] == pytest.approx([800.0, 800.0])
     assert t["data_total_s"] == pytest.approx(1.25) and t["steps"] == 5
-    assert t["loaders"] == {"demo: epoch N": {"batches": 5, "images": 20, "data_s": 1.25, "use_s": 3.75}}
+    assert t["loaders"] == {"dinov2: epoch N": {"batches": 5, "images": 20, "data_s": 1.25, "use_s": 3.75}}
 
 
 @pytest.mark.slow
