@@ -8,6 +8,8 @@ source with ``ast`` (nothing is imported) and finds cycles as strongly connected
 
 Importing ``a.b.c`` also runs ``a/__init__.py`` and ``a/b/__init__.py``; those implicit edges are
 left out, or every package whose ``__init__`` re-exports a submodule would count as a cycle.
+Imports under ``if TYPE_CHECKING:`` are left out too: they never run (an annotation naming
+the class that owns the module is not a dependency at import time).
 """
 
 from __future__ import annotations
@@ -51,13 +53,37 @@ def _known(name: str, modules) -> str | None:
     return None
 
 
+def _imports(node: ast.AST):
+    """Every Import/ImportFrom below ``node`` at any depth, except in the body of ``if TYPE_CHECKING:``."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            yield child
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for branch in child.orelse:
+                yield from _imports_in(branch)
+        else:
+            yield from _imports(child)
+
+
+def _imports_in(node: ast.AST):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        yield node
+    else:
+        yield from _imports(node)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def import_edges(modules: dict[str, Path]) -> dict[str, dict[str, list[int]]]:
     """module -> {imported module: [line numbers]} for imports between scanned modules."""
     edges: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     for module, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
         is_package = path.name == "__init__.py"
-        for node in ast.walk(tree):
+        for node in _imports(tree):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [_known(alias.name, modules) for alias in node.names]
@@ -135,10 +161,13 @@ def test_tarjan_finds_a_cycle_through_a_function_level_import(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from .sub import c\n")
     (pkg / "sub" / "c.py").write_text("import os\n\ndef g():\n    from ..a import A\n")
     (pkg / "d.py").write_text("from . import a\n")  # into the cycle, not part of it
+    (pkg / "e.py").write_text("from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .f import F\n")
+    (pkg / "f.py").write_text("from .e import E\n")  # e -> f only for annotations: not a cycle
     modules = module_files(tmp_path, ("pkg",))
     edges = import_edges(modules)
     assert edges["pkg.b"] == {"pkg.sub.c": [2]}
     assert edges["pkg.sub.c"] == {"pkg.a": [4]}
+    assert "pkg.e" not in edges and edges["pkg.f"] == {"pkg.e": [1]}
     assert strongly_connected(sorted(modules), edges) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
 
 
