@@ -243,7 +243,7 @@ def _build_engine(device: Device, bundle_dir: str, bundle_id: str, out: Outcome)
 
 def _check_runs_engine(answer: dict, engine: dict | None) -> str:
     """What the service runs, as health reports it; StepFailed if it is not the engine just built."""
-    from .device import engine_mismatch
+    from .device_health import engine_mismatch
 
     bundle = answer.get("bundle") or {}
     problem = engine_mismatch(answer, engine)

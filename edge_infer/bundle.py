@@ -20,7 +20,6 @@ Two folders of a bundle are not part of its content, and a signature never cover
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -30,6 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .digest import sha256_file
 from .errors import LinesideError
 from .preprocess import InputSpec
 
@@ -119,14 +119,6 @@ def _read_thresholds(path: Path) -> Thresholds:
         return Thresholds.model_validate_json(path.read_text())
     except ValidationError as exc:
         raise LinesideError(f"{path} is not a valid thresholds file:\n{exc}") from None
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_json_atomic(path: Path, data: dict) -> None:

@@ -16,7 +16,7 @@ from vit_fixture import nontrivial
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 from lineside.cli import main as cli
-from train_host.models import dinov2_knn, dinov2_lora
+from train_host.models import dinov2_adapters, dinov2_knn, dinov2_lora
 from train_host.models.dinov2_backbone import (
     build_vit,
     default_layers,
@@ -124,8 +124,8 @@ def test_any_multiple_of_14_and_nothing_else():
 def adapted(preset, seed=0):
     model = dinov2_lora.build({**SMALL, "preset": preset}, SPEC)
     nontrivial(model.backbone)
-    rank, alpha, targets = dinov2_lora.lora_settings(model.config)
-    adapter = dinov2_lora.LoRAAdapter(model, rank, alpha, targets, seed=seed)
+    rank, alpha, targets = dinov2_adapters.lora_settings(model.config)
+    adapter = dinov2_adapters.LoRAAdapter(model, rank, alpha, targets, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # B starts at zero: give it values, or the adapters change nothing
         for name, p in model.backbone.named_parameters():
@@ -168,9 +168,9 @@ def test_default_lora_is_under_one_percent_of_the_default_backbone():
     assert (config.backbone, config.preset, config.rank, config.alpha) == ("vitb14", "default", "", None)
     model = dinov2_lora.build({}, InputSpec(224, 224, 3))
     assert len(model.backbone.blocks) == 12 and model.backbone.embed_dim == 768
-    rank, alpha, targets = dinov2_lora.lora_settings(model.config)
+    rank, alpha, targets = dinov2_adapters.lora_settings(model.config)
     assert (rank, alpha) == (16, 32.0)
-    report = dinov2_lora.LoRAAdapter(model, rank, alpha, targets).report()
+    report = dinov2_adapters.LoRAAdapter(model, rank, alpha, targets).report()
     assert report["lora_parameters"] == 12 * 16 * (768 + 3 * 768)  # A: r×D, B: 3D×r, per block
     assert report["backbone_parameters"] == 85_724_928  # ViT-B/14 at 224 px (257 position embeddings)
     assert report["share_of_backbone"] < 0.01  # 589,824 / 85,724,928 = 0.69%

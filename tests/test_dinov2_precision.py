@@ -30,7 +30,7 @@ from edge_infer.bundle import Bundle
 from edge_infer.preprocess import InputSpec, load_inputs
 from train_host.data import load_split
 from train_host.export import export_bundle
-from train_host.models import dinov2_knn, dinov2_lora
+from train_host.models import dinov2_adapters, dinov2_knn, dinov2_lora
 from train_host.models.dinov2_training import seg_data, train_head
 from train_host.precision.variants import VariantOptions
 from train_host.run import save_run
@@ -62,8 +62,8 @@ def lora_model(split):
     """Gammas set, random adapters merged in, then the head trained briefly on synthetic anomalies."""
     model = dinov2_lora.build(SMALL, SPEC)
     nontrivial(model.backbone)
-    rank, alpha, targets = dinov2_lora.lora_settings(model.config)
-    adapter = dinov2_lora.LoRAAdapter(model, rank, alpha, targets)
+    rank, alpha, targets = dinov2_adapters.lora_settings(model.config)
+    adapter = dinov2_adapters.LoRAAdapter(model, rank, alpha, targets)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         qkv_before = model.backbone.blocks[0].attn.qkv.base_layer.weight.clone()

@@ -28,6 +28,7 @@ import cv2
 import pytest
 import yaml
 from mvtec_fixture import make_mvtec
+from net_helpers import free_port
 
 from edge_infer.camera import Publisher
 from edge_infer.control import request
@@ -35,7 +36,7 @@ from edge_infer.errors import LinesideError
 from edge_infer.journal import LOST_IN_CRASH, read_events, read_verdicts
 from edge_infer.signing import load_trusted_keys, verify_bundle
 from lineside.cli import main as cli
-from tests.deploy.deploy_helpers import SERVICE, free_port, stop_service
+from tests.deploy.deploy_helpers import SERVICE, stop_service
 
 STATION = "press-1"
 ROI = [4, 4, 64, 64]  # the fixture's parts are 72x72: the model sees the middle 64x64

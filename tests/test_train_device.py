@@ -172,29 +172,31 @@ def torchrun(args, tmp_path, nproc=2):
     return done
 
 
+def train_alone_and_under_torchrun(family, category, args, tmp_path):
+    """The same training in one process and under torchrun (2 processes): (weights, run.json's training) of each."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    train = ["train", family, "--data", str(category), "--device", "cpu", *args]
+    assert cli([*train, "--out", str(one)]) == 0
+    torchrun([*train, "--out", str(two)], tmp_path)
+    return [(load_file(str(out / "weights.safetensors")), json.loads((out / "run.json").read_text())["training"])
+            for out in (one, two)]
+
+
 @pytest.mark.slow
 def test_torchrun_rx_moments_equal_one_process(category, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli(["train", "rx", "--data", str(category), "--out", str(one), "--device", "cpu", *RX_ARGS]) == 0
-    torchrun(["train", "rx", "--data", str(category), "--out", str(two), "--device", "cpu", *RX_ARGS], tmp_path)
-    a, b = load_file(str(one / "weights.safetensors")), load_file(str(two / "weights.safetensors"))
+    (a, _), (b, record) = train_alone_and_under_torchrun("rx", category, RX_ARGS, tmp_path)
     assert torch.allclose(a["mean"], b["mean"], rtol=1e-6, atol=1e-6)
     assert torch.allclose(a["whiten"], b["whiten"], rtol=1e-5, atol=1e-5)
-    record = json.loads((two / "run.json").read_text())
-    assert record["training"]["images"] == 14 and record["training"]["hardware"]["world_size"] == 2
+    assert record["images"] == 14 and record["hardware"]["world_size"] == 2
 
 
 @pytest.mark.slow
 def test_torchrun_rddpm_equals_one_process_with_the_same_global_batch(category, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert cli(["train", "rddpm", "--data", str(category), "--out", str(one), "--device", "cpu", *RDDPM_ARGS]) == 0
-    torchrun(["train", "rddpm", "--data", str(category), "--out", str(two), "--device", "cpu", *RDDPM_ARGS], tmp_path)
-    a, b = load_file(str(one / "weights.safetensors")), load_file(str(two / "weights.safetensors"))
+    (a, ra), (b, rb) = train_alone_and_under_torchrun("rddpm", category, RDDPM_ARGS, tmp_path)
     # Adam divides by the gradients' size, so float rounding in the summed gradients shows up to a fraction of
     # one step (lr 1e-3) on parameters whose gradient is near zero: a tolerance below one step.
     for key in (k for k in a if k.startswith("backbone.")):
         assert torch.allclose(a[key], b[key], rtol=1e-3, atol=5e-4), key
-    ra, rb = (json.loads((d / "run.json").read_text())["training"] for d in (one, two))
     assert rb["hardware"]["world_size"] == 2 and ra["steps"] == rb["steps"]
     assert ra["final_loss"] == pytest.approx(rb["final_loss"], rel=1e-3)
     assert ra["validation_good_scores"]["q50"] == pytest.approx(rb["validation_good_scores"]["q50"], rel=1e-2)

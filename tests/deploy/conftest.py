@@ -10,14 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from net_helpers import free_port
 
 from edge_infer.signing import generate_keypair
-from tests.deploy.deploy_helpers import (
-    free_port,
-    make_signed_tar,
-    provision,
-    stop_service,
-)
+from tests.deploy.deploy_helpers import make_signed_tar, provision, stop_service
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -12,12 +11,6 @@ from tiny_bundle import make_tiny_bundle
 REPO = Path(__file__).resolve().parents[2]
 SERVICE = Path(__file__).with_name("service_double.py")
 STATION = "press-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, extra_bytes: int = 0,
@@ -39,7 +32,7 @@ def make_signed_tar(tmp: Path, key: Path, version: str, station: str = STATION, 
 
 
 def provision(root: Path, public_key: Path, station: str = STATION) -> Path:
-    from deploy_jetson.device import provision as device_provision
+    from deploy_jetson.device_layout import provision as device_provision
 
     device_provision(root, station, "test", public_key.read_bytes())
     return root

@@ -1,5 +1,6 @@
-"""A real PostgreSQL (Debian's binaries) in a temporary folder on a free loopback port, and a TCP
-proxy between a client and it that a test can cut like a network outage."""
+"""A real PostgreSQL (Debian's binaries) in a temporary folder on a free loopback port.
+
+(A test cuts the link to it like a network outage with `net_helpers.TcpProxy`.)"""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import pytest
-
-from tests.deploy.deploy_helpers import free_port
+from net_helpers import free_port
 
 
 def _bin(name: str) -> str | None:
@@ -64,55 +62,3 @@ class Postgres:
                        + [self.pg_ctl, "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
                        capture_output=True, timeout=60, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class CuttableProxy:
-    """Forward 127.0.0.1:port to the server; `cut()` closes every connection at once, as an outage would."""
-
-    def __init__(self, upstream_port: int):
-        self.upstream = upstream_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            with self.lock:
-                self.sockets += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self):
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                    s.close()
-                except OSError:
-                    pass
-            self.sockets.clear()
-
-    def close(self):
-        self.cut()
-        self.listener.close()

@@ -14,13 +14,14 @@ import sys
 import time
 
 import pytest
+from net_helpers import free_port
 
-from deploy_jetson.device import state, wait_healthy
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
 from tests.deploy.deploy_helpers import (
     REPO,
     STATION,
     device_settings,
-    free_port,
     lineside,
     stop_service,
     write_inventory,

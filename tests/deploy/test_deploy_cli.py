@@ -8,16 +8,17 @@ import tarfile
 
 import pytest
 import yaml
+from net_helpers import free_port
+from tiny_bundle import make_tiny_bundle
 
 from deploy_jetson.configfile import control_address
-from deploy_jetson.device import state, wait_healthy
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
 from deploy_jetson.pack import pack_bundle
 from deploy_jetson.targets import load_inventory, resolve_targets
 from edge_infer.errors import LinesideError
 from edge_infer.signing import extract_bundle_tar
-from tiny_bundle import make_tiny_bundle
-from tests.deploy.deploy_helpers import (STATION, device_settings, free_port, lineside, provision, stop_service,
-                                         write_inventory)
+from tests.deploy.deploy_helpers import STATION, device_settings, lineside, provision, stop_service, write_inventory
 
 
 def test_bundle_and_verify_commands(tmp_path, keys):

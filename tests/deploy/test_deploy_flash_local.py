@@ -11,14 +11,17 @@ import os
 import tarfile
 
 import pytest
+from net_helpers import free_port
 
-from deploy_jetson.device import state, upload_state, wait_healthy
+from deploy_jetson.device_bundles import upload_state
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
 from deploy_jetson.flash import BundleInfo, flash, rollback
 from deploy_jetson.targets import parse_target
 from deploy_jetson.transport import open_shell
 from edge_infer.bundle import sha256_file
 from edge_infer.errors import LinesideError
-from tests.deploy.deploy_helpers import STATION, device_settings, free_port, info, make_signed_tar
+from tests.deploy.deploy_helpers import STATION, device_settings, info, make_signed_tar
 
 
 def run_flash(root, tar, control, progress=None, **settings):

@@ -14,9 +14,11 @@ import sys
 import tempfile
 import time
 
-from deploy_jetson.device import state, wait_healthy
-from tests.deploy.deploy_helpers import (REPO, SSH_PYTHON, STATION, device_settings, free_port, make_signed_tar,
-                                         write_inventory)
+from net_helpers import free_port
+
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
+from tests.deploy.deploy_helpers import REPO, SSH_PYTHON, STATION, device_settings, make_signed_tar, write_inventory
 
 
 def ssh_inventory(tmp_path, sshd, root, control, **extra):

@@ -15,15 +15,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from net_helpers import free_port
 from tiny_bundle import make_tiny_bundle
 
-from deploy_jetson.device import state, wait_healthy
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
 from tests.deploy.deploy_helpers import (
     REPO,
     SSH_PYTHON,
     STATION,
     device_settings,
-    free_port,
     lineside,
     stop_service,
 )

@@ -12,12 +12,14 @@ import importlib.util
 import socket
 
 import pytest
+from net_helpers import free_port
 
-from deploy_jetson.device import state, wait_healthy
+from deploy_jetson.device_health import wait_healthy
+from deploy_jetson.device_layout import state
 from deploy_jetson.flash import flash, rollback
 from deploy_jetson.targets import parse_target
 from deploy_jetson.transport import open_shell
-from tests.deploy.deploy_helpers import SERVICE, STATION, free_port, info, make_signed_tar
+from tests.deploy.deploy_helpers import SERVICE, STATION, info, make_signed_tar
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("edge_infer.server") is None,
                                 reason="`lineside serve` (edge_infer.server, issue 3) is not on this branch yet")
@@ -87,7 +89,7 @@ def test_flash_fails_when_the_service_does_not_run_the_engine_it_built(tmp_path,
 
 def test_one_rule_says_when_a_service_fell_back_from_its_built_engine():
     """flash, the Ansible role (device health --expect-engine) and Mender share engine_mismatch."""
-    from deploy_jetson.device import engine_mismatch
+    from deploy_jetson.device_health import engine_mismatch
 
     engine = {"backend": "tensorrt", "precision": "fp16"}
     assert engine_mismatch({"bundle": {"backend": "tensorrt", "precision": "fp16"}}, engine) is None

@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from net_helpers import TcpProxy
 
 from edge_infer.errors import LinesideError
 from edge_infer.journal import Journal, review
 from tests.deploy.deploy_helpers import lineside
-from tests.deploy.postgres_server import CuttableProxy
 
 psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (the `fleet` extra)")
 
@@ -81,14 +81,14 @@ def test_sync_two_devices_cut_midway_resume_exactly_once_and_calibrate_from_the_
     a = make_journal(tmp_path / "a.sqlite", "press-1", 6000, seed=1)
     b = make_journal(tmp_path / "b.sqlite", "press-2", 3000, seed=2)
 
-    proxy = CuttableProxy(postgres.port)  # the device's way to the store
+    proxy = TcpProxy(postgres.port)  # the device's way to the store
     via_proxy = url.replace(f":{postgres.port}/", f":{proxy.port}/")
     batches = []
 
     def outage_after_two(text):
         batches.append(text)
         if len(batches) == 2:
-            proxy.cut()
+            proxy.drop()  # an outage mid-sync: the open connection is reset
 
     try:
         with pytest.raises(LinesideError, match="run `lineside sync` again to resume"):

@@ -3,11 +3,11 @@ camera is a function and whose GPIO is simulated."""
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import yaml
+from net_helpers import free_port
 from tiny_bundle import gray, make_tiny_bundle
 
 from edge_infer.line.service import LineService
@@ -15,12 +15,6 @@ from edge_infer.server import Server
 from edge_infer.station import load_station
 
 __all__ = ["free_port", "gray", "line_station", "make_tiny_bundle", "normalized_bundle", "start_line", "wait_until"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def line_station(tmp_path: Path, line: dict, recipes: list[dict] | None = None, **settings):

@@ -1,5 +1,6 @@
 """Helpers for the security tests: a users file with people and machines, certificates, and
-`lineside audit` run as the command it is."""
+`lineside audit` run as the command it is. The `accounts` fixture (conftest.py) sets up a
+secured line's users and recipes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tiny_bundle import make_tiny_bundle
 
 from edge_infer.keys_cmd import tls_pair
 from edge_infer.users import UsersFile
@@ -24,6 +28,27 @@ def make_users(path: Path, machine: str | None = "plc-1") -> tuple[Path, str | N
         users.set_password(name, ROLES[name], password)
     token = users.set_token(machine, "operator") if machine else None
     return path, token
+
+
+@dataclass
+class Accounts:
+    """What a secured line needs: its users file (`make_users`), the machine's token, and two
+    recipes (part-a, part-b) so that a test can see who may switch between them."""
+
+    users: Path
+    token: str
+    recipes: list[dict]
+
+    def security(self, **extra) -> dict:
+        """The station config's `security` section."""
+        return {"users": str(self.users), **extra}
+
+
+def make_accounts(folder: Path) -> Accounts:
+    users, token = make_users(folder / "users.json")
+    recipes = [{"id": 1, "name": "part-a", "bundle": str(make_tiny_bundle(folder / "a"))},
+               {"id": 2, "name": "part-b", "bundle": str(make_tiny_bundle(folder / "b"))}]
+    return Accounts(users, token, recipes)
 
 
 def certificate(folder: Path, name: str, uri: str | None = None) -> tuple[Path, Path]:

@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("paho.mqtt")
 import paho.mqtt.client as mqtt
 from line_helpers import free_port, gray, line_station, start_line, wait_until
+from net_helpers import TcpProxy
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if shutil.os.path.exists("/usr/sbin/mosquitto")
                                           else None)
@@ -47,65 +48,6 @@ class Broker:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-
-
-class Link:
-    """A TCP pass-through to the broker that the test cuts (open connections reset, new ones
-    refused, as when the broker is away) and restores on the same port."""
-
-    def __init__(self, target_port):
-        self.target, self.port = target_port, free_port()
-        self.lock, self.sockets, self.listening = threading.Lock(), [], None
-        self.restore()
-
-    def restore(self):
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen()
-        server.settimeout(0.1)
-        self.listening = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self):
-        server, self.listening = self.listening, None
-        if server is not None:  # cut twice (the test's cleanup after a failure) is fine
-            server.close()
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            shut(s)  # wakes the pumps blocked in recv; close() alone would not
-            s.close()
-
-    def _accept(self, server):
-        while self.listening is server:
-            try:
-                near, _ = server.accept()
-            except (TimeoutError, OSError):
-                continue
-            near.settimeout(None)
-            far = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.sockets += [near, far]
-            for src, dst in ((near, far), (far, near)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        shut(src)
-        shut(dst)
-
-
-def shut(s):
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
 
 
 class Listener:
@@ -147,7 +89,7 @@ def test_each_verdict_once_with_its_inspection_id_and_none_lost_while_the_broker
     listener = Listener(broker.port, prefix)
     assert listener.subscribed.wait(10)
     frames = iter([gray(250), gray(20)] * 50)
-    link = Link(broker.port)
+    link = TcpProxy(broker.port)  # the line's way to the broker, cut and restored below
     cfg = line_station(tmp_path, {"mqtt": {"host": "127.0.0.1", "port": link.port, "reconnect_min_s": 0.5,
                                            "reconnect_max_s": 2}})
     server, service = start_line(cfg, lambda: next(frames))

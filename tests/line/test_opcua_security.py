@@ -12,11 +12,10 @@ from line_helpers import (
     free_port,
     gray,
     line_station,
-    make_tiny_bundle,
     start_line,
     wait_until,
 )
-from security_helpers import PASSWORDS, audit, certificate, make_users
+from security_helpers import PASSWORDS, audit, certificate
 
 from edge_infer.errors import LinesideError
 from edge_infer.line.opcua import NAMESPACE
@@ -25,7 +24,7 @@ ACTIVATE = "VisionSystem.RecipeManagement.ActivateRecipe"
 
 
 @pytest.fixture
-def secured(tmp_path):
+def secured(tmp_path, accounts, serve_line):
     port = free_port()
     server_cert, server_key = certificate(tmp_path / "pki", "server", uri="urn:lineside:line1")
     plc_cert, plc_key = certificate(tmp_path / "pki", "plc", uri="urn:lineside:plc")
@@ -33,18 +32,13 @@ def secured(tmp_path):
     trusted.mkdir()
     (trusted / "plc.cert.pem").write_bytes(plc_cert.read_bytes())
     stranger = certificate(tmp_path / "other", "stranger", uri="urn:lineside:stranger")
-    users, _token = make_users(tmp_path / "users.json")
-    recipes = [{"id": 1, "name": "part-a", "bundle": str(make_tiny_bundle(tmp_path / "a"))},
-               {"id": 2, "name": "part-b", "bundle": str(make_tiny_bundle(tmp_path / "b"))}]
     frames = iter([gray(20)] * 100)
-    cfg = line_station(tmp_path, {"opcua": {"endpoint": f"opc.tcp://127.0.0.1:{port}/lineside", "security": {
+    service = serve_line({"opcua": {"endpoint": f"opc.tcp://127.0.0.1:{port}/lineside", "security": {
         "certificate": str(server_cert), "private_key": str(server_key), "trusted_clients": str(trusted),
-        "modes": ["Sign", "SignAndEncrypt"], "anonymous": "read-only"}}}, recipes=recipes,
-        security={"users": str(users)})
-    server, service = start_line(cfg, lambda: next(frames))
-    yield {"url": f"opc.tcp://127.0.0.1:{port}/lineside", "cert": (plc_cert, plc_key), "server_cert": server_cert,
+        "modes": ["Sign", "SignAndEncrypt"], "anonymous": "read-only"}}}, lambda: next(frames),
+        recipes=accounts.recipes, security=accounts.security())
+    return {"url": f"opc.tcp://127.0.0.1:{port}/lineside", "cert": (plc_cert, plc_key), "server_cert": server_cert,
            "stranger": stranger, "service": service, "config": tmp_path / "station.yaml"}
-    server.close()
 
 
 async def client(env, user=None, cert=None, mode=ua.MessageSecurityMode.SignAndEncrypt):

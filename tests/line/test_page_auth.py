@@ -13,39 +13,33 @@ pytest.importorskip("uvicorn")
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from line_helpers import (
-    free_port,
-    gray,
-    line_station,
-    make_tiny_bundle,
-    start_line,
-    wait_until,
-)
-from security_helpers import PASSWORDS, audit, certificate, make_users
+from line_helpers import free_port, wait_until
+from security_helpers import PASSWORDS, audit, certificate
 
 from edge_infer.journal import read_events
 from edge_infer.users import UsersFile
 
 
-def start_page(tmp_path, tls=False, **page):
-    port = free_port()
-    users, token = make_users(tmp_path / "users.json")
-    recipes = [{"id": 1, "name": "part-a", "bundle": str(make_tiny_bundle(tmp_path / "a"))},
-               {"id": 2, "name": "part-b", "bundle": str(make_tiny_bundle(tmp_path / "b"))}]
-    if tls:
-        cert, key = certificate(tmp_path / "pki", "page")
-        page.update(tls_cert=str(cert), tls_key=str(key))
-    cfg = line_station(tmp_path, {"operator_page": {"host": "127.0.0.1", "port": port, **page}}, recipes=recipes,
-                       security={"users": str(users), "session_hours": 1})
-    server, service = start_line(cfg, lambda: gray(20))
-    return f"{'https' if tls else 'http'}://127.0.0.1:{port}", server, service, token
+@pytest.fixture
+def start_page(tmp_path, accounts, serve_line):
+    """start(tls=False, **operator_page settings) -> (url, service): the page with the accounts' users."""
+
+    def start(tls=False, **page):
+        port = free_port()
+        if tls:
+            cert, key = certificate(tmp_path / "pki", "page")
+            page.update(tls_cert=str(cert), tls_key=str(key))
+        service = serve_line({"operator_page": {"host": "127.0.0.1", "port": port, **page}},
+                             recipes=accounts.recipes, security=accounts.security(session_hours=1))
+        return f"{'https' if tls else 'http'}://127.0.0.1:{port}", service
+
+    return start
 
 
 @pytest.fixture
-def page(tmp_path):
-    url, server, service, token = start_page(tmp_path)
-    yield url, service, token, tmp_path / "station.yaml"
-    server.close()
+def page(tmp_path, accounts, start_page):
+    url, service = start_page()
+    return url, service, accounts.token, tmp_path / "station.yaml"
 
 
 @contextmanager
@@ -112,31 +106,24 @@ def test_a_machine_token_acts_with_its_role_and_sessions_end_with_the_password(p
     assert any(e["who"] == "plc-1@page" and e["kind"] == "page_trigger" for e in audit(config, "--who", "plc-1"))
 
 
-def test_tls_page_with_a_self_signed_certificate_sets_a_secure_strict_cookie(tmp_path):
-    url, server, _service, _token = start_page(tmp_path, tls=True)
-    try:
-        cert = tmp_path / "pki" / "page.cert.pem"
-        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):
-            httpx.get(url.replace("https", "http") + "/login", timeout=5)  # no plain HTTP
-        r = httpx.post(f"{url}/login", json={"user": "olga", "password": PASSWORDS["olga"]},
-                       verify=ssl.create_default_context(cafile=str(cert)),
-                       timeout=10)
-        cookie = r.headers["set-cookie"].lower()
-        assert r.status_code == 200 and "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
-    finally:
-        server.close()
+def test_tls_page_with_a_self_signed_certificate_sets_a_secure_strict_cookie(tmp_path, start_page):
+    url, _service = start_page(tls=True)
+    cert = tmp_path / "pki" / "page.cert.pem"
+    with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):
+        httpx.get(url.replace("https", "http") + "/login", timeout=5)  # no plain HTTP
+    r = httpx.post(f"{url}/login", json={"user": "olga", "password": PASSWORDS["olga"]},
+                   verify=ssl.create_default_context(cafile=str(cert)),
+                   timeout=10)
+    cookie = r.headers["set-cookie"].lower()
+    assert r.status_code == 200 and "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
 
 
-def test_no_users_configured_means_read_only(tmp_path):
+def test_no_users_configured_means_read_only(serve_line):
     port = free_port()
-    cfg = line_station(tmp_path, {"operator_page": {"host": "127.0.0.1", "port": port}})
-    server, service = start_line(cfg, lambda: gray(20))
-    try:
-        assert httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=5).json()["can_change"] is False
-        assert httpx.post(f"http://127.0.0.1:{port}/api/trigger", timeout=5).status_code == 403
-        assert service.signals.counters["triggers"] == 0
-    finally:
-        server.close()
+    service = serve_line({"operator_page": {"host": "127.0.0.1", "port": port}})
+    assert httpx.get(f"http://127.0.0.1:{port}/api/state", timeout=5).json()["can_change"] is False
+    assert httpx.post(f"http://127.0.0.1:{port}/api/trigger", timeout=5).status_code == 403
+    assert service.signals.counters["triggers"] == 0
 
 
 PATHS = ["/", "/login", "/logout", "/api/state", "/api/events", "/api/trigger", "/api/ack", "/api/recipe",
@@ -145,59 +132,56 @@ PATHS = ["/", "/login", "/logout", "/api/state", "/api/events", "/api/trigger", 
          "/api/recipe?x=1"]
 
 
-def test_fuzzing_login_and_api_finds_no_500_and_no_bypass(tmp_path):
+def test_fuzzing_login_and_api_finds_no_500_and_no_bypass(tmp_path, start_page):
     """Every forged credential against every path and method (exhaustively), then hypothesis's
     random requests; no 500, no login without the password, and nothing changes on the line."""
-    url, server, service, _token = start_page(tmp_path)
+    url, service = start_page()
     journal = tmp_path / "journal.sqlite"
-    try:
-        with login(url, "olga") as operator:
-            olga = operator.cookies.get("lineside_session").strip('"')
-        _name, expires, generation, mac = olga.split("|")
-        forged_cookies = [f"eve|{expires}|{generation}|{mac}", f"olga|9999999999|{generation}|{mac}",
-                          f"olga|{expires}|{generation}|{'0' * 64}", f"olga|{expires}|{'0' * 16}|{mac}",
-                          f"ada|{expires}|{generation}|{mac}", "eve|1|x|y", "|||", olga + "|x", ""]
-        credentials = ([{"cookie": f"lineside_session={c}"} for c in forged_cookies]
-                       + [{"authorization": a} for a in ("Bearer lst_x", "Bearer ", "bearer lst_", "Basic ZXZlOng=")]
-                       + [{}])
-        client = httpx.Client(base_url=url, timeout=10)
+    with login(url, "olga") as operator:
+        olga = operator.cookies.get("lineside_session").strip('"')
+    _name, expires, generation, mac = olga.split("|")
+    forged_cookies = [f"eve|{expires}|{generation}|{mac}", f"olga|9999999999|{generation}|{mac}",
+                      f"olga|{expires}|{generation}|{'0' * 64}", f"olga|{expires}|{'0' * 16}|{mac}",
+                      f"ada|{expires}|{generation}|{mac}", "eve|1|x|y", "|||", olga + "|x", ""]
+    credentials = ([{"cookie": f"lineside_session={c}"} for c in forged_cookies]
+                   + [{"authorization": a} for a in ("Bearer lst_x", "Bearer ", "bearer lst_", "Basic ZXZlOng=")]
+                   + [{}])
+    client = httpx.Client(base_url=url, timeout=10)
 
-        def check(method, path, headers, body=b""):
-            try:
-                r = client.request(method, path, headers=headers, content=body)
-            except (httpx.InvalidURL, httpx.LocalProtocolError, UnicodeEncodeError):
-                return  # the client would not send it
-            assert r.status_code < 500, (method, path, headers, r.status_code, r.text[:200])
-            if method == "POST" and path.startswith("/login") and r.status_code == 200:
-                pytest.fail(f"logged in without the password: {body!r}")
-            if path.startswith("/api/") and method == "POST":
-                assert r.status_code in (401, 403, 404, 405), (method, path, headers, r.status_code)
+    def check(method, path, headers, body=b""):
+        try:
+            r = client.request(method, path, headers=headers, content=body)
+        except (httpx.InvalidURL, httpx.LocalProtocolError, UnicodeEncodeError):
+            return  # the client would not send it
+        assert r.status_code < 500, (method, path, headers, r.status_code, r.text[:200])
+        if method == "POST" and path.startswith("/login") and r.status_code == 200:
+            pytest.fail(f"logged in without the password: {body!r}")
+        if path.startswith("/api/") and method == "POST":
+            assert r.status_code in (401, 403, 404, 405), (method, path, headers, r.status_code)
 
-        for headers in credentials:
-            for path in PATHS:
-                for method in ("GET", "POST"):
-                    check(method, path, {**headers, "content-type": "application/json"}, b'{"id": 2}')
+    for headers in credentials:
+        for path in PATHS:
+            for method in ("GET", "POST"):
+                check(method, path, {**headers, "content-type": "application/json"}, b'{"id": 2}')
 
-        text = st.text(max_size=40)
+    text = st.text(max_size=40)
 
-        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
-        @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]),
-               path=st.one_of(st.sampled_from(PATHS), text.map(lambda t: "/" + t.replace("#", "").replace("?", ""))),
-               credential=st.one_of(st.sampled_from(credentials), text.map(lambda t: {"cookie": "lineside_session=" + t}),
-                                    text.map(lambda t: {"authorization": "Bearer " + t})),
-               body=st.one_of(st.binary(max_size=200), st.just(b'{"id": 2}'), st.just(b'{"user":"eve"}'),
-                              st.just(b"user=eve&password=x"), st.just(b'{"user":"eve","password":null}'),
-                              st.builds(lambda u, pw: f"user={u}&password={pw}".encode(), text, text)),
-               ctype=st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", ""]))
-        def probe(method, path, credential, body, ctype):
-            headers = {k: v.encode("latin-1", "replace").decode("latin-1") for k, v in credential.items()}
-            check(method, path, {**headers, "content-type": ctype}, body)
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]),
+           path=st.one_of(st.sampled_from(PATHS), text.map(lambda t: "/" + t.replace("#", "").replace("?", ""))),
+           credential=st.one_of(st.sampled_from(credentials), text.map(lambda t: {"cookie": "lineside_session=" + t}),
+                                text.map(lambda t: {"authorization": "Bearer " + t})),
+           body=st.one_of(st.binary(max_size=200), st.just(b'{"id": 2}'), st.just(b'{"user":"eve"}'),
+                          st.just(b"user=eve&password=x"), st.just(b'{"user":"eve","password":null}'),
+                          st.builds(lambda u, pw: f"user={u}&password={pw}".encode(), text, text)),
+           ctype=st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", ""]))
+    def probe(method, path, credential, body, ctype):
+        headers = {k: v.encode("latin-1", "replace").decode("latin-1") for k, v in credential.items()}
+        check(method, path, {**headers, "content-type": ctype}, body)
 
-        probe()
-        assert service.signals.counters["triggers"] == 0
-        assert service.recipes.active.id == 1
-        changes = [e for e in read_events(journal) if e["kind"] not in ("login", "page_refused", "recipe")
-                   or (e["kind"] == "recipe" and e["who"] != "startup")]
-        assert changes == [], changes
-    finally:
-        server.close()
+    probe()
+    assert service.signals.counters["triggers"] == 0
+    assert service.recipes.active.id == 1
+    changes = [e for e in read_events(journal) if e["kind"] not in ("login", "page_refused", "recipe")
+               or (e["kind"] == "recipe" and e["who"] != "startup")]
+    assert changes == [], changes

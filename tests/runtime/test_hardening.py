@@ -20,7 +20,6 @@ from edge_infer.journal import read_verdicts
 from edge_infer.wire import encode_frame
 from runtime_helpers import bright, cleanup, corrupt_png, dark, make_tiny_bundle, station, wait_for_rows
 from test_process import start_server
-from test_server import serve  # noqa: F401  (the fixture)
 
 
 def raw_request(address: str, parts: list[bytes], timeout_s: float = 5.0) -> dict:

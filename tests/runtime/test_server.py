@@ -9,6 +9,7 @@ from collections import Counter
 import cv2
 import pytest
 import zmq
+from runtime_helpers import bright, cleanup, dark, make_tiny_bundle, station, wait_for_rows
 
 from edge_infer.camera import FolderSource, Publisher, open_source, run_camera
 from edge_infer.control import request
@@ -17,24 +18,6 @@ from edge_infer.journal import read_verdicts
 from edge_infer.server import Server
 from edge_infer.watch import watch
 from edge_infer.wire import encode_frame
-from runtime_helpers import bright, cleanup, dark, make_tiny_bundle, station, wait_for_rows
-
-
-@pytest.fixture
-def serve(tmp_path):
-    """Start servers for configs; stop (draining) and clean up after the test."""
-    started = []
-
-    def start(**settings):
-        cfg, _ = station(tmp_path, **settings)
-        server = Server(cfg).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
-        cleanup(server.cfg)
 
 
 def image_folder(folder, n):

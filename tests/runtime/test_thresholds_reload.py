@@ -6,31 +6,13 @@ answer says what they hide; implausible values are refused unless forced; every 
 journaled with who.
 """
 
-import pytest
 import yaml
-from runtime_helpers import cleanup, make_tiny_bundle, station
+from runtime_helpers import make_tiny_bundle
 
 from edge_infer.bundle import Bundle, Thresholds
 from edge_infer.control import request
 from edge_infer.journal import read_events
-from edge_infer.server import Server
 from edge_infer.station import load_station
-
-
-@pytest.fixture
-def served(tmp_path):
-    started = []
-
-    def start(**settings):
-        cfg, path = station(tmp_path, **settings)
-        server = Server(cfg).start()
-        started.append(server)
-        return server, path
-
-    yield start
-    for server in started:
-        server.close()
-        cleanup(server.cfg)
 
 
 def calibrated(bundle_dir, image, good_max=None):
@@ -39,8 +21,8 @@ def calibrated(bundle_dir, image, good_max=None):
     Bundle.load(bundle_dir).write_thresholds(Thresholds(image=image, provenance=provenance), "lineside calibrate")
 
 
-def test_reload_applies_what_calibrate_wrote(served, tmp_path):
-    server, _ = served()
+def test_reload_applies_what_calibrate_wrote(serve, tmp_path):
+    server = serve()
     address = server.cfg.sockets.control
     calibrated(server.cfg.bundle, 0.7)
     answer = request(address, {"cmd": "reload", "who": "anna"}, timeout_s=20)
@@ -52,8 +34,9 @@ def test_reload_applies_what_calibrate_wrote(served, tmp_path):
     assert events[-1]["who"] == "anna" and events[-1]["thresholds"]["image"] == 0.7
 
 
-def test_one_precedence_runtime_over_station_over_bundle(served, tmp_path):
-    server, path = served(thresholds={"image": 0.3})
+def test_one_precedence_runtime_over_station_over_bundle(serve, tmp_path):
+    server = serve(thresholds={"image": 0.3})
+    path = server.cfg.source
     address = server.cfg.sockets.control
     layers = request(address, {"cmd": "stats"})["threshold_layers"]
     assert layers["effective"]["image"] == 0.3 and layers["source"]["image"] == "station"
@@ -82,8 +65,8 @@ def test_one_precedence_runtime_over_station_over_bundle(served, tmp_path):
     assert kinds == [("threshold", "op1"), ("reload", "eng"), ("threshold", "op1"), ("reload", "eng")]
 
 
-def test_implausible_thresholds_are_refused_unless_forced(served, tmp_path):
-    server, _ = served()
+def test_implausible_thresholds_are_refused_unless_forced(serve, tmp_path):
+    server = serve()
     address = server.cfg.sockets.control
     answer = request(address, {"cmd": "threshold", "image": -1, "who": "op1"})
     assert not answer["ok"] and "outside the plausible" in answer["error"] and "--force" in answer["error"]
@@ -103,8 +86,9 @@ def test_implausible_thresholds_are_refused_unless_forced(served, tmp_path):
     assert "outside the plausible" in request(address, {"cmd": "reload", "image": 50.0}, timeout_s=20)["error"]
 
 
-def test_reload_names_what_needs_a_restart(served, tmp_path):
-    server, path = served()
+def test_reload_names_what_needs_a_restart(serve, tmp_path):
+    server = serve()
+    path = server.cfg.source
     data = yaml.safe_load(path.read_text())
     data["queue"] = {"capacity": 99}
     data["bundle"] = str(make_tiny_bundle(tmp_path / "other", image_threshold=0.2))

@@ -4,7 +4,8 @@
 `make_loader`, `read_mask`) import torch on first use. See docs/data.md.
 """
 
-from .records import Sample, Split, load_split
+from .records import Sample, Split
+from .split import load_split
 
 _LOADER_NAMES = ("ImageDataset", "SkippingLoader", "make_loader", "read_mask")
 

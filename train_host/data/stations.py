@@ -15,7 +15,8 @@ from pathlib import Path
 
 from edge_infer.errors import LinesideError
 
-from .records import Split, count, fingerprint, load_split
+from .records import Split, count, fingerprint
+from .split import load_split
 
 
 def load_stations(datas: list[str], val_share: float = 0.1, seed: int = 0, contamination: float = 0.0,

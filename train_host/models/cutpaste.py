@@ -86,16 +86,6 @@ class CutPasteDetector(nn.Module):
         return amap, self.image_score(amap)
 
 
-def focal_dice_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Focal loss (defects are a few pixels) plus soft Dice over the batch (their extent)."""
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, mask, reduction="none")
-    p_true = p * mask + (1 - p) * (1 - mask)
-    focal = ((1 - p_true) ** gamma * ce).mean()
-    dice = 1 - (2 * (p * mask).sum() + 1) / (p.sum() + mask.sum() + 1)
-    return focal * 10 + dice  # focal's per-pixel mean is small; weighted so both terms matter
-
-
 def build(config: dict, spec: InputSpec) -> CutPasteDetector:
     return CutPasteDetector(CutPasteConfig.from_dict(config), spec).eval()
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .cutpaste import focal_dice_loss
 from .cutpaste_crops import load_defect_crops
 from .cutpaste_synthesis import BRIGHTNESS, DEFECT, GAINS, CutPasteSynthesis
 from .cutpaste_validation import ValidationSet, build_validation, validation_auroc
+from .segmentation_loss import focal_dice_loss
 
 
 def train_bilevel(model, context) -> dict:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from edge_infer.errors import LinesideError
 
-from .cutpaste import focal_dice_loss
+from .segmentation_loss import focal_dice_loss
 
 GOOD_IMAGES = 32  # held-out good images in the validation set
 SYNTH_KINDS = ("texture", "structural", "confetti")  # not Cut&Paste-like: contextual/cutpaste left out

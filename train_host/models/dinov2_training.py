@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from edge_infer.errors import LinesideError
 
 from ..synth import synthesize_set
+from .dinov2_adapters import LoRAAdapter, lora_settings
 
 CACHE_LIMIT_BYTES = 2 << 30  # cache frozen-backbone tokens only below this size
 MERGE_TOLERANCE = 1e-4
@@ -174,8 +175,6 @@ def validate(model, data: SegData, batch_size: int) -> dict:
 
 
 def fit_segmentation(model, context) -> dict:
-    from .dinov2_lora import LoRAAdapter, lora_settings
-
     cfg, log = model.config, context.log
     batch_size = int(context.options.get("batch_size", 16))
     train_groups, val_groups = station_goods(context, "train"), station_goods(context, "val")
@@ -245,8 +244,6 @@ def fit_segmentation(model, context) -> dict:
 
 def choose_rank(model, train: SegData, val: SegData, batch_size: int, log, record: dict, hardware=None) -> int:
     """Adaptive rank: a short training per candidate rank on a copy of the model; best validation wins."""
-    from .dinov2_lora import LoRAAdapter, lora_settings
-
     cfg, sweep = model.config, {}
     for rank in cfg.ranks:
         trial = copy.deepcopy(model)

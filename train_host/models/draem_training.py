@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cutpaste import focal_dice_loss
 from .draem_validation import build_validation
+from .segmentation_loss import focal_dice_loss
 
 
 def train_draem(model, context) -> dict:
