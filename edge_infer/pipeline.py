@@ -51,6 +51,7 @@ class Item:
     bundle_sha: str | None = None
     image: np.ndarray | None = None  # decoded on receipt; kept after scoring for NG frames only (disk alerts)
     decode_ms: float | None = None
+    t_queued: float | None = None  # perf_counter when it entered the queue (after receipt and decode)
     plan: Plan | None = None  # how ``image`` was decoded (edge_infer.preprocess.plan)
     planned_for: object = None  # the InputSpec the plan was made for
     anomaly_map: np.ndarray | None = None
@@ -182,8 +183,7 @@ class Model:
             return
         sha = self.info["manifest_sha256"]
         for i, (it, verdict) in enumerate(zip(ready, verdicts)):
-            verdict.latency_ms = {"queue": round((t_start - it.t_received) * 1e3, 3),
-                                  "decode": round(it.decode_ms or 0.0, 3),
+            verdict.latency_ms = {**_before_queue(it, t_start), "decode": round(it.decode_ms or 0.0, 3),
                                   "preprocess": round(preprocess_ms[id(it)], 3), **verdict.latency_ms}
             it.verdict = verdict
             it.bundle_sha = sha
@@ -202,6 +202,16 @@ class Model:
         for scorer in self.scorers:
             scorer.close()
         release_freed_memory()
+
+
+def _before_queue(it: Item, t_start: float) -> dict:
+    """An item's time from its receipt to its batch's start, split so each ms is counted once:
+    ``receive`` (parse and the journal's receipt transaction; decode is its own stage) and
+    ``queue`` (from entering the queue to the worker taking it, batch wait included)."""
+    if it.t_queued is None:  # queued without the receiver's stamp: all of it is waiting
+        return {"queue": round((t_start - it.t_received) * 1e3, 3)}
+    receive_ms = (it.t_queued - it.t_received) * 1e3 - (it.decode_ms or 0.0)
+    return {"receive": round(max(0.0, receive_ms), 3), "queue": round((t_start - it.t_queued) * 1e3, 3)}
 
 
 class _Lease:

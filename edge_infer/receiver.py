@@ -155,7 +155,8 @@ class Receiver:
         except LinesideError as exc:
             item.frame, item.verdict = None, Verdict("ERROR", reason=f"cannot preprocess: {exc}")
             return server.emit(item)
-        item.decode_ms = (time.perf_counter() - t_decode) * 1e3
+        item.t_queued = time.perf_counter()
+        item.decode_ms = (item.t_queued - t_decode) * 1e3
         dropped = server.queue.put(item)
         server.telemetry.queue_depth.labels(self.station).set(len(server.queue))
         if dropped is not None:

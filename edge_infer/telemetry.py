@@ -10,7 +10,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 STATUSES = ("OK", "NG", "ERROR", "DROPPED")
-STAGES = ("queue", "decode", "preprocess", "compute", "postprocess", "journal")
+STAGES = ("receive", "queue", "decode", "preprocess", "compute", "postprocess", "journal")
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
