@@ -6,8 +6,9 @@ exported graph takes: uint8 CxHxW, RGB when the model has three channels. Normal
 
 How a frame is brought down to the model's size is decided by ``plan`` alone: a JPEG is
 decoded at 1/2, 1/4 or 1/8 scale in its DCT domain when the ROI keeps at least the model's
-pixels at that scale, the (scaled) ROI is cropped, an integer-factor INTER_AREA shrink
-(OpenCV's fast box-filter path) takes it close to the model size, and one last resize
+pixels at that scale, the (scaled) ROI is cropped, an integer-factor box shrink (halvings
+through OpenCV's SIMD 2x2 path, then INTER_AREA for an odd rest) takes it close to the model
+size, and one last resize
 makes the model size. ``read_input`` (files) and ``decode_input`` (payloads) follow the plan
 from encoded bytes; ``preprocess`` follows it for an image already decoded at full size.
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from .errors import ImageReadError, LinesideError
 from .imageio import decode_image, jpeg_dimensions, normalise_layout, read_bytes
-from .imaging import bgr_to_gray, bgr_to_rgb, gray_to_bgr, resize
+from .imaging import bgr_to_gray, bgr_to_rgb, gray_to_bgr, halve, resize
 
 JPEG_SCALES = (8, 4, 2)  # the DCT-domain scales libjpeg decodes at (besides 1)
 
@@ -168,8 +169,13 @@ def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> n
 
 
 def area_shrink(image: np.ndarray, k: int) -> np.ndarray:
-    """Shrink by an integer factor ``k`` that divides both sides, with INTER_AREA: OpenCV's
-    box-filter fast path (exact k×k means), or imaging's NumPy box filter without OpenCV."""
+    """Shrink by an integer factor ``k`` that divides both sides, with box means: halvings for
+    each factor 2 (``imaging.halve``: OpenCV's SIMD 2x2 path), then one INTER_AREA pass for
+    the odd rest. OpenCV's single pass for k=4 is a scalar loop, 3x slower on a 1080p frame
+    than two halvings (3.1 vs 1.1 ms CPU here); the two round twice, so a pixel may differ by
+    1 grey level from the exact 4x4 mean (docs/runtime.md, "frame path")."""
+    while k % 2 == 0:
+        image, k = halve(image), k // 2
     if k < 2:
         return image
     h, w = image.shape[:2]

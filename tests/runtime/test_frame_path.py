@@ -2,6 +2,7 @@
 zero-copy frames from the socket to the resize, and several workers on one queue."""
 
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -13,9 +14,11 @@ from edge_infer import imageio
 from edge_infer.camera import Publisher
 from edge_infer.errors import ImageReadError, LinesideError
 from edge_infer.imageio import decode_image, gpu_decoder
-from edge_infer.pipeline import Model
+from edge_infer.imaging import halve
+from edge_infer.pipeline import Item, Model
 from edge_infer.preprocess import (
     InputSpec,
+    area_shrink,
     decode_input,
     frame_image,
     plan,
@@ -246,3 +249,40 @@ def test_a_reload_waits_for_the_batches_on_the_old_model(workers_station):
         pass
     closer.join(10)
     assert closed.is_set()
+
+
+def test_queue_time_starts_when_the_frame_is_queued_not_when_it_arrived(workers_station):
+    """Each millisecond before the batch is counted in one stage: decode is not also "queue"
+    (on main, queue ran from receipt, so a JPEG's decode was counted twice), and the
+    receipt (parse + the journal's in-flight note) is its own stage. Stamps are made up, seconds
+    apart, so the check does not depend on how fast this machine is."""
+    model = Model(workers_station)
+    try:
+        now = time.perf_counter()
+        msg = parse_frame(encode_frame(dark(), "st1", "cam", 0, "jpeg"))
+        item = Item("st1", "cam", 0, time.time(), time.time(), now - 10.0, frame=msg)
+        model.decode(item)
+        item.decode_ms, item.t_queued = 6000.0, now - 1.0  # arrived 10 s ago: 3 s receipt, 6 s decode, 1 s queued
+        model.score([item])
+    finally:
+        model.close()
+    ms = item.verdict.latency_ms
+    assert item.verdict.status == "OK"
+    assert 2900 < ms["receive"] < 3100 and 900 < ms["queue"] < 1900 and ms["decode"] == 6000.0
+
+
+def test_integer_shrink_halves_through_the_fast_path_within_a_grey_level_of_the_exact_mean():
+    """A 1080p frame to 224: the plan's x4 box shrink runs as two 2x2 halvings (OpenCV's SIMD
+    path; one x4 pass is a scalar loop), each rounded half up, so a pixel is within 1 grey level
+    of the exact 4x4 mean; NumPy gives the same integers without OpenCV."""
+    frame = scene(seed=2)
+    how = plan(1080, 1920, InputSpec(224, 224, 3))
+    assert how.area == 4
+    shrunk = area_shrink(frame, 4)
+    exact = frame.reshape(270, 4, 480, 4, 3).astype(np.int64).sum(axis=(1, 3)) / 16
+    assert shrunk.shape == (270, 480, 3) and np.abs(shrunk - exact).max() <= 1
+    assert np.array_equal(shrunk, halve(halve(frame)))
+    with without_opencv():
+        assert np.array_equal(area_shrink(frame, 4), shrunk)
+        assert np.array_equal(area_shrink(frame[:, :1917], 3), cv2.resize(frame[:, :1917], (639, 360),
+                                                                           interpolation=cv2.INTER_AREA))

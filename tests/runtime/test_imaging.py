@@ -47,9 +47,14 @@ def test_resize_is_within_one_grey_level_of_opencv():
 
 def test_colour_conversions_are_bit_exact():
     image = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    assert np.array_equal(imaging.bgr_to_gray(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
-    assert np.array_equal(imaging.bgr_to_rgb(image), cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    assert np.array_equal(imaging.gray_to_bgr(image[..., 0]), cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR))
+    assert np.array_equal(imaging.bgr_to_gray_numpy(image), cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+    assert np.array_equal(imaging.bgr_to_rgb_numpy(image), cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    assert np.array_equal(imaging.gray_to_bgr_numpy(image[..., 0]), cv2.cvtColor(image[..., 0], cv2.COLOR_GRAY2BGR))
+    crop = image[3:30, 5:41]  # a ROI: a view with row strides, as preprocess hands it over
+    for name in ("bgr_to_gray", "bgr_to_rgb"):
+        with_opencv = getattr(imaging, name)(crop)
+        with without_opencv():
+            assert np.array_equal(getattr(imaging, name)(crop), with_opencv), name
 
 
 def test_connected_components_match_opencv():
