@@ -191,7 +191,12 @@ class Publisher:
                              tags=self.tags)
         self.tags = {}
         try:
-            self.sock.send_multipart(parts, flags=0 if block else self.zmq.NOBLOCK)
+            # Zero-copy: libzmq sends from the encoded payload itself (pyzmq still copies parts under
+            # its 64 KiB copy_threshold). This once crashed at exit (e164900): the socket was then on
+            # the process-wide context, which nobody terminated, so libzmq freed frames still queued
+            # after the interpreter had shut down. close() now terminates this Publisher's own
+            # context, which releases every queued frame while Python is still running.
+            self.sock.send_multipart(parts, flags=0 if block else self.zmq.NOBLOCK, copy=False)
         except self.zmq.Again:  # a live camera does not wait: a fresh frame is worth more than an old one
             self.unsent += 1
             return False
