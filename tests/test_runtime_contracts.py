@@ -69,6 +69,23 @@ def test_decide_thresholds_and_regions():
     assert decide(float("nan"), amap, Thresholds(image=0.5)).status == "ERROR"
 
 
+def test_regions_of_a_noisy_map_are_the_largest_kept_ones_with_their_peaks():
+    """Hundreds of specks: the regions are those of at least min_area, largest first (ties in
+    label order), at most 16, each with the highest map value inside it (not its box)."""
+    import cv2
+
+    rng = np.random.default_rng(3)
+    for case in range(20):
+        amap = cv2.GaussianBlur(rng.random((224, 224)).astype(np.float32), (0, 0), float(rng.uniform(0.6, 3)))
+        th = Thresholds(image=0.0, pixel=float(np.quantile(amap, rng.uniform(0.6, 0.9))), min_area=int(case % 4))
+        _, labels, stats, _ = cv2.connectedComponentsWithStats((amap > th.pixel).astype(np.uint8), connectivity=8)
+        want = sorted(((int(stats[i, 4]), i) for i in range(1, len(stats)) if stats[i, 4] >= th.min_area),
+                      key=lambda t: -t[0])[:16]
+        got = decide(1.0, amap[None], th).regions
+        assert [(r.x, r.y, r.width, r.height, r.area) for r in got] == [tuple(int(v) for v in stats[i]) for _, i in want]
+        assert [r.peak for r in got] == [float(amap[labels == i].max()) for _, i in want]
+
+
 def test_scorer_gives_one_verdict_per_path_and_errors_for_corrupt(tiny_bundle, tmp_path):
     cv2.imwrite(str(tmp_path / "a_dark.png"), gray(10))
     cv2.imwrite(str(tmp_path / "b_bright.png"), gray(250))
