@@ -14,9 +14,9 @@ from lineside.cli import main as cli
 from train_host.data import load_split
 from train_host.models import draem
 from train_host.models.draem_training import draem_loss, ssim
-from train_host.models.draem_validation import SYNTH_KINDS
 from train_host.synth.perlin_anomaly import perlin_anomaly, perlin_mask
 from train_host.synth.textures import KINDS, procedural_texture
+from train_host.validation import held_out
 
 SPEC = InputSpec(32, 32, 1)
 
@@ -88,7 +88,7 @@ def test_graph_outputs_and_the_score_is_the_max_of_the_pooled_map():
     assert amap.shape == (3, 1, 32, 32) and score.shape == (3,) and model.pool == 7
     pooled = torch.nn.functional.avg_pool2d(amap, 7, 1, 3, count_include_pad=False)
     assert torch.allclose(score, pooled.flatten(1).max(1).values)
-    assert not {"texture"} & set(SYNTH_KINDS)  # validation never uses the training family
+    assert "texture" not in held_out(draem.trains_on(model.config))  # validation never uses the training family
 
 
 def test_train_validates_on_another_family_and_exports_fp32_and_fp16(tmp_path):
@@ -99,11 +99,12 @@ def test_train_validates_on_another_family_and_exports_fp32_and_fp16(tmp_path):
                 "--base-channels", "4", "--epochs", "6", "--batch-size", "4", "--lr", "3e-3", "--threads", "1",
                 "--val-share", "0.2", "--val-defects", "2"]) == 0
     training = json.loads((run / "run.json").read_text())["training"]
-    assert "structural, confetti, contextual" in training["validation_signal"]
+    assert "structural, confetti, contextual, cutpaste" in training["validation_signal"]
     assert "2 real labelled defects" in training["validation_signal"]
+    assert training["validation"]["trained_on"] == ["texture"] and "texture" not in training["validation"]["kinds"]
     assert len(training["validation_per_epoch"]) == 6 and 1 <= training["epoch_kept"] <= 6
     kept = training["validation_per_epoch"][training["epoch_kept"] - 1]
-    assert training["validation_auroc"] == kept["auroc"] and {"auroc_synthetic", "auroc_real"} <= set(kept)
+    assert training["validation_auroc"] == kept["validation_auroc"] and {"auroc_synthetic", "auroc_real"} <= set(kept)
     assert cli(["evaluate", str(run), "--json", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["family"] == "draem" and metrics["images"] == 4 + 4 - 2  # validation defects left the test

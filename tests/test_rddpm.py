@@ -14,7 +14,7 @@ from lineside.cli import main as cli
 from mvtec_fixture import make_mvtec
 from train_host.data import load_split
 from train_host.models import rddpm
-from train_host.models.rddpm_select import choose_inference, synthesize
+from train_host.models.rddpm_select import choose_inference
 from train_host.models.robust_losses import (RobustLoss, huber_loss, lts_loss, mse_loss, tukey_loss, tukey_rho,
                                              tukey_weight)
 
@@ -125,21 +125,27 @@ def test_few_step_ddim_reconstructs_a_training_image_better_than_a_corrupted_one
         assert model(corrupted)[1].mean() > model(images)[1].mean()
 
 
-def test_validation_chooses_t0_and_steps_from_synthetic_anomalies():
+def test_validation_chooses_t0_and_steps_on_the_shared_validation_set(category):
+    from train_host.context import TrainContext
+    from train_host.validation import POOL, build_validation
+
     torch.manual_seed(0)
-    images = torch.from_numpy(np.random.default_rng(0).integers(90, 160, (6, 1, 32, 32)).astype(np.uint8))
-    bad = synthesize(images, seed=1)
-    assert bad.shape == images.shape and bad.dtype == torch.uint8
-    assert ((bad.int() - images.int()).abs().flatten(1).amax(1) > 30).all()  # every copy got an anomaly
-    model = rddpm.build({"unet": "tiny", "val_images": 6}, SPEC)
-    chosen = choose_inference(model, images, images, log=lambda *_: None)
+    context = TrainContext(load_split(category, val_share=0.25), SPEC, {"seed": 0, "batch_size": 8},
+                           log=lambda *_: None)
+    validation = build_validation(context, rddpm.trains_on(rddpm.RDDPMConfig()))
+    assert validation.kinds == POOL  # rddpm trains on no synthetic anomaly: every kind is held out
+    images = validation.images[validation.parts == "good"]
+    model = rddpm.build({"unet": "tiny"}, SPEC)
+    chosen = choose_inference(model, validation, images, log=lambda *_: None)
     assert chosen["t0"] in (50, 100, 175, 250, 350) and chosen["steps"] in (2, 4, 8)
     assert (model.t0, model.steps) == (chosen["t0"], chosen["steps"])
     assert all(0 <= t["auroc"] <= 1 for t in chosen["tried"])
-    fixed = rddpm.build({"unet": "tiny", "t0": 150, "val_images": 6}, SPEC)
-    assert choose_inference(fixed, images, images, log=lambda *_: None)["t0"] == 150
+    assert chosen["kept"]["validation_auroc"] == max(t["auroc"] for t in chosen["tried"] if t["t0"] == chosen["t0"]
+                                                     and t["steps"] == chosen["steps"])
+    fixed = rddpm.build({"unet": "tiny", "t0": 150}, SPEC)
+    assert choose_inference(fixed, validation, images, log=lambda *_: None)["t0"] == 150
     untouched = rddpm.build({"unet": "tiny"}, SPEC)  # no validation images: defaults, said so
-    assert choose_inference(untouched, images[:0], images, log=lambda *_: None)["method"].startswith("defaults")
+    assert choose_inference(untouched, None, images, log=lambda *_: None)["method"].startswith("defaults")
     assert (untouched.t0, untouched.steps) == (rddpm.DEFAULT_T0, rddpm.DEFAULT_STEPS)
 
 

@@ -74,6 +74,9 @@ def train_run(family: str, config: dict, spec: InputSpec, split, out: Path, opti
                     hardware=hardware.record())
     if hardware.rank != 0:
         return training
+    from .validation import validate_fitted
+
+    training = validate_fitted(module, model, context, training)
     config_used = asdict(model.config) if is_dataclass(getattr(model, "config", None)) else config
     save_fitted(out, family, config_used, spec, model, split, training, options["batch_size"], log, context.skipped)
     return training

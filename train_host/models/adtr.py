@@ -150,6 +150,11 @@ def build(config: dict, spec: InputSpec) -> ADTRDetector:
     return ADTRDetector(ADTRConfig.from_dict(config), spec).eval()
 
 
+def trains_on(config: ADTRConfig) -> tuple[str, ...]:
+    """The anomaly-available phase (L_px) trains on confetti noise; the normal-only one on no anomaly."""
+    return ("confetti",) if config.anomaly_available else ()
+
+
 def fit(model: ADTRDetector, context) -> dict:
     from .adtr_training import fit as fit_adtr
 

@@ -90,6 +90,11 @@ def build(config: dict, spec: InputSpec) -> CutPasteDetector:
     return CutPasteDetector(CutPasteConfig.from_dict(config), spec).eval()
 
 
+def trains_on(config: CutPasteConfig) -> tuple[str, ...]:
+    """Cut&Paste trains on patches of the station's own images: validation leaves those kinds out."""
+    return ("cutpaste", "contextual")
+
+
 def fit(model: CutPasteDetector, context) -> dict:
     """Train on synthetic defects; with ``learned_synthesis`` the synthesis is tuned bi-level."""
     from .cutpaste_bilevel import train_bilevel

@@ -8,10 +8,11 @@ with the exact Hessian-vector product from autograd instead of DARTS's finite
 difference): w' = w − ξ ∇_w L_train(w, φ), then ∇_φ L_val(w'). First-order DARTS would
 give zero here — the validation loss does not depend on φ except through w'.
 
-Validation signal (`cutpaste_validation`): real labelled defects next to held-out good
-images where the split has some (``--val-defects``; they also choose the epoch kept), else
-a held-out synthetic family different from Cut&Paste, so the upper level cannot make its
-own task easy.
+Validation signal of the upper level (`cutpaste_validation`): real labelled defects next to
+held-out good images where the split has some (``--val-defects``), else a held-out synthetic
+family different from Cut&Paste, so the upper level cannot make its own task easy. The epoch
+kept is chosen on `train_host.validation` (good images vs the kinds cutpaste does not train on,
+plus the real defects), as for every family.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from torch.func import functional_call
 
 from .cutpaste_crops import load_defect_crops
 from .cutpaste_synthesis import BRIGHTNESS, DEFECT, GAINS, CutPasteSynthesis
-from .cutpaste_validation import ValidationSet, build_validation, validation_auroc
+from ..validation import build_validation as build_shared_validation
+from .cutpaste_validation import ValidationSet, build_validation
 from .segmentation_loss import focal_dice_loss
 
 
@@ -57,6 +59,10 @@ def train_bilevel(model, context) -> dict:
     synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)), crops=crops)
     vset = build_validation(context, int(opts.get("seed", 0))).to(device)
     context.log(f"cutpaste: validation signal: {vset.signal}")
+    from .cutpaste import trains_on
+
+    shared = build_shared_validation(context, trains_on(model.config), int(opts.get("seed", 0)))
+    context.log(f"cutpaste: the epoch kept is chosen on {shared.signal}")
     preview = first_images(context, context.split.train, 8)
     synth_out = Path(opts["synth_out"]) if opts.get("synth_out") else None
     if synth_out:
@@ -66,7 +72,7 @@ def train_bilevel(model, context) -> dict:
     synth_opt = synthesis_optimizer(synth, opts)
     synth_lr, placement_lr = (g["lr"] for g in reversed(synth_opt.param_groups))
     steps, upper_steps, val_losses, losses, stopped = 0, 0, [], [], "epochs"
-    epoch_aurocs, best = [], None  # real defects choose the epoch kept: (auroc, epoch, state)
+    epoch_aurocs, best = [], None  # the shared validation chooses the epoch kept: (result, epoch, state)
     for epoch in range(epochs):
         for batch in context.loader(context.split.train, shuffle=True, progress=f"cutpaste: epoch {epoch + 1}",
                                     keep=True, on_device=False):
@@ -85,18 +91,17 @@ def train_bilevel(model, context) -> dict:
             if context.agree(time.monotonic() > deadline):
                 stopped = "max_minutes"
                 break
-        auroc = validation_auroc(model, vset) if vset.real else None
-        if auroc is not None:
-            epoch_aurocs.append(round(auroc, 4))
-            if best is None or auroc >= best[0]:  # ties: the later, longer-trained epoch
-                best = (auroc, epoch + 1, copy.deepcopy(model.state_dict()))
+        result = shared.evaluate(model)
+        auroc = result["validation_auroc"]
+        epoch_aurocs.append(auroc)
+        if best is None or auroc >= best[0]["validation_auroc"]:  # ties: the later, longer-trained epoch
+            best = (result, epoch + 1, copy.deepcopy(model.state_dict()))
         context.log(f"cutpaste: epoch {epoch + 1}: mean loss {np.mean(losses[-50:]):.4f}"
                     + (f", validation (unrolled) {np.mean(val_losses[-20:]):.4f}" if val_losses else "")
-                    + (f", validation image AUROC {auroc:.4f}" if auroc is not None else ""))
+                    + f", validation image AUROC {auroc:.4f}")
         if stopped == "max_minutes":
             break
-    if best is not None:
-        model.load_state_dict(best[2])
+    model.load_state_dict(best[2])
     model.eval()
     if synth_out:
         save_synthesis_pngs(synth, preview, vset, synth_out, "after")
@@ -110,11 +115,11 @@ def train_bilevel(model, context) -> dict:
         "validation_signal": vset.signal,
         "validation_used_for": " and ".join(
             (["the upper level's hypergradient"] if learned else [])
-            + (["choosing the epoch kept (validation image AUROC)"] if best is not None else [])) or "reporting only",
+            + ["choosing the epoch kept (validation image AUROC)"]),
         "synthesis_lr": {"transforms": synth_lr, "placement": placement_lr} if learned else None,
         "epochs_run": epoch + 1, "stopped_by": stopped, "lower_steps": steps, "upper_steps": upper_steps,
-        "validation_auroc_per_epoch": epoch_aurocs or None,
-        "epoch_kept": best[1] if best is not None else epoch + 1,
+        "validation_auroc_per_epoch": epoch_aurocs,
+        "epoch_kept": best[1], **shared.record(best[0]),
         "final_train_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
         "validation_loss": round(val_loss, 4),
         "transform_probabilities": synth.probabilities(),

@@ -1,12 +1,12 @@
-"""What cutpaste's upper level (and its model selection) validates on.
+"""What cutpaste's upper level validates on (the epoch kept is chosen on `train_host.validation`, as for every
+family).
 
 The issue's order of preference:
 
 1. **Real labelled defects**, where the station has a few (``--val-defects N`` moves N out
    of the test set into ``Split.val_defects``), next to held-out good images. With masks
    for every defect the loss is pixel-level focal + Dice; without (ELPV) it is image-level:
-   class-balanced BCE on the detector's own image score. Real defects also choose the epoch
-   to keep (validation image AUROC).
+   class-balanced BCE on the detector's own image score.
 2. Otherwise **a held-out synthetic family different from Cut&Paste**: `train_host.synth`'s
    texture, structural and confetti anomalies (one per held-out good image, exact masks),
    so the upper level cannot make its task easy by pasting what it is scored on.
@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from edge_infer.errors import LinesideError
 
+from ..validation import GOOD_IMAGES
+from ..validation import read_images_and_masks as read_set
 from .segmentation_loss import focal_dice_loss
 
-GOOD_IMAGES = 32  # held-out good images in the validation set
 SYNTH_KINDS = ("texture", "structural", "confetti")  # not Cut&Paste-like: contextual/cutpaste left out
 
 
@@ -86,19 +87,6 @@ def real_defects(good, bad, bad_masks, mask_paths, overlap: str) -> ValidationSe
                          f"real defects, image-level balanced BCE on the image score (no masks): {counts}{overlap}")
 
 
-def read_set(context, samples) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 images, float masks) of the samples, in the model's input geometry."""
-    spec = context.spec
-    images, masks = [], []
-    for batch in context.loader(samples, batch_size=max(1, len(samples)), on_device=False):
-        images.append(batch["image"])
-        masks.append(batch["mask"])
-    if not images:
-        return (torch.zeros(0, spec.channels, spec.height, spec.width, dtype=torch.uint8),
-                torch.zeros(0, 1, spec.height, spec.width))
-    return torch.cat(images), torch.cat(masks)
-
-
 def synthetic_family(good: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One texture / structural / confetti anomaly per good image, in turn, with its exact mask."""
     from train_host.synth import synthesize
@@ -111,18 +99,3 @@ def synthetic_family(good: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch
         out.append(torch.from_numpy(anomalous).float())
         masks.append(torch.from_numpy(mask.astype(np.float32))[None])
     return torch.stack(out), torch.stack(masks)
-
-
-@torch.no_grad()
-def validation_auroc(model, vset: ValidationSet) -> float | None:
-    """Image AUROC of the detector on a validation set with both classes (real defects); else None."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = vset.labels.cpu().numpy()
-    if len(set(labels.tolist())) < 2:
-        return None
-    was_training = model.training
-    model.eval()
-    scores = torch.cat([model(vset.images[i:i + 32])[1] for i in range(0, len(vset.images), 32)]).float().cpu().numpy()
-    model.train(was_training)
-    return float(roc_auc_score(labels, scores))

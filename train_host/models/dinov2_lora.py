@@ -139,6 +139,11 @@ def load_weights(model: DinoSegDetector, path) -> dict:
     return load_dinov2_weights(model.backbone, path)
 
 
+def trains_on(config: DinoLoRAConfig) -> tuple[str, ...]:
+    """The synthetic kinds the head and adapters train on: validation leaves them out."""
+    return tuple(config.kinds)
+
+
 def fit(model: DinoSegDetector, context) -> dict:
     from .dinov2_training import fit_segmentation
 

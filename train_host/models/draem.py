@@ -111,6 +111,11 @@ def build(config: dict, spec: InputSpec) -> DraemDetector:
     return DraemDetector(DraemConfig.from_dict(config), spec).eval()
 
 
+def trains_on(config: DraemConfig) -> tuple[str, ...]:
+    """The synthetic kinds training sees (Perlin-masked procedural textures): validation leaves them out."""
+    return ("texture",)
+
+
 def fit(model: DraemDetector, context) -> dict:
     from .draem_training import train_draem
 

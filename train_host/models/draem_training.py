@@ -1,5 +1,6 @@
 """draem's training loop: both networks at once on Perlin-textured anomalies; the epoch kept is chosen
-on `draem_validation` (good images vs a different anomaly family, plus real defects if given)."""
+on `train_host.validation` (good images vs the synthetic kinds draem does not train on, plus real defects if
+given)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .draem_validation import build_validation
+from ..validation import build_validation
 from .segmentation_loss import focal_dice_loss
 
 
@@ -21,7 +22,9 @@ def train_draem(model, context) -> dict:
     deadline = time.monotonic() + 60 * float(opts.get("max_minutes") or math.inf)
     seed = int(opts.get("seed", 0))
     rng = np.random.default_rng([seed, 2021])  # the anomaly draws; the same seed makes the same run
-    validation = build_validation(context, seed)
+    from .draem import trains_on
+
+    validation = build_validation(context, trains_on(model.config), seed)
     context.log(f"draem: validation: {validation.signal}")
     optimizer = torch.optim.Adam(model.parameters(), lr=float(opts.get("lr") or 1e-3))
     losses, history, best, steps, stopped = [], [], None, 0, "epochs"
@@ -37,9 +40,10 @@ def train_draem(model, context) -> dict:
             if time.monotonic() > deadline:
                 stopped = "max_minutes"
                 break
-        scores = validation.aurocs(model)
+        scores = validation.evaluate(model)
         history.append(scores)
-        if best is None or scores["auroc"] >= best[0]["auroc"]:  # ties: the later, longer-trained epoch
+        # ties: the later, longer-trained epoch
+        if best is None or scores["validation_auroc"] >= best[0]["validation_auroc"]:
             best = (scores, epoch + 1, copy.deepcopy(model.state_dict()))
         context.log(f"draem: epoch {epoch + 1}: mean loss {np.mean(losses[-50:]):.4f}, validation {scores}")
         if stopped == "max_minutes":
@@ -51,8 +55,9 @@ def train_draem(model, context) -> dict:
                      "colour jitter): train_host.synth.perlin_anomaly",
         "validation_signal": validation.signal,
         "validation_used_for": "choosing the epoch kept (validation image AUROC)",
-        "validation_per_epoch": history, "epoch_kept": best[1], "validation_auroc": best[0]["auroc"],
-        "validation": best[0], "epochs_run": len(history), "stopped_by": stopped, "steps": steps,
+        "validation_per_epoch": [{k: v for k, v in h.items() if k != "per_kind"} for h in history],
+        "epoch_kept": best[1], **validation.record(best[0]), "epochs_run": len(history), "stopped_by": stopped,
+        "steps": steps,
         "first_train_loss": round(float(np.mean(losses[:5])), 4) if losses else None,
         "final_train_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
     }

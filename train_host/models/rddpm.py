@@ -10,8 +10,8 @@ between random-init ResNet-18 features of the two, each channel in units of its 
 images), each standardised per pixel by the median and MAD of the training images' maps, with
 the image score the max or top-k mean of the map. The K steps are a Python loop over constant
 timesteps, so ONNX export unrolls them into one graph that takes only ``image``. t0 and K are
-chosen after training on the validation good images and synthetic anomalies made from them
-(rddpm_select.py), unless given.
+chosen after training on the shared validation set (`train_host.validation`: held-out good images, synthetic
+anomalies made from them, real defects from --val-defects; rddpm_select.py), unless given.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ class RDDPMConfig:
     norm_images: int = 256  # training images those statistics are taken from
     sigma: float = 2.0  # smoothing of the anomaly map, in pixels
     score: str = "topk:0.01"
-    val_images: int = 64  # validation good images (and as many synthetic anomalies) for choosing t0, K
     t0_grid: tuple[int, ...] = (50, 100, 175, 250, 350)  # candidates when t0 is None
     steps_grid: tuple[int, ...] = (2, 4, 8)  # candidates when steps is None
     seed: int = 0
@@ -293,20 +292,34 @@ def fit(model: RDDPMDetector, context) -> dict:
             p.copy_(e)
     model.eval()
     selection = finish(model, context, images)
-    return {"images": len(images), "contaminated": sum(s.label == 1 for s in context.split.train),
+    kept = selection.pop("kept", None)  # the shared validation of the setting kept: what `train auto` compares
+    return {**({**kept, "validation_used_for": "choosing t0 and K"} if kept else {}),"images": len(images), "contaminated": sum(s.label == 1 for s in context.split.train),
             "epochs": epoch, "steps": steps, "train_seconds": round(seconds, 1),
             "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 5),
             "selection": selection, "config": asdict(cfg)}
 
 
 def finish(model: RDDPMDetector, context, train_images: torch.Tensor) -> dict:
-    """After the denoiser is trained: choose t0 and K on validation and take the map statistics from a
-    seeded subset of the training images; both go into the model's config. Returns what was tried."""
+    """After the denoiser is trained: choose t0 and K on the shared validation set and take the map statistics
+    from a seeded subset of the training images; both go into the model's config. Returns what was tried."""
+    from ..validation import build_validation
     from .rddpm_select import choose_inference
 
     cfg = model.config
-    val = load_images(context, context.split.val, "validation") if context.split.val else train_images[:0]
+    validation = None
+    if cfg.t0 is None or cfg.steps is None:
+        try:
+            validation = build_validation(context, trains_on(cfg), cfg.seed)
+        except LinesideError as exc:  # too few good images to validate on: the defaults, said so
+            context.log(f"rddpm: {exc}")
     pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.norm_images]
-    selection = choose_inference(model, val, train_images[pick.sort().values], context.log)
+    selection = choose_inference(model, validation, train_images[pick.sort().values], context.log)
     cfg.t0, cfg.steps = model.t0, model.steps
+    if "kept" in selection:  # the validation record of the setting kept
+        selection["kept"] = validation.record(selection["kept"])
     return selection
+
+
+def trains_on(config: RDDPMConfig) -> tuple[str, ...]:
+    """rddpm trains on good images only: every synthetic kind is held out for validation."""
+    return ()

@@ -1,0 +1,184 @@
+"""What every family chooses its settings on, and what `lineside train auto` compares families by.
+
+The validation set is the station's held-out good images (label 0) against synthetic
+anomalies made from those same images (label 1), plus the real labelled defects that
+``--val-defects`` moved out of the test set. Every family sees the same images and the same
+anomaly instances (anomaly ``j`` of good image ``i`` is kind ``POOL[(2i + j) % len(POOL)]``,
+drawn from its own seeded generator), so per-kind AUROCs are comparable across families.
+
+A family is scored only on the kinds it did NOT train on (its module's ``trains_on(config)``;
+none for families that train on no synthetic anomaly): validating on the training synthesiser
+would reward learning the synthesiser, not defects. ``validation_auroc`` is the image AUROC
+of the good images against those held-out anomalies; with real defects it is the mean of that
+and the AUROC of the good images against the real defects, so a handful of real defects weigh
+as much as the synthetic set.
+
+Only ``split.val`` (good), ``split.val_defects`` and, when there is no validation split, the
+last training images are read: never ``split.test``, so test labels cannot leak into the choice
+of an epoch, a t0, or a family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from edge_infer.errors import LinesideError
+
+POOL = ("texture", "structural", "confetti", "contextual", "cutpaste")  # train_host.synth kinds
+GOOD_IMAGES = 32  # held-out good images in the validation set
+PER_GOOD = 2  # synthetic anomalies made from each good image
+
+
+@dataclass
+class Validation:
+    images: torch.Tensor  # uint8 N×C×H×W
+    parts: np.ndarray  # N: "good", "real", or the synthetic kind
+    kinds: tuple[str, ...]  # the synthetic kinds scored (the family did not train on them)
+    trained_on: tuple[str, ...]
+    signal: str  # what it is, in words, for the run record
+
+    @property
+    def labels(self) -> np.ndarray:
+        return (self.parts != "good").astype(int)
+
+    def scores(self, model, batch: int = 16) -> np.ndarray:
+        """The model's image scores of every validation image (eval mode, restored after)."""
+        from .device import model_device
+
+        was_training = model.training
+        model.eval()
+        device = model_device(model)
+        with torch.no_grad():
+            out = [model(self.images[i:i + batch].to(device))[1].float().cpu()
+                   for i in range(0, len(self.images), batch)]
+        model.train(was_training)
+        return torch.cat(out).numpy()
+
+    def evaluate(self, model, batch: int = 16) -> dict:
+        """``validation_auroc`` (what settings and families are chosen by) and its parts."""
+        return self.summarise(self.scores(model, batch))
+
+    def summarise(self, scores: np.ndarray) -> dict:
+        good = self.parts == "good"
+        synthetic = np.isin(self.parts, self.kinds)
+        out = {"auroc_synthetic": _auroc(scores, good, synthetic)}
+        if (self.parts == "real").any():
+            out["auroc_real"] = _auroc(scores, good, self.parts == "real")
+        out["validation_auroc"] = round(float(np.mean(list(out.values()))), 4)
+        out["per_kind"] = {k: _auroc(scores, good, self.parts == k) for k in self.kinds}
+        return out
+
+    def record(self, result: dict) -> dict:
+        """The run record's part: the numbers, and which images and kinds they came from."""
+        return {"validation_auroc": result["validation_auroc"],
+                "validation": {**result, "kinds": list(self.kinds), "trained_on": list(self.trained_on),
+                               "good_images": int((self.parts == "good").sum()),
+                               "synthetic_anomalies": int(np.isin(self.parts, self.kinds).sum()),
+                               "real_defects": int((self.parts == "real").sum()), "signal": self.signal}}
+
+
+def _auroc(scores: np.ndarray, good: np.ndarray, bad: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    chosen = good | bad
+    if not np.isfinite(scores[chosen]).all():  # a diverged model ranks last, it does not crash the run
+        return 0.0
+    return round(float(roc_auc_score(bad[chosen].astype(int), scores[chosen])), 4)
+
+
+def trained_kinds(family_module, config) -> tuple[str, ...]:
+    """The synthetic kinds a family trains on (``trains_on(config)`` in its module; none if absent)."""
+    fn = getattr(family_module, "trains_on", None)
+    return tuple(fn(config)) if fn else ()
+
+
+def held_out(trained_on) -> tuple[str, ...]:
+    kinds = tuple(k for k in POOL if k not in set(trained_on))
+    if not kinds:
+        raise LinesideError(f"this family trains on every synthetic kind ({', '.join(trained_on)}): nothing is left "
+                            "to validate on; train it on fewer kinds (e.g. --kinds texture,structural)")
+    return kinds
+
+
+def build_validation(context, trained_on=(), seed: int | None = None, good_images: int = GOOD_IMAGES) -> Validation:
+    """The validation set for a family that trained on ``trained_on`` kinds, from ``context``'s split."""
+    seed = int(context.options.get("seed", 0)) if seed is None else seed
+    kinds = held_out(trained_on)
+    split = context.split
+    good_samples = split.val or split.train[-good_images:]  # no validation split: overlap, said in the record
+    good = read_set(context, good_samples[:good_images])
+    if len(good) < 2:
+        raise LinesideError("validation needs at least two held-out good images and the data has "
+                            f"{len(good)}: add images to train/good (and keep --val-share above 0)")
+    synthetic, names = synthetic_anomalies(good, seed)
+    parts = [good, synthetic]
+    labels = ["good"] * len(good) + names
+    real = ""
+    if split.val_defects:
+        bad = read_set(context, split.val_defects)
+        parts.append(bad)
+        labels += ["real"] * len(bad)
+        real = f" + {len(bad)} real labelled defects (--val-defects)"
+    keep = np.array([label in ("good", "real") or label in kinds for label in labels])
+    images = torch.cat(parts)[torch.from_numpy(keep)]
+    parts_arr = np.array(labels)[keep]
+    overlap = "" if split.val else " (no validation split: the last training images, overlapping)"
+    signal = (f"{len(good)} held-out good images vs {int(np.isin(parts_arr, kinds).sum())} synthetic anomalies of "
+              f"kinds it did not train on ({', '.join(kinds)}, train_host.synth){real}{overlap}")
+    return Validation(images, parts_arr, kinds, tuple(trained_on), signal)
+
+
+def synthetic_anomalies(good: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """``PER_GOOD`` anomalies per good image, the kinds in turn over the whole pool (the same for every family);
+    donors (for contextual/cutpaste) are the other good images."""
+    from .synth import synthesize
+
+    arrays = [g.numpy() for g in good]
+    out, names = [], []
+    for i, image in enumerate(arrays):
+        donors = [a for j, a in enumerate(arrays) if j != i] or [image]
+        for j in range(PER_GOOD):
+            kind = POOL[(PER_GOOD * i + j) % len(POOL)]
+            rng = np.random.default_rng([seed, 4022, i, j])
+            anomalous, _ = synthesize(kind, image, rng, donors)
+            out.append(torch.from_numpy(anomalous))
+            names.append(kind)
+    return torch.stack(out), names
+
+
+def read_set(context, samples) -> torch.Tensor:
+    """uint8 images of ``samples`` in the model's input geometry, on the CPU (unreadable ones skipped)."""
+    return read_images_and_masks(context, samples)[0]
+
+
+def read_images_and_masks(context, samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images, float masks) of the samples, in the model's input geometry, on the CPU."""
+    spec = context.spec
+    images, masks = [], []
+    for batch in context.loader(samples, batch_size=max(1, len(samples)), on_device=False):
+        images.append(batch["image"])
+        masks.append(batch["mask"])
+    if not images:
+        return (torch.zeros(0, spec.channels, spec.height, spec.width, dtype=torch.uint8),
+                torch.zeros(0, 1, spec.height, spec.width))
+    return torch.cat(images), torch.cat(masks)
+
+
+def validate_fitted(module, model, context, training: dict) -> dict:
+    """After ``fit``: the shared validation of a family that did not run it itself (it chose nothing with it,
+    but `train auto` and the validation-vs-test correlation compare every family by it)."""
+    if "validation_auroc" in training and "validation" in training:
+        return training
+    try:
+        validation = build_validation(context, trained_kinds(module, model.config))
+    except LinesideError as exc:  # the run is trained: say why it has no validation AUROC, keep it
+        context.log(f"validation skipped: {exc}")
+        return {**training, "validation_skipped": str(exc)}
+    context.log(f"validation: {validation.signal}")
+    result = validation.record(validation.evaluate(model, int(context.options.get("batch_size") or 16)))
+    context.log(f"validation AUROC {result['validation_auroc']:.4f} "
+                f"(per kind: {result['validation']['per_kind']})")
+    return {**training, **result, "validation_used_for": training.get("validation_used_for", "reporting only")}
