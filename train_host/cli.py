@@ -45,6 +45,22 @@ def register(sub) -> None:
            description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
            "features; the exported graph holds the bank and searches it as a matrix product.")
 
+    auto = families.add_parser("auto", help="train every family that fits --budget-minutes here; keep the one that "
+                               "validates best (no family names needed)",
+                               description="Estimates each detector family's cost on this hardware (a timed training "
+                               "step), trains those that fit the budget on the same split, exports and times each graph "
+                               "with ONNX Runtime, and keeps the best validation AUROC (held-out good images vs synthetic "
+                               "anomalies of kinds the family did not train on, plus --val-defects; never the test set) "
+                               "within --latency-ms. RUN becomes the winner's run; RUN/auto.md and auto.json compare "
+                               "every candidate; the others stay under RUN/candidates/ (docs/train-auto.md).")
+    common_train_options(auto)
+    auto.add_argument("--budget-minutes", type=float, required=True,
+                      help="wall-clock minutes for everything: estimates, training, validation and latency")
+    auto.add_argument("--latency-ms", type=float, help="keep only candidates whose exported graph scores one image "
+                      "within this many ms here (ONNX Runtime, batch 1); default: no limit")
+    auto.add_argument("--families", help="comma-separated subset of the candidates (default: all of them)")
+    auto.set_defaults(handler=handler("train_host.auto:main"))
+
     register_weights(sub)
 
     synth = sub.add_parser("synth", help="write synthetic anomalies and their masks to a folder to look at",
@@ -70,6 +86,8 @@ def register(sub) -> None:
     ev.add_argument("run", nargs="+", help="run directory from `lineside train` (several: a side-by-side table)")
     ev.add_argument("--data", help="dataset: 'elpv' or an MVTec-layout folder (default: the run's own data)")
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE as JSON")
+    ev.add_argument("--correlate", action="store_true", help="with several runs: Spearman's rank correlation between "
+                    "their validation AUROC (run.json) and their test image AUROC (does validation predict the test?)")
     ev.add_argument("--limit", type=int, help="evaluate at most this many images per split part (quick checks)")
     ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     ev.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")

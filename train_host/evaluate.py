@@ -21,6 +21,8 @@ def main(args) -> int:
     set_threads(args.threads)
     if len(args.run) > 1:
         return compare(args)
+    if getattr(args, "correlate", False):
+        raise LinesideError("--correlate ranks several runs: give two or more (e.g. RUN RUN/candidates/*)")
     model, record = load_run(args.run[0], device=args_device(args))
     data = run_data(record, args.data, args.run[0])
     split = run_split(record, data, args.limit)
@@ -52,8 +54,12 @@ def compare(args) -> int:
         rows.append({"run": str(run), **setting(record), **metrics})
     rows.sort(key=lambda row: row["contamination"])  # stable: runs at one level stay in the order given
     print(format_table(rows, test))
+    extra = {}
+    if getattr(args, "correlate", False):
+        extra["validation_vs_test"] = correlation(rows)
+        print(format_correlation(extra["validation_vs_test"]))
     if args.json:
-        write_json_atomic(Path(args.json), {"test_images": len(test), "runs": rows})
+        write_json_atomic(Path(args.json), {"test_images": len(test), "runs": rows, **extra})
         print(f"wrote {args.json}")
     return 0
 
@@ -68,7 +74,8 @@ def setting(record: dict) -> dict:
     """What tells runs apart in a comparison: family, training loss where it has one, contamination."""
     return {"family": record["family"], "loss": record["config"].get("loss", ""),
             "contamination": record["data"].get("contamination") or 0.0,
-            "train_defects": record["training"].get("contaminated", 0)}
+            "train_defects": record["training"].get("contaminated", 0),
+            "validation_auroc": record["training"].get("validation_auroc")}
 
 
 def evaluate_model(model, record: dict, split, batch_size: int = 16) -> dict:
@@ -88,13 +95,41 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join([head, *rows])
 
 
+def correlation(rows: list[dict]) -> dict:
+    """Spearman's rank correlation between the runs' validation AUROC (train_host.validation, from their records)
+    and their image AUROC on the shared test images: does validation choose what the test would?"""
+    from scipy.stats import spearmanr
+
+    pairs = [(r["validation_auroc"], r["image_auroc"]) for r in rows if r.get("validation_auroc") is not None]
+    missing = [r["run"] for r in rows if r.get("validation_auroc") is None]
+    out = {"runs": len(pairs), "without_validation": missing, "spearman": None, "p_value": None}
+    if len(pairs) >= 3:
+        rho, p = spearmanr(*zip(*pairs))
+        out.update(spearman=None if rho != rho else round(float(rho), 4), p_value=None if p != p else round(float(p), 4))
+    return out
+
+
+def format_correlation(result: dict) -> str:
+    if result["spearman"] is None:
+        why = "fewer than 3 runs with a validation AUROC" if result["runs"] < 3 else "a constant column"
+        text = f"validation vs test: no rank correlation ({why})"
+    else:
+        text = (f"validation vs test image AUROC over {result['runs']} runs: Spearman {result['spearman']:+.3f} "
+                f"(p = {result['p_value']:.3g})")
+    if result["without_validation"]:
+        text += f"; left out (no validation_auroc in run.json, trained before it existed): " \
+                f"{', '.join(result['without_validation'])}"
+    return text
+
+
 def format_table(rows: list[dict], test: list) -> str:
     keys = [k for k in ("image_auroc", "image_auprc", "pixel_auroc", "au_pro_30") if k in rows[0]]
     head = (f"{len(rows)} runs on the {len(test)} test images none of them trained or validated on "
             f"({sum(s.label for s in test)} defective)")
-    lines = [head, "", "| run | family | loss | contamination | defects in train | " + " | ".join(keys) + " |",
-             "| --- " * (5 + len(keys)) + "|"]
+    lines = [head, "", "| run | family | loss | contamination | defects in train | validation AUROC | "
+             + " | ".join(keys) + " |", "| --- " * (6 + len(keys)) + "|"]
     for row in rows:
+        val = "" if row["validation_auroc"] is None else f"{row['validation_auroc']:.4f}"
         lines.append(f"| {row['run']} | {row['family']} | {row['loss']} | {row['contamination']:.0%} | "
-                     f"{row['train_defects']} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+                     f"{row['train_defects']} | {val} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
     return "\n".join(lines)

@@ -147,30 +147,19 @@ def refit(run_dir: Path, batch_size: int = 16, log=print) -> None:
 
 def latency(run: Path, out: Path, ks: list[int], repeats: int, threads: int | None) -> int:
     """ONNX Runtime CPU latency of the run's graph unrolled at each K (batch 1, after 20 warm-up runs)."""
-    import numpy as np
+    from benchmarks.stats import format_row
 
-    from benchmarks.stats import format_row, summarize
-    from edge_infer.backends.ort import OrtBackend
-
+    from .auto import onnx_latency
     from .export import export_onnx
 
     model, record = load_run(run)
     spec = InputSpec.from_dict(record["input"])
-    image = np.random.default_rng(0).integers(0, 256, (1, spec.channels, spec.height, spec.width), dtype=np.uint8)
     rows = {}
     for k in ks:
         model.set_inference(model.t0, k)
         path = out / f"model_k{k}.onnx"
         export_onnx(model, spec, path, max_batch=2)  # a dynamic batch needs max > min
-        backend = OrtBackend(path, spec, max_batch=2, threads=threads)
-        for _ in range(20):
-            backend.run(image)
-        samples = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            backend.run(image)
-            samples.append((time.perf_counter() - started) * 1000)
-        rows[f"K={k}"] = summarize(samples)
+        rows[f"K={k}"] = onnx_latency(path, spec, threads, warmup=20, repeats=repeats)
         print(format_row(f"K={k}", rows[f"K={k}"]), flush=True)
     write_json_atomic(out / "latency.json", {"run": str(run), "t0": model.t0, "threads": threads,
                                              "input": spec.to_dict(), "latency_ms": rows})

@@ -133,6 +133,20 @@ def plan_cutpaste(model, context):
     return steps * factor, _train_step(model.backbone, lambda net: net(x).sigmoid().mean())
 
 
+def plan_draem(model, context):
+    import torch.nn.functional as F
+
+    epochs = int(context.options.get("epochs") or 10)
+    steps = epochs * _batches(context, len(context.split.train))
+    x = _batch(context)
+
+    def loss(m):  # both networks forward and backward, as a training step runs them
+        rec, logits = m.outputs(x)
+        return F.mse_loss(rec, m.to_unit(x)) + logits.sigmoid().mean()
+
+    return steps, _train_step(model, loss)
+
+
 def plan_dinov2_lora(model, context):
     cfg = model.config
     stations = max(1, len(context.split.info.get("stations", [])))
@@ -143,4 +157,5 @@ def plan_dinov2_lora(model, context):
     return steps, _train_step(model, lambda m: m.head_logits(m.tokens(x))[0].mean())
 
 
-PLANS = {"adtr": plan_adtr, "rddpm": plan_rddpm, "cutpaste": plan_cutpaste, "dinov2-lora": plan_dinov2_lora}
+PLANS = {"adtr": plan_adtr, "rddpm": plan_rddpm, "cutpaste": plan_cutpaste, "draem": plan_draem,
+         "dinov2-lora": plan_dinov2_lora}
