@@ -258,12 +258,12 @@ def train_candidate(candidate: Candidate, spec, split, options: dict, hardware, 
 
 def measure_graph(run: Path, threads: int | None) -> tuple[float, float]:
     """(median ms of one image through the exported ONNX graph with ONNX Runtime here, the graph's MB)."""
+    from edge_infer.preprocess import InputSpec
+
     from .export import export_onnx
     from .run import load_run
 
     model, record = load_run(run)
-    from edge_infer.preprocess import InputSpec
-
     spec = InputSpec.from_dict(record["input"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"

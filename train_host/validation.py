@@ -110,9 +110,9 @@ def build_validation(context, trained_on=(), seed: int | None = None, good_image
     split = context.split
     good_samples = split.val or split.train[-good_images:]  # no validation split: overlap, said in the record
     good = read_set(context, good_samples[:good_images])
-    if len(good) < 2:
-        raise LinesideError("validation needs at least two held-out good images and the data has "
-                            f"{len(good)}: add images to train/good (and keep --val-share above 0)")
+    if len(good) == 0:
+        raise LinesideError("validation needs held-out good images and the data has none: add images to "
+                            "train/good (and keep --val-share above 0)")
     synthetic, names = synthetic_anomalies(good, seed)
     parts = [good, synthetic]
     labels = ["good"] * len(good) + names
