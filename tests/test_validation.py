@@ -68,6 +68,15 @@ def test_the_same_anomaly_instances_for_every_family_and_never_the_test_split(da
     assert record["validation"]["trained_on"] == ["texture"] and record["validation"]["real_defects"] == 2
 
 
+def test_one_good_image_still_gives_every_held_out_kind(data):
+    split = without_test(load_split(data, val_share=0.3))
+    split.val = split.val[:1]
+    validation = build_validation(context_for(split), ())
+    assert sorted(set(validation.parts) - {"good"}) == sorted(POOL)
+    result = validation.summarise(np.arange(len(validation.parts), dtype=float))
+    assert all(np.isfinite(v) for v in result["per_kind"].values()) and result["validation_auroc"] == 1.0
+
+
 def test_every_family_run_records_validation_auroc_without_reading_the_test_split(data, tmp_path):
     """rx chooses nothing with validation, so train_run adds it after the fit: the number `train auto` compares."""
     from train_host.train import train_run

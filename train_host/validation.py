@@ -4,7 +4,8 @@ The validation set is the station's held-out good images (label 0) against synth
 anomalies made from those same images (label 1), plus the real labelled defects that
 ``--val-defects`` moved out of the test set. Every family sees the same images and the same
 anomaly instances (anomaly ``j`` of good image ``i`` is kind ``POOL[(2i + j) % len(POOL)]``,
-drawn from its own seeded generator), so per-kind AUROCs are comparable across families.
+drawn from its own seeded generator; a kind the turn does not reach with few good images gets one
+instance of its own), so per-kind AUROCs are comparable across families.
 
 A family is scored only on the kinds it did NOT train on (its module's ``trains_on(config)``;
 none for families that train on no synthetic anomaly): validating on the training synthesiser
@@ -113,7 +114,7 @@ def build_validation(context, trained_on=(), seed: int | None = None, good_image
     if len(good) == 0:
         raise LinesideError("validation needs held-out good images and the data has none: add images to "
                             "train/good (and keep --val-share above 0)")
-    synthetic, names = synthetic_anomalies(good, seed)
+    synthetic, names = synthetic_anomalies(good, seed, kinds)
     parts = [good, synthetic]
     labels = ["good"] * len(good) + names
     real = ""
@@ -122,30 +123,31 @@ def build_validation(context, trained_on=(), seed: int | None = None, good_image
         parts.append(bad)
         labels += ["real"] * len(bad)
         real = f" + {len(bad)} real labelled defects (--val-defects)"
-    keep = np.array([label in ("good", "real") or label in kinds for label in labels])
-    images = torch.cat(parts)[torch.from_numpy(keep)]
-    parts_arr = np.array(labels)[keep]
+    images, parts_arr = torch.cat(parts), np.array(labels)
     overlap = "" if split.val else " (no validation split: the last training images, overlapping)"
     signal = (f"{len(good)} held-out good images vs {int(np.isin(parts_arr, kinds).sum())} synthetic anomalies of "
               f"kinds it did not train on ({', '.join(kinds)}, train_host.synth){real}{overlap}")
     return Validation(images, parts_arr, kinds, tuple(trained_on), signal)
 
 
-def synthetic_anomalies(good: torch.Tensor, seed: int) -> tuple[torch.Tensor, list[str]]:
-    """``PER_GOOD`` anomalies per good image, the kinds in turn over the whole pool (the same for every family);
-    donors (for contextual/cutpaste) are the other good images."""
+def synthetic_anomalies(good: torch.Tensor, seed: int, kinds=POOL) -> tuple[torch.Tensor, list[str]]:
+    """The anomalies of ``kinds`` among ``PER_GOOD`` per good image (the pool's kinds in turn), plus one of each
+    kind the turn did not reach (few good images). Anomaly (i, kind) is drawn from its own generator, so a family
+    gets the same instance of it as every other family; donors (contextual, cutpaste) are the other good images."""
     from .synth import synthesize
 
+    pairs = [(i, POOL[(PER_GOOD * i + j) % len(POOL)]) for i in range(len(good)) for j in range(PER_GOOD)]
+    pairs = [(i, kind) for i, kind in pairs if kind in kinds]
+    reached = {kind for _, kind in pairs}
+    pairs += [(POOL.index(kind) % len(good), kind) for kind in kinds if kind not in reached]
     arrays = [g.numpy() for g in good]
     out, names = [], []
-    for i, image in enumerate(arrays):
-        donors = [a for j, a in enumerate(arrays) if j != i] or [image]
-        for j in range(PER_GOOD):
-            kind = POOL[(PER_GOOD * i + j) % len(POOL)]
-            rng = np.random.default_rng([seed, 4022, i, j])
-            anomalous, _ = synthesize(kind, image, rng, donors)
-            out.append(torch.from_numpy(anomalous))
-            names.append(kind)
+    for i, kind in pairs:
+        donors = [a for j, a in enumerate(arrays) if j != i] or [arrays[i]]
+        rng = np.random.default_rng([seed, 4022, i, POOL.index(kind)])
+        anomalous, _ = synthesize(kind, arrays[i], rng, donors)
+        out.append(torch.from_numpy(anomalous))
+        names.append(kind)
     return torch.stack(out), names
 
 
