@@ -99,5 +99,5 @@ def fit(model: CutPasteDetector, context) -> dict:
     """Train on synthetic defects; with ``learned_synthesis`` the synthesis is tuned bi-level."""
     from .cutpaste_bilevel import train_bilevel
 
-    summary = train_bilevel(model, context)
+    summary = train_bilevel(model, context, trains_on(model.config))
     return {**summary, "config": asdict(model.config)}

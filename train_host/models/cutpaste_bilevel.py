@@ -33,7 +33,7 @@ from .cutpaste_validation import ValidationSet, build_validation
 from .segmentation_loss import focal_dice_loss
 
 
-def train_bilevel(model, context) -> dict:
+def train_bilevel(model, context, trained_on: tuple[str, ...]) -> dict:
     """The synthesis runs on the CPU (OpenCV and NumPy per image); the network trains on the device,
     under torchrun with DDP (each rank its slice of every synthesised global batch)."""
     from edge_infer.errors import LinesideError
@@ -59,9 +59,7 @@ def train_bilevel(model, context) -> dict:
     synth = CutPasteSynthesis(context.spec.channels, seed=int(opts.get("seed", 0)), crops=crops)
     vset = build_validation(context, int(opts.get("seed", 0))).to(device)
     context.log(f"cutpaste: validation signal: {vset.signal}")
-    from .cutpaste import trains_on
-
-    shared = build_shared_validation(context, trains_on(model.config), int(opts.get("seed", 0)))
+    shared = build_shared_validation(context, trained_on, int(opts.get("seed", 0)))
     context.log(f"cutpaste: the epoch kept is chosen on {shared.signal}")
     preview = first_images(context, context.split.train, 8)
     synth_out = Path(opts["synth_out"]) if opts.get("synth_out") else None

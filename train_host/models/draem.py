@@ -119,4 +119,4 @@ def trains_on(config: DraemConfig) -> tuple[str, ...]:
 def fit(model: DraemDetector, context) -> dict:
     from .draem_training import train_draem
 
-    return {**train_draem(model, context), "config": asdict(model.config)}
+    return {**train_draem(model, context, trains_on(model.config)), "config": asdict(model.config)}

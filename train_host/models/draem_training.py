@@ -16,15 +16,14 @@ from ..validation import build_validation
 from .segmentation_loss import focal_dice_loss
 
 
-def train_draem(model, context) -> dict:
+def train_draem(model, context, trained_on: tuple[str, ...]) -> dict:
+    """``trained_on``: the synthetic kinds training makes (validation holds them out)."""
     opts = context.options
     epochs = int(opts.get("epochs") or 10)
     deadline = time.monotonic() + 60 * float(opts.get("max_minutes") or math.inf)
     seed = int(opts.get("seed", 0))
     rng = np.random.default_rng([seed, 2021])  # the anomaly draws; the same seed makes the same run
-    from .draem import trains_on
-
-    validation = build_validation(context, trains_on(model.config), seed)
+    validation = build_validation(context, trained_on, seed)
     context.log(f"draem: validation: {validation.signal}")
     optimizer = torch.optim.Adam(model.parameters(), lr=float(opts.get("lr") or 1e-3))
     losses, history, best, steps, stopped = [], [], None, 0, "epochs"
