@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LinesideError
-from ..preprocess import InputSpec
+from ..preprocess import InputSpec, tile_inputs
+from ..tiling import stitch
 
 
 @dataclass
 class ModelOutputs:
-    anomaly_map: np.ndarray  # float32, N×1×h×w
+    anomaly_map: np.ndarray | list  # float32, N×1×h×w; per frame of a tiled bundle: a list when sizes differ
     score: np.ndarray  # float32, N
 
 
@@ -42,6 +43,27 @@ class Backend(ABC):
         """Outputs for any number of images, run in batches of at most ``max_batch``."""
         outs = [self.run(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
         return ModelOutputs(np.concatenate([o.anomaly_map for o in outs]), np.concatenate([o.score for o in outs]))
+
+    def run_frames(self, inputs) -> ModelOutputs:
+        """One output per preprocessed frame (an N×C×H×W batch, or a list of them).
+
+        A tiled bundle's inputs are canvases (edge_infer.preprocess): every frame's tiles go to the
+        graph together, N frames × T tiles in batches of at most ``max_batch``; each frame's map is
+        its tiles' maps stitched (edge_infer.tiling.stitch) and its score the max of its tiles'.
+        """
+        if self.spec.tiles is None:
+            return self.run_all(inputs if isinstance(inputs, np.ndarray) else np.stack(inputs))
+        cut = [tile_inputs(canvas, self.spec) for canvas in inputs]
+        out = self.run_all(np.concatenate([tiles for tiles, _ in cut]))
+        maps, scores, start = [], [], 0
+        model = (self.spec.height, self.spec.width)
+        for canvas, (tiles, places) in zip(inputs, cut):
+            end = start + len(tiles)
+            maps.append(stitch(out.anomaly_map[start:end], places, canvas.shape[1:], model))
+            scores.append(out.score[start:end].max())
+            start = end
+        same = len({m.shape for m in maps}) == 1
+        return ModelOutputs(np.stack(maps) if same else maps, np.asarray(scores, np.float32))
 
     @abstractmethod
     def _run(self, images: np.ndarray) -> ModelOutputs:
