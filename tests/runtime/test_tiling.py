@@ -1,16 +1,24 @@
 """Tiling (edge_infer/tiling.py): the grid, the canvas the plan brings a ROI to, stitching, and the
 small defect that only tiles see; scored through the real ONNX Runtime backend."""
 
+import time
+
+import cv2
 import numpy as np
 import pytest
+import yaml
 
 from edge_infer.alerts.disk import heatmap
 from edge_infer.bundle import Bundle
+from edge_infer.camera import Publisher
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec, plan, preprocess, tile_inputs
 from edge_infer.score import Scorer
+from edge_infer.server import Server
+from edge_infer.station import load_station
 from edge_infer.tiling import Tiling, grid
-from runtime_helpers import make_tiny_bundle
+from lineside.cli import main
+from runtime_helpers import cleanup, make_tiny_bundle, short_dir, wait_for_rows
 
 
 @pytest.mark.parametrize("length, tile, overlap", [
@@ -142,3 +150,80 @@ def test_tiling_follows_the_manifest_and_a_disagreeing_station_is_refused(tmp_pa
         Scorer(tiled, backend="ort-cpu", tiles={"size": 64, "overlap": 0})
     with pytest.raises(LinesideError, match="trained and exported with no tiles"):
         Scorer(make_tiny_bundle(tmp_path / "plain"), backend="ort-cpu", tiles={"size": 64, "overlap": 0})
+
+
+def test_calibrate_then_serve_a_tiled_bundle_end_to_end(tmp_path):
+    """The journey with tiles from the manifest: calibrate on good frames (ROI and tiles of the station
+    config), then serve PNG frames: the small defect is NG with its region, its heatmap under the ROI
+    in the frame, and a good frame is OK at the score calibration saw for it."""
+    bundle = make_tiny_bundle(tmp_path / "bundle", image_threshold=None, tiles={"size": 32, "overlap": 8})
+    rng = np.random.default_rng(2)
+    roi = [20, 10, 160, 140]
+
+    def good_frame():
+        return (40 + rng.integers(0, 20, (160, 200))).astype(np.uint8)
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(good / f"{i:03d}.png"), good_frame())
+    config = tiling_station(tmp_path, bundle, roi=roi, tiles={"size": 32, "overlap": 8},
+                            alerts={"disk": {"dir": str(tmp_path / "ng")}})
+    assert main(["calibrate", str(bundle), "--station", "st1", "--good", str(good), "--allow-few",
+                 "--station-config", str(config), "--out", str(tmp_path / "cal")]) == 0
+    thresholds = Bundle.load(bundle).thresholds
+    assert thresholds.provenance["tiles"] == {"size": 32, "overlap": 8} and thresholds.provenance["roi"] == roi
+    assert thresholds.image < 0.5
+
+    ok = good_frame()
+    defect = good_frame()
+    defect[100:108, 60:68] = 255  # 8x8 px inside the ROI: 0.2 % of the frame
+    cfg = load_station(config)
+    server = Server(cfg).start()
+    try:
+        with Publisher(cfg.sockets.frames, "st1", "cam0", "png") as camera:
+            camera.publish(ok, block=True)
+            camera.publish(defect, block=True)
+        rows = {r["frame_id"]: r for r in wait_for_rows(cfg.journal.path, 2)}
+        for _ in range(200):
+            if list((tmp_path / "ng").glob("*_heatmap.png")):
+                break
+            time.sleep(0.05)
+    finally:
+        server.close()
+        cleanup(cfg)
+    assert rows[0]["status"] == "OK" and rows[1]["status"] == "NG"
+    region = rows[1]["detail"]["regions"][0]  # in the stitched map: the ROI at full resolution here
+    assert 60 - 20 - 1 <= region["x"] <= 60 - 20 + 1 and 100 - 10 - 1 <= region["y"] <= 100 - 10 + 1
+    (shown,) = (tmp_path / "ng").glob("*_heatmap.png")
+    hot = cv2.imread(str(shown)).astype(int)
+    red = hot[..., 2] - hot[..., 0]
+    y, x = np.unravel_index(np.argmax(red), red.shape)
+    assert 58 <= x < 70 and 98 <= y < 110  # the hot spot is on the defect, in frame pixels
+
+
+def test_a_station_config_that_disagrees_with_the_bundle_is_refused_by_calibrate_and_serve(tmp_path, capsys):
+    bundle = make_tiny_bundle(tmp_path / "bundle", image_threshold=None, tiles={"size": 32, "overlap": 8})
+    good = tmp_path / "good"
+    good.mkdir()
+    cv2.imwrite(str(good / "0.png"), np.full((64, 64), 40, np.uint8))
+    config = tiling_station(tmp_path, bundle, tiles={"size": 48, "overlap": 8})
+    assert main(["calibrate", str(bundle), "--station", "st1", "--good", str(good), "--allow-few",
+                 "--station-config", str(config), "--out", str(tmp_path / "cal")]) != 0
+    assert "declares tiles {'size': 48, 'overlap': 8}" in capsys.readouterr().err
+    cfg = load_station(config)
+    try:
+        with pytest.raises(LinesideError, match="tiling follows the bundle's manifest"):
+            Server(cfg).start()
+    finally:
+        cleanup(cfg)
+
+
+def tiling_station(tmp_path, bundle, **settings):
+    sock = short_dir()
+    data = {"station": "st1", "bundle": str(bundle),
+            "sockets": {k: f"ipc://{sock}/{k}" for k in ("frames", "verdicts", "control")},
+            "journal": {"path": str(tmp_path / "journal.sqlite")}, **settings}
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
