@@ -109,3 +109,20 @@ def stitch(maps: np.ndarray, tiles: list[tuple[int, int]], canvas: tuple[int, in
         view = out[y0 : y0 + mh, x0 : x0 + mw]
         np.maximum(view, tile_map.reshape(mh, mw), out=view)
     return out[None]
+
+
+def score_canvases(run, canvases, tiling: Tiling, model: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per frame: (stitched 1×H×W maps, scores = the max of its tiles' scores), for canvases (C×H×W each).
+
+    ``run`` scores all the frames' tiles at once (K×C×h×w → K×1×mh×mw maps, K scores), N frames × T
+    tiles together: the backend splits them into batches of its max_batch (Backend.run_all).
+    """
+    places = [boxes(canvas.shape[1:], tiling, model) for canvas in canvases]
+    maps, scores = run(np.concatenate([cut(canvas, p, model) for canvas, p in zip(canvases, places)]))
+    stitched, best, start = [], [], 0
+    for canvas, p in zip(canvases, places):
+        end = start + len(p)
+        stitched.append(stitch(maps[start:end], p, canvas.shape[1:], model))
+        best.append(scores[start:end].max())
+        start = end
+    return stitched, np.asarray(best, np.float32)

@@ -8,14 +8,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LinesideError
-from ..preprocess import InputSpec, tile_inputs
-from ..tiling import stitch
+from ..preprocess import InputSpec
+from ..tiling import score_canvases
 
 
 @dataclass
 class ModelOutputs:
     anomaly_map: np.ndarray | list  # float32, N×1×h×w; per frame of a tiled bundle: a list when sizes differ
     score: np.ndarray  # float32, N
+
+
+def stack_maps(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Frames' maps as one N×1×h×w array when they share a size (frames of one camera), else the list."""
+    return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
 
 def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
@@ -53,17 +58,12 @@ class Backend(ABC):
         """
         if self.spec.tiles is None:
             return self.run_all(inputs if isinstance(inputs, np.ndarray) else np.stack(inputs))
-        cut = [tile_inputs(canvas, self.spec) for canvas in inputs]
-        out = self.run_all(np.concatenate([tiles for tiles, _ in cut]))
-        maps, scores, start = [], [], 0
-        model = (self.spec.height, self.spec.width)
-        for canvas, (tiles, places) in zip(inputs, cut):
-            end = start + len(tiles)
-            maps.append(stitch(out.anomaly_map[start:end], places, canvas.shape[1:], model))
-            scores.append(out.score[start:end].max())
-            start = end
-        same = len({m.shape for m in maps}) == 1
-        return ModelOutputs(np.stack(maps) if same else maps, np.asarray(scores, np.float32))
+        def run(tiles):
+            out = self.run_all(tiles)
+            return out.anomaly_map, out.score
+
+        maps, scores = score_canvases(run, inputs, self.spec.tiles, (self.spec.height, self.spec.width))
+        return ModelOutputs(stack_maps(maps), scores)
 
     @abstractmethod
     def _run(self, images: np.ndarray) -> ModelOutputs:
