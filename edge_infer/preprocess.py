@@ -271,19 +271,21 @@ def tile_inputs(model_input: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, l
 
 
 def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
-    """Graph inputs (N×C×H×W) for image files, and the indices of those that were readable.
+    """Graph inputs (N×C×H×W) for image files, and for each input the index of its (readable) file.
 
     For checks that need a handful of real images (parity, calibration sets): unreadable
     files are left out here; the data loaders are where they are reported by path. A tiled
-    spec gives every tile of every image (what the graph scores), in order.
+    spec gives every tile of every image (what the graph scores), in order, each with its
+    image's index; untiled, one input per readable file.
     """
     arrays, kept = [], []
     for i, path in enumerate(paths):
         try:
-            arrays.extend(tile_inputs(read_input(path, spec)[0], spec)[0])
+            tiles = tile_inputs(read_input(path, spec)[0], spec)[0]
         except LinesideError:
             continue
-        kept.append(i)
+        arrays.extend(tiles)
+        kept.extend([i] * len(tiles))
     if not arrays:
         return np.zeros((0, *spec.graph_shape), np.uint8), kept
     return np.stack(arrays), kept

@@ -68,10 +68,13 @@ def test_a_small_defect_found_with_tiles_vanishes_without(category, tiled_run, t
 
 def test_the_export_records_the_tiling_and_scores_as_pytorch_did(category, tiled_run, tmp_path):
     run, _ = tiled_run
-    assert cli(["export", str(run), "--out", str(tmp_path / "bundle")]) == 0
+    assert cli(["export", str(run), "--out", str(tmp_path / "bundle"), "--precision", "fp32,fp16"]) == 0
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.manifest.input.tiles.model_dump() == {"size": 64, "overlap": 16}
     assert bundle.manifest.files["model.onnx"].checks["parity"]["images"] > 1  # tiles of the parity images
+    accuracy = bundle.manifest.files[bundle.manifest.variants["fp16"]].checks["accuracy"]
+    assert accuracy["images"] == len(load_split(category).test)  # checked per image (max over its tiles)
+    assert accuracy["auroc_fp32"] >= 0.95
 
     from train_host.infer import predict
     from train_host.run import load_run
