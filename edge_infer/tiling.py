@@ -117,12 +117,23 @@ def score_canvases(run, canvases, tiling: Tiling, model: tuple[int, int]) -> tup
     ``run`` scores all the frames' tiles at once (K×C×h×w → K×1×mh×mw maps, K scores), N frames × T
     tiles together: the backend splits them into batches of its max_batch (Backend.run_all).
     """
-    places = [boxes(canvas.shape[1:], tiling, model) for canvas in canvases]
+    shapes = [canvas.shape[1:] for canvas in canvases]
+    places = [boxes(shape, tiling, model) for shape in shapes]
     maps, scores = run(np.concatenate([cut(canvas, p, model) for canvas, p in zip(canvases, places)]))
+    return merge(maps, scores, shapes, tiling, model)
+
+
+def merge(maps: np.ndarray, scores: np.ndarray, canvases: list[tuple[int, int]], tiling: Tiling,
+          model: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Tiles' outputs, frame after frame in grid order, back to one (stitched map, max score) per frame
+    of the given canvas (height, width): the device's rule, which training's evaluation follows too."""
     stitched, best, start = [], [], 0
-    for canvas, p in zip(canvases, places):
-        end = start + len(p)
-        stitched.append(stitch(maps[start:end], p, canvas.shape[1:], model))
+    for canvas in canvases:
+        places = boxes(tuple(canvas), tiling, model)
+        end = start + len(places)
+        stitched.append(stitch(maps[start:end], places, tuple(canvas), model))
         best.append(scores[start:end].max())
         start = end
+    if start != len(scores):
+        raise LinesideError(f"{len(scores)} tile outputs for canvases that hold {start} tiles: score every tile")
     return stitched, np.asarray(best, np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from edge_infer.preprocess import InputSpec
-from edge_infer.tiling import boxes, stitch
+from edge_infer.tiling import merge
 
 from .context import progress_bar
 from .data import make_loader, read_mask
@@ -58,14 +58,9 @@ def predict(model, samples, spec: InputSpec, batch_size: int = 16, keep_maps: bo
 
 def per_image(amap: np.ndarray, score: np.ndarray, index: np.ndarray, label: np.ndarray, canvases: list,
               spec: InputSpec):
-    """A tiled batch's outputs per image (maps stitched by edge_infer.tiling, score the max over tiles):
-    (maps, scores, image indices, labels), the images in the order the batch holds them."""
-    model = (spec.height, spec.width)
+    """A tiled batch's outputs per image, by the device's rule (edge_infer.tiling.merge: stitched maps, the
+    max of the tiles' scores): (maps, scores, image indices, labels), the images in the batch's order."""
     images = list(dict.fromkeys(index.tolist()))
-    maps, scores, labels = [], [], []
-    for i, canvas in zip(images, canvases):
-        rows = index == i
-        maps.append(stitch(amap[rows], boxes(tuple(canvas), spec.tiles, model), tuple(canvas), model))
-        scores.append(score[rows].max())
-        labels.append(label[rows][0])
-    return maps, np.asarray(scores, np.float32), np.asarray(images), np.asarray(labels)
+    maps, scores = merge(amap, score, canvases, spec.tiles, (spec.height, spec.width))
+    labels = np.asarray([label[index == i][0] for i in images])
+    return maps, scores, np.asarray(images), labels

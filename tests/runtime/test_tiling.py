@@ -227,3 +227,14 @@ def tiling_station(tmp_path, bundle, **settings):
     path = tmp_path / "station.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_merging_outputs_that_do_not_match_the_tiles_is_refused():
+    from edge_infer.tiling import merge
+
+    tiling, model = Tiling(32, 8), (32, 32)
+    maps, scores = np.zeros((4, 1, 32, 32), np.float32), np.arange(4, dtype=np.float32)
+    stitched, best = merge(maps, scores, [(32, 56), (32, 56)], tiling, model)  # two frames of two tiles
+    assert [m.shape for m in stitched] == [(1, 32, 56)] * 2 and best.tolist() == [1.0, 3.0]
+    with pytest.raises(LinesideError, match="4 tile outputs for canvases that hold 2 tiles"):
+        merge(maps, scores, [(32, 56)], tiling, model)
