@@ -13,7 +13,7 @@ from edge_infer.bundle import Bundle
 from edge_infer.decide import decide
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import decode_image
-from edge_infer.preprocess import preprocess
+from edge_infer.preprocess import preprocess_batch
 
 from .images import ImageSet, load_images
 from .stats import summarize, throughput
@@ -114,11 +114,12 @@ def measure(target: Target, bundle: Bundle, images: ImageSet, batch: int, warmup
 
 
 def one_iteration(target: Target, spec, thresholds, payloads: list[bytes]):
-    """Decode, preprocess, compute, decide one batch; stage times in ms for the whole batch."""
+    """Decode, preprocess, compute, decide one batch of frames; stage times in ms for the whole batch.
+    With a tiled bundle, compute is every tile of the batch's frames, and their stitching."""
     t0 = time.perf_counter()
     decoded = [decode_image(p) for p in payloads]
     t1 = time.perf_counter()
-    batch = np.stack([preprocess(im, spec) for im in decoded])
+    batch = preprocess_batch(decoded, spec)  # a tiled bundle: canvases, each cut into its tiles by the target
     t2 = time.perf_counter()
     out = target.run(batch)
     t3 = time.perf_counter()

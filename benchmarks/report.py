@@ -51,6 +51,12 @@ def bundle_info(bundle: Bundle) -> dict:
             "sha256": {name: m.files[name].sha256 for name in m.variants.values() if name in m.files}}
 
 
+def tiles_note(spec: dict) -> str:
+    """A tiled bundle's tiling, for the table's heading: its latency per frame is for every tile."""
+    tiles = spec.get("tiles")
+    return f", tiles of {tiles['size']} px overlapping {tiles['overlap']} px" if tiles else ""
+
+
 def latency_document(args, bundle: Bundle, images, results: list[dict]) -> dict:
     return {
         **header(args, "latency", ("bundle",)),
@@ -110,7 +116,7 @@ def latency_table(doc: dict) -> str:
     b, s = doc["bundle"], doc["settings"]
     span = f"{s['iterations']} iterations" if s["iterations"] else f"≥{s['duration_s']} s"
     lines = [f"bundle {b['family']}/{b['name']} {b['version']} "
-             f"({b['input']['width']}x{b['input']['height']}x{b['input']['channels']})   "
+             f"({b['input']['width']}x{b['input']['height']}x{b['input']['channels']}{tiles_note(b['input'])})   "
              f"images: {doc['images']['source']}, {doc['images']['count']} in rotation",
              machine.summary(doc["machine"]),
              f"latency per batch in ms (warm-up {s['warmup_s']} s excluded, {span} measured); "

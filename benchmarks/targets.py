@@ -36,8 +36,10 @@ class Target:
     transfers: str  # what the h2d / d2h stages are for this backend
     model: Backend | object
 
-    def run(self, images: np.ndarray) -> ModelOutputs:
-        return self.model.run(images)
+    def run(self, images) -> ModelOutputs:
+        """Frames' outputs; a tiled bundle's canvases are cut, scored and stitched as serve does."""
+        run_frames = getattr(self.model, "run_frames", None)
+        return run_frames(images) if run_frames else self.model.run(images)
 
     def describe(self) -> dict:
         describe = getattr(self.model, "describe", None)
@@ -122,12 +124,24 @@ class TorchModel:
     def __init__(self, model, record: dict):
         self.model, self.record = model, record
 
-    def run(self, images: np.ndarray) -> ModelOutputs:
+    def run(self, images) -> ModelOutputs:
+        """The model on a batch; a tiled run's canvases are cut and stitched as Backend.run_frames does."""
+        from edge_infer.backends.base import stack_maps
+        from edge_infer.preprocess import InputSpec
+        from edge_infer.tiling import score_canvases
+
+        spec = InputSpec.from_dict(self.record["input"])
+        if spec.tiles is None:
+            return ModelOutputs(*self._run(images))
+        maps, scores = score_canvases(self._run, images, spec.tiles, (spec.height, spec.width))
+        return ModelOutputs(stack_maps(maps), scores)
+
+    def _run(self, images: np.ndarray):
         import torch
 
         with torch.inference_mode():
             anomaly_map, score = self.model(torch.from_numpy(images))
-        return ModelOutputs(anomaly_map.numpy(), score.numpy())
+        return anomaly_map.numpy(), score.numpy()
 
     def describe(self) -> dict:
         import torch

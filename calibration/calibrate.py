@@ -56,7 +56,8 @@ def main(args) -> int:
 
     bundle = bundles[0]
     line = scoring_settings(args, bundle)
-    scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"])
+    scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"],
+                    tiles=line["tiles"])
     try:
         good = score_images(scorer, good_paths, "good", keep_maps=True)
         defects = score_images(scorer, defect_paths, "defect") if defect_paths else None
@@ -67,8 +68,9 @@ def main(args) -> int:
     result = choose(args, good.scores, None if defects is None else defects.scores)
     pixel = pixel_threshold(good.maps, args.pixel_rate, image_threshold=result.threshold)
     provenance = base_provenance(args, result, good.scores, classes)
+    tiles = bundle.input_spec.tiles
     provenance.update(bundle_identity(bundle, line["precision"]), backend=backend, roi=line["roi"],
-                      unreadable_images=len(good.errors) + (len(defects.errors) if defects else 0),
+                      tiles=tiles.to_dict() if tiles else None, unreadable_images=len(good.errors) + (len(defects.errors) if defects else 0),
                       pixel=pixel["details"])
     thresholds = Thresholds(image=result.threshold, pixel=pixel["pixel"], min_area=pixel["min_area"],
                             provenance=provenance)
@@ -204,7 +206,8 @@ def fused(args, out: Path, bundles: list[Bundle], good_paths, defect_paths, clas
     goods, defects, backends = [], [], []
     for bundle in bundles:
         line = scoring_settings(args, bundle)
-        scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"])
+        scorer = Scorer(bundle, backend=args.backend, precision=line["precision"], roi=line["roi"],
+                            tiles=line["tiles"])
         try:
             goods.append(score_images(scorer, good_paths, f"good [{bundle.root.name}]"))
             defects.append(score_images(scorer, defect_paths, f"defect [{bundle.root.name}]") if defect_paths else None)

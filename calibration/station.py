@@ -44,12 +44,13 @@ def line_config(args, bundle) -> StationConfig | None:
 
 
 def scoring_settings(args, bundle) -> dict:
-    """ROI and precision to score with: the line's (station config), so thresholds fit what the line scores."""
+    """ROI, precision and declared tiles to score with: the line's (station config), so thresholds fit what
+    the line scores (tiling itself follows the bundle; a config that disagrees is refused when scoring)."""
     from edge_infer.backends import resolve_precision
 
     cfg = line_config(args, bundle)
     precision = args.precision or (cfg.precision if cfg else "auto")
-    return {"roi": cfg.roi if cfg else None,
+    return {"roi": cfg.roi if cfg else None, "tiles": cfg.tiles if cfg else None,
             "precision": resolve_precision(bundle, args.backend, precision)[0]}
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .digest import sha256_file
 from .errors import LinesideError
 from .preprocess import InputSpec
+from .tiling import Tiling
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -56,6 +57,11 @@ class ModelInfo(_Strict):
     training: dict = Field(default_factory=dict, description="data, images used, weights used, metrics")
 
 
+class TilesInfo(_Strict):
+    size: int = Field(description="tile size in source pixels; each tile becomes one model input")
+    overlap: int = Field(0, description="least overlap of neighbouring tiles, in source pixels")
+
+
 class InputInfo(_Strict):
     name: str = "image"
     dtype: Literal["uint8"] = "uint8"
@@ -67,10 +73,13 @@ class InputInfo(_Strict):
     max_batch: int = 8
     native: list[int] | None = Field(None, description="a graph that resizes itself: it takes frames of this "
                                      "[height, width] (lineside export --input native)")
+    tiles: TilesInfo | None = Field(None, description="the ROI is cut into tiles the graph scores as one batch "
+                                    "(edge_infer/tiling.py); serve and calibrate follow it")
 
     def spec(self) -> InputSpec:
         return InputSpec(self.height, self.width, self.channels, tuple(self.roi) if self.roi else None,
-                         tuple(self.native) if self.native else None)
+                         tuple(self.native) if self.native else None,
+                         Tiling(self.tiles.size, self.tiles.overlap) if self.tiles else None)
 
 
 class OutputInfo(_Strict):

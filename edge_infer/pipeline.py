@@ -97,7 +97,8 @@ class Model:
         if threads is None and cfg.workers > 1:  # N backends share the cores instead of each taking all
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
         self.scorers = [Scorer(bundle, backend=cfg.backend, precision=cfg.precision, threads=threads,
-                               thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph)
+                               thresholds=self.layers.effective(), roi=roi, cuda_graph=cfg.cuda_graph,
+                               tiles=cfg.tiles)
                         for _ in range(cfg.workers)]
         self.scorer = self.scorers[0]
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -176,7 +177,7 @@ class Model:
         if not ready:
             return
         try:
-            out, verdicts = scorer.judge(np.stack(inputs))
+            out, verdicts = scorer.judge(inputs)
         except Exception as exc:  # any backend failure is this batch's ERROR, not the server's end
             for it in ready:
                 it.verdict, it.image = Verdict("ERROR", reason=f"backend failure: {exc}"), None

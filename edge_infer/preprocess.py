@@ -12,6 +12,10 @@ size, and one last resize
 makes the model size. ``read_input`` (files) and ``decode_input`` (payloads) follow the plan
 from encoded bytes; ``preprocess`` follows it for an image already decoded at full size.
 
+A spec with ``tiles`` (edge_infer/tiling.py) is brought the same way to its canvas instead:
+the ROI at the scale where one tile is the model's size. ``tile_inputs`` cuts a canvas into
+the tiles the graph scores; ``Backend.run_frames`` scores and stitches them back.
+
 Decoding and resizing go through edge_infer/imaging.py: OpenCV where it imports; without it,
 Pillow's scaled JPEG decode (``draft``) and a NumPy resize within 1 grey level of OpenCV's
 (tested; docs/runtime.md).
@@ -26,6 +30,7 @@ import numpy as np
 from .errors import ImageReadError, LinesideError
 from .imageio import decode_image, jpeg_dimensions, normalise_layout, read_bytes
 from .imaging import bgr_to_gray, bgr_to_rgb, gray_to_bgr, halve, resize
+from .tiling import Tiling, boxes, canvas_size, cut
 
 JPEG_SCALES = (8, 4, 2)  # the DCT-domain scales libjpeg decodes at (besides 1)
 
@@ -41,6 +46,9 @@ class InputSpec:
     # a graph that resizes itself (`lineside export --input native`): it takes uint8 N×H×W×C frames
     # of this (height, width) in the frame's own layout (BGR), and the CPU only crops
     native: tuple[int, int] | None = None
+    # tiles for small defects (edge_infer/tiling.py): the ROI is cut into model-size tiles of this many
+    # source pixels; the graph scores every tile and the maps are stitched back
+    tiles: Tiling | None = None
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -56,11 +64,26 @@ class InputSpec:
             if len(self.native) != 2 or self.native[0] < self.height or self.native[1] < self.width:
                 raise LinesideError(f"native input {self.native} (height, width) must be at least the model's "
                                     f"{self.height}x{self.width}: the graph only shrinks")
+        if isinstance(self.tiles, dict):
+            object.__setattr__(self, "tiles", Tiling(**self.tiles))
+        if self.tiles is not None:
+            if self.native is not None:
+                raise LinesideError("a native-input graph cannot be tiled: its frames are resized inside the graph "
+                                    "as a whole; export without --input native, or train without --tiles")
+            if self.height != self.width:
+                raise LinesideError(f"tiles are square, so the model input must be too (got {self.width}x"
+                                    f"{self.height}): train with --size N")
 
     @property
     def cpu_size(self) -> tuple[int, int]:
         """(height, width) the CPU brings a frame to: the model's, or the native graph input's."""
         return self.native or (self.height, self.width)
+
+    def target(self, roi_height: int, roi_width: int) -> tuple[int, int]:
+        """(height, width) the CPU brings a ROI of this size to: ``cpu_size``, or the tiles' canvas."""
+        if self.tiles is None:
+            return self.cpu_size
+        return canvas_size(roi_height, roi_width, self.tiles, (self.height, self.width))
 
     @property
     def graph_shape(self) -> tuple[int, int, int]:
@@ -73,21 +96,34 @@ class InputSpec:
         d = asdict(self)
         d["roi"] = list(self.roi) if self.roi else None
         d["native"] = list(self.native) if self.native else None
+        d["tiles"] = self.tiles.to_dict() if self.tiles else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
-        roi, native = d.get("roi"), d.get("native")
+        roi, native, tiles = d.get("roi"), d.get("native"), d.get("tiles")
         return cls(int(d["height"]), int(d["width"]), int(d["channels"]), tuple(roi) if roi else None,
-                   tuple(native) if native else None)
+                   tuple(native) if native else None, Tiling(**tiles) if tiles else None)
 
 
-def station_spec(spec: InputSpec, roi) -> InputSpec:
+def station_spec(spec: InputSpec, roi, tiles=None) -> InputSpec:
     """The bundle's input spec with the station's ROI (x, y, width, height), when it has one.
 
     The one place a station's crop is applied: `serve` (pipeline.Model) and `calibrate`
     both score through it, so thresholds are set on the crops the line scores.
+
+    Tiling always comes from the bundle (its manifest): the model was trained on those tiles.
+    ``tiles`` is what the station config declares ({size, overlap} or None when it says
+    nothing); one that disagrees with the bundle is refused, never silently followed.
     """
+    if tiles is not None:
+        declared = tiles if isinstance(tiles, Tiling) else Tiling(**(tiles if isinstance(tiles, dict) else
+                                                                     tiles.model_dump()))
+        if declared != spec.tiles:
+            have = f"tiles {spec.tiles.to_dict()}" if spec.tiles else "no tiles"
+            raise LinesideError(f"the station config declares tiles {declared.to_dict()} but the bundle was "
+                                f"trained and exported with {have}: tiling follows the bundle's manifest; "
+                                "remove `tiles:` from the station config or retrain with the tiles it wants")
     return replace(spec, roi=tuple(int(v) for v in roi)) if roi else spec
 
 
@@ -100,6 +136,7 @@ class Plan:
     decoded: tuple[int, int]  # (height, width) the decode yields
     roi: tuple[int, int, int, int] | None  # the crop in the decoded image's pixels (x, y, w, h)
     area: int  # then an integer INTER_AREA shrink by this factor (1: none)
+    size: tuple[int, int]  # (height, width) it ends at: the model's input, or a tiled spec's canvas
 
 
 def plan(height: int, width: int, spec: InputSpec, jpeg: bool = False) -> Plan:
@@ -111,7 +148,7 @@ def plan(height: int, width: int, spec: InputSpec, jpeg: bool = False) -> Plan:
     """
     roi = spec.roi or (0, 0, width, height)
     check_roi(roi, width, height)
-    th, tw = spec.cpu_size
+    th, tw = spec.target(roi[3], roi[2])
     for s in (JPEG_SCALES if jpeg else ()) + (1,):
         decoded = (-(-height // s), -(-width // s))  # libjpeg rounds the scaled size up
         scaled = _scale_roi(roi, s, decoded)
@@ -119,7 +156,7 @@ def plan(height: int, width: int, spec: InputSpec, jpeg: bool = False) -> Plan:
             break
     area = integer_factor(scaled[3], scaled[2], th, tw)
     full = scaled == (0, 0, decoded[1], decoded[0])
-    return Plan((height, width), s, decoded, None if full else scaled, area)
+    return Plan((height, width), s, decoded, None if full else scaled, area, (th, tw))
 
 
 def integer_factor(h: int, w: int, th: int, tw: int) -> int:
@@ -137,7 +174,7 @@ def _scale_roi(roi, s: int, decoded: tuple[int, int]) -> tuple[int, int, int, in
 
 
 def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> np.ndarray:
-    """HxW or HxWx3 (BGR) uint8 → CxHxW uint8 at the spec's resolution.
+    """HxW or HxWx3 (BGR) uint8 → CxHxW uint8 at the spec's resolution (a tiled spec: its canvas).
 
     ``how``: the plan the image was decoded by (``decode_planned``); without it the image is
     the full-size source and is planned here.
@@ -155,7 +192,7 @@ def preprocess(image: np.ndarray, spec: InputSpec, how: Plan | None = None) -> n
     if how.roi is not None:
         image = crop(image, how.roi)
     image = area_shrink(image, how.area)
-    th, tw = spec.cpu_size
+    th, tw = how.size
     if image.shape[:2] != (th, tw):
         image = resize(image, tw, th, area=image.shape[0] > th or image.shape[1] > tw)
     if spec.native:
@@ -222,23 +259,39 @@ def read_input(path, spec: InputSpec) -> tuple[np.ndarray, tuple[int, int]]:
     return preprocess(image, spec, how), how.source
 
 
-def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    return np.stack([preprocess(im, spec) for im in images])
+def preprocess_batch(images: list[np.ndarray], spec: InputSpec) -> np.ndarray | list[np.ndarray]:
+    """Preprocessed images: one N×C×H×W array, or a tiled spec's canvases as a list (their sizes
+    follow each image's)."""
+    inputs = [preprocess(im, spec) for im in images]
+    return inputs if spec.tiles else np.stack(inputs)
+
+
+def tile_inputs(model_input: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """What the graph takes for one preprocessed image: a tiled spec's canvas (C×H×W) cut into its
+    tiles (T×C×h×w, with each tile's (y, x) in the canvas); an untiled input as a batch of one."""
+    if spec.tiles is None:
+        return model_input[None], [(0, 0)]
+    model = (spec.height, spec.width)
+    places = boxes(model_input.shape[1:], spec.tiles, model)
+    return cut(model_input, places, model), places
 
 
 def load_inputs(paths, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
-    """Model inputs (N×C×H×W) for image files, and the indices of those that were readable.
+    """Graph inputs (N×C×H×W) for image files, and for each input the index of its (readable) file.
 
     For checks that need a handful of real images (parity, calibration sets): unreadable
-    files are left out here; the data loaders are where they are reported by path.
+    files are left out here; the data loaders are where they are reported by path. A tiled
+    spec gives every tile of every image (what the graph scores), in order, each with its
+    image's index; untiled, one input per readable file.
     """
     arrays, kept = [], []
     for i, path in enumerate(paths):
         try:
-            arrays.append(read_input(path, spec)[0])
+            tiles = tile_inputs(read_input(path, spec)[0], spec)[0]
         except LinesideError:
             continue
-        kept.append(i)
+        arrays.extend(tiles)
+        kept.extend([i] * len(tiles))
     if not arrays:
         return np.zeros((0, *spec.graph_shape), np.uint8), kept
     return np.stack(arrays), kept

@@ -34,16 +34,17 @@ class Scorer:
 
     def __init__(self, bundle: Bundle | str | Path, backend: str = "auto", precision: str = "fp32",
                  threads: int | None = None, thresholds: Thresholds | None = None, roi=None,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, tiles=None):
         warm_up()  # the codec is imported while the model loads, not on the first frame
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.backend: Backend = open_backend(self.bundle, backend, precision, threads, cuda_graph=cuda_graph)
         self.thresholds = thresholds if thresholds is not None else self.bundle.thresholds
-        self.spec = station_spec(self.bundle.input_spec, roi)  # the station's crop, as serve applies it
+        # the station's crop, as serve applies it; ``tiles``: what the station declares, checked against the bundle
+        self.spec = station_spec(self.bundle.input_spec, roi, tiles)
 
     def run(self, images: list[np.ndarray]) -> ModelOutputs:
         """Raw outputs for decoded images of any count (split into the backend's batches)."""
-        return self.backend.run_all(preprocess_batch(images, self.spec))
+        return self.backend.run_frames(preprocess_batch(images, self.spec))
 
     def score_paths(self, paths: Iterable[Path], batch: int = 1, keep_maps: bool = False) -> Iterator[Scored]:
         """One Scored per path, in order; unreadable images become ERROR verdicts, never a crash."""
@@ -62,13 +63,14 @@ class Scorer:
         if pending:
             yield from self._score_pending(pending, keep_maps)
 
-    def judge(self, batch: np.ndarray) -> tuple[ModelOutputs, list[Verdict]]:
-        """Run a preprocessed batch and decide each image; verdicts carry compute and postprocess ms.
+    def judge(self, batch) -> tuple[ModelOutputs, list[Verdict]]:
+        """Run preprocessed images (an array, or a list: a tiled bundle's canvases) and decide each image;
+        verdicts carry compute and postprocess ms (compute: per frame, all its tiles included).
 
         The one model-and-decision step: `score_paths` here and the server's pipeline both use it.
         """
         t0 = time.perf_counter()
-        out = self.backend.run(batch)
+        out = self.backend.run_frames(batch)
         compute_ms = round((time.perf_counter() - t0) * 1e3 / len(batch), 3)
         thresholds, verdicts = self.thresholds, []
         for i in range(len(batch)):
@@ -80,7 +82,7 @@ class Scorer:
 
     def _score_pending(self, pending, keep_maps: bool) -> Iterator[Scored]:
         t0 = time.perf_counter()
-        batch = np.stack([preprocess(image, self.spec, how) for _, (image, how), _ in pending])
+        batch = [preprocess(image, self.spec, how) for _, (image, how), _ in pending]
         preprocess_ms = round((time.perf_counter() - t0) * 1e3 / len(pending), 3)
         out, verdicts = self.judge(batch)
         for i, ((path, _, decode_ms), verdict) in enumerate(zip(pending, verdicts)):

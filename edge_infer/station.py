@@ -137,6 +137,13 @@ class AlertsConfig(_Strict):
     retry_max_s: float = Field(30.0, gt=0)
 
 
+class TilesConfig(_Strict):
+    """What the station expects of its bundle's tiling; the bundle's manifest decides, a mismatch is refused."""
+
+    size: int = Field(ge=8, description="tile size in source pixels (of the ROI at full resolution)")
+    overlap: int = Field(0, ge=0, description="least overlap of neighbouring tiles, in source pixels")
+
+
 class CameraConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     source: str = ""
@@ -158,6 +165,9 @@ class StationConfig(_Strict):
         "tensorrt backend: capture each batch size into a CUDA graph and replay it (less launch overhead "
         "per frame); needs cuda-python. Other backends run without graphs"))
     roi: list[int] | None = Field(None, min_length=4, max_length=4, description="x, y, width, height")
+    tiles: TilesConfig | None = Field(None, description=(
+        "the tiling this station runs (docs/station-config.md): it must match the bundle's manifest, which "
+        "decides it; omit to follow the bundle"))
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig, description="override the bundle's")
     sockets: Sockets = Field(default_factory=Sockets)
     queue: QueueConfig = Field(default_factory=QueueConfig)

@@ -11,22 +11,27 @@ import numpy as np
 
 def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: int = 3,
                      image_threshold: float | None = 0.5, max_batch: int = 8, ballast_mb: int = 0,
-                     stall_per_level: int | None = None) -> Path:
+                     stall_per_level: int | None = None, tiles: dict | None = None, ramp: bool = False) -> Path:
     """``ballast_mb``: about that many MB of convolution weights whose result adds 0 to the score,
     for tests that need a model whose loading costs memory as a real one's does (slow to run).
     ``stall_per_level``: the graph also runs an ONNX Loop of (brightest pixel x this) empty
     iterations, so a black frame scores at once and a bright one keeps the worker busy for
-    minutes: a real model whose scoring hangs, for the watchdog test."""
+    minutes: a real model whose scoring hangs, for the watchdog test.
+    ``tiles``: {size, overlap} recorded in the manifest: the runtime then scores the frame's tiles.
+    ``ramp``: the map is the brightness times a ramp over the input's pixels (1/(h*w) .. 1), so the
+    same frame pixel gets a different value in each overlapping tile (stitching tests)."""
     import onnx
     from onnx import TensorProto, helper
 
     from edge_infer.bundle import Bundle, InputInfo, Manifest, ModelInfo, OutputInfo, Thresholds
 
     root.mkdir(parents=True, exist_ok=True)
+    map_name = "anomaly_map" if stall_per_level is None else "plain_map"
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["f", "axes1"], ["m"], keepdims=1),
-        helper.make_node("Div", ["m", "c255"], ["anomaly_map" if stall_per_level is None else "plain_map"]),
+        helper.make_node("Div", ["m", "c255"], ["flat_map" if ramp else map_name]),
+        *([helper.make_node("Mul", ["flat_map", "ramp"], [map_name])] if ramp else []),
         helper.make_node("ReduceMax", ["anomaly_map", "axes123"], ["score"] if not ballast_mb else ["peak"],
                          keepdims=0),
     ]
@@ -56,7 +61,7 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
             [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
              helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [])],
             initializer=[helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])])
-        nodes[3:3] = [
+        nodes[-1:-1] = [
             helper.make_node("ReduceMax", ["f"], ["brightest"], keepdims=0),
             helper.make_node("Mul", ["brightest", "per_level"], ["trips_f"]),
             helper.make_node("Cast", ["trips_f"], ["trips"], to=TensorProto.INT64),
@@ -74,7 +79,9 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
          helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
         initializer=[helper.make_tensor("axes1", TensorProto.INT64, [1], [1]),
                      helper.make_tensor("axes123", TensorProto.INT64, [3], [1, 2, 3]),
-                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), *ballast, *extra],
+                     helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]), *ballast, *extra,
+                     *([helper.make_tensor("ramp", TensorProto.FLOAT, [1, 1, height, width],
+                                           np.arange(1, height * width + 1) / (height * width))] if ramp else [])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
@@ -83,7 +90,7 @@ def make_tiny_bundle(root: Path, height: int = 32, width: int = 32, channels: in
 
     manifest = Manifest(
         model=ModelInfo(family="tiny", name="brightness", version="test"),
-        input=InputInfo(height=height, width=width, channels=channels, max_batch=max_batch),
+        input=InputInfo(height=height, width=width, channels=channels, max_batch=max_batch, tiles=tiles),
         outputs=OutputInfo(map_height=height, map_width=width),
     )
     bundle = Bundle(root, manifest)

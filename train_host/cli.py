@@ -159,6 +159,10 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--size", default="224", help="model input size: 224 or HEIGHTxWIDTH (default: 224)")
     p.add_argument("--roi", help="crop x,y,width,height (source pixels) before resizing")
+    p.add_argument("--tiles", metavar="SIZE[,OVERLAP]",
+                   help="cut the ROI into tiles of SIZE source pixels (overlapping by at least OVERLAP), each "
+                   "resized to --size: the good images' tiles are the training samples, and evaluate, export, "
+                   "calibrate and serve follow the same tiling (docs/data.md); for small defects in large frames")
     p.add_argument("--channels", type=int, default=3, choices=[1, 3], help="model input channels (default: 3)")
     p.add_argument("--weights", help="pretrained backbone: 'imagenet' (CNN families) or 'dinov2' (ViT families), "
                    "resolved through the Hugging Face hub cache at a pinned revision (`lineside weights pull` carries "

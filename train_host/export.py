@@ -200,7 +200,8 @@ def parity_batch(data: str | None, record: dict, spec: InputSpec, count: int) ->
         raise LinesideError("the run does not say where its images are: give --data DIR for the parity check")
     split = run_split(record, data)
     samples = split.val[: count // 2] + split.test[:: max(1, len(split.test) // max(1, count - count // 2))]
-    images, _ = load_inputs([s.path for s in samples[:count]], spec)  # frames at the native size for a native graph
+    # frames at the native size for a native graph; every tile of each image for a tiled one
+    images, _ = load_inputs([s.path for s in samples[:count]], spec)
     if not len(images):
         raise LinesideError(f"no readable image in {data} for the parity check: give --data with real images")
     return images
@@ -247,7 +248,8 @@ def make_manifest(record: dict, spec: InputSpec, max_batch: int) -> Manifest:
                                                               if k != "skipped_images"}}),
         input=InputInfo(height=spec.height, width=spec.width, channels=spec.channels,
                         roi=list(spec.roi) if spec.roi else None, max_batch=max_batch,
-                        layout="NHWC" if spec.native else "NCHW", native=list(spec.native) if spec.native else None),
+                        layout="NHWC" if spec.native else "NCHW", native=list(spec.native) if spec.native else None,
+                        tiles=spec.tiles.to_dict() if spec.tiles else None),
         outputs=OutputInfo(map_height=spec.height, map_width=spec.width),
         score_normalization=normalization,
     )

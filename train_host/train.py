@@ -10,6 +10,7 @@ import numpy as np
 
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
+from edge_infer.tiling import Tiling
 
 from .context import TrainContext
 from .data import load_split
@@ -17,7 +18,7 @@ from .families import load_family
 from .infer import predict
 from .run import save_run
 
-COMMON = {"data", "out", "size", "roi", "channels", "weights", "batch_size", "seed", "val_share", "limit",
+COMMON = {"data", "out", "size", "roi", "tiles", "channels", "weights", "batch_size", "seed", "val_share", "limit",
           "contamination", "val_defects", "threads", "family", "command", "handler", "device", "amp", "workers",
           "yes"}
 # Families built on convolutions: channels_last memory layout on an accelerator (cuDNN's fast path).
@@ -151,7 +152,8 @@ def input_spec(args) -> InputSpec:
     except ValueError:
         raise LinesideError(f"--size {args.size!r} / --roi {args.roi!r}: use --size 224 or 256x320, "
                             "and --roi x,y,width,height") from None
-    return InputSpec(h, w, args.channels, roi)
+    tiles = Tiling.parse(args.tiles) if getattr(args, "tiles", None) else None
+    return InputSpec(h, w, args.channels, roi, tiles=tiles)
 
 
 def family_config(args) -> dict:

@@ -9,12 +9,18 @@ import numpy as np
 
 from ..errors import LinesideError
 from ..preprocess import InputSpec
+from ..tiling import score_canvases
 
 
 @dataclass
 class ModelOutputs:
-    anomaly_map: np.ndarray  # float32, N×1×h×w
+    anomaly_map: np.ndarray | list  # float32, N×1×h×w; per frame of a tiled bundle: a list when sizes differ
     score: np.ndarray  # float32, N
+
+
+def stack_maps(maps: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Frames' maps as one N×1×h×w array when they share a size (frames of one camera), else the list."""
+    return np.stack(maps) if len({m.shape for m in maps}) == 1 else maps
 
 
 def relative_error(value: np.ndarray, reference: np.ndarray) -> float:
@@ -42,6 +48,22 @@ class Backend(ABC):
         """Outputs for any number of images, run in batches of at most ``max_batch``."""
         outs = [self.run(images[i : i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
         return ModelOutputs(np.concatenate([o.anomaly_map for o in outs]), np.concatenate([o.score for o in outs]))
+
+    def run_frames(self, inputs) -> ModelOutputs:
+        """One output per preprocessed frame (an N×C×H×W batch, or a list of them).
+
+        A tiled bundle's inputs are canvases (edge_infer.preprocess): every frame's tiles go to the
+        graph together, N frames × T tiles in batches of at most ``max_batch``; each frame's map is
+        its tiles' maps stitched (edge_infer.tiling.stitch) and its score the max of its tiles'.
+        """
+        if self.spec.tiles is None:
+            return self.run_all(inputs if isinstance(inputs, np.ndarray) else np.stack(inputs))
+        def run(tiles):
+            out = self.run_all(tiles)
+            return out.anomaly_map, out.score
+
+        maps, scores = score_canvases(run, inputs, self.spec.tiles, (self.spec.height, self.spec.width))
+        return ModelOutputs(stack_maps(maps), scores)
 
     @abstractmethod
     def _run(self, images: np.ndarray) -> ModelOutputs:

@@ -129,3 +129,17 @@ def test_default_images_are_elpv_and_torch_is_never_imported(tmp_path):
     assert done.returncode == 0, done.stderr
     doc = json.loads((tmp_path / "o" / "latency.json").read_text())
     assert doc["images"]["source"].startswith("ELPV") and "non-commercial" in doc["images"]["licence"]
+
+
+def test_latency_of_a_tiled_bundle_counts_every_tile_of_a_frame(tmp_path, capsys):
+    """A tiled bundle is timed per frame as serve scores it: 2 frames × 6 tiles, in graph batches of 4."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "f.png"), np.random.default_rng(0).integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    bundle = make_tiny_bundle(tmp_path / "bundle", max_batch=4, tiles={"size": 32, "overlap": 4})
+    doc = run_bench(bundle, tmp_path / "out", "--images", str(folder), "--batch", "2", "--backend", "ort-cpu",
+                    "--precision", "fp32")
+    assert doc["bundle"]["input"]["tiles"] == {"size": 32, "overlap": 4}
+    (result,) = doc["results"]
+    assert result["status"] == "ok" and result["images"] == 5 * 2  # frames, not tiles
+    assert "tiles of 32 px overlapping 4 px" in capsys.readouterr().out

@@ -1,5 +1,12 @@
 """Samples → model-input tensors, through edge_infer's one preprocessing function.
 
+With a tiled spec (``--tiles``) an image is its tiles: an item's image is T×C×H×W (mask
+T×1×H×W), the collate concatenates the tiles of a batch's images (so a batch of B images
+holds B×T samples, each tile labelled as its image) and ``index`` says, for every tile,
+which image it is from; ``canvas`` (B×2, per image in order) is each image's canvas height and
+width, from which the tiles' places follow (edge_infer.tiling.boxes), so that maps and scores
+are put back together per image as the device does (train_host.infer).
+
 An unreadable image (or mask) never stops a run: the dataset yields None for it, the
 collate drops it, and the loader keeps `(path, reason)` in `.skipped` so the caller can
 say "skipped N unreadable images: ..." by path.
@@ -16,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import read_image
-from edge_infer.preprocess import InputSpec, preprocess, read_input
+from edge_infer.preprocess import InputSpec, preprocess, read_input, tile_inputs
 
 from .records import Sample
 
@@ -27,7 +34,8 @@ def read_mask(path: str | Path, spec: InputSpec) -> np.ndarray:
 
 
 class ImageDataset(Dataset):
-    """Items: dict(image=uint8 C×H×W, label=int, mask=float32 1×H×W, index=int), or None."""
+    """Items: dict(image=uint8 C×H×W, label=int, mask=float32 1×H×W, index=int), or None.
+    A tiled spec: image T×C×H×W and mask T×1×H×W, the tiles of the image (see the module docstring)."""
 
     def __init__(self, samples: list[Sample], spec: InputSpec):
         self.samples = list(samples)
@@ -55,12 +63,14 @@ class ImageDataset(Dataset):
                 mask = _mask_in_geometry(raw, self.spec)
         except LinesideError as exc:  # ImageReadError included: names the file and the problem
             return None, str(sample.path), str(exc)
-        item = {
-            "image": torch.from_numpy(pixels),
-            "label": int(sample.label),
-            "mask": torch.from_numpy(mask.astype(np.float32))[None],
-            "index": index,
-        }
+        mask = mask.astype(np.float32)[None]
+        if self.spec.tiles is not None:  # the image's tiles, and its mask cut on the same grid
+            canvas = torch.tensor(pixels.shape[1:])
+            pixels, mask = tile_inputs(pixels, self.spec)[0], tile_inputs(mask, self.spec)[0]
+        item = {"image": torch.from_numpy(pixels), "label": int(sample.label), "mask": torch.from_numpy(mask),
+                "index": index}
+        if self.spec.tiles is not None:
+            item["canvas"] = canvas
         return item, str(sample.path), ""
 
 
@@ -89,7 +99,7 @@ class SkippingLoader:
                 continue
             loaded += len(batch["index"])
             if self.memory is not None:
-                remember(self.memory, batch)
+                remember(self.memory, batch, tiled=self.dataset.spec.tiles is not None)
             yield batch
         if loaded == 0 and self.skipped:
             path, reason = self.skipped[0]
@@ -129,14 +139,17 @@ def make_loader(samples: list[Sample], spec: InputSpec, batch_size: int = 16, sh
 MEMORY_LIMIT_BYTES = 2 << 30  # decoded images kept per loader; past this, the rest are decoded every pass
 
 
-def remember(memory: dict, batch: dict) -> None:
+def remember(memory: dict, batch: dict, tiled: bool = False) -> None:
     """Keep a batch's decoded items by index (masks as bool: they are 0/1), up to MEMORY_LIMIT_BYTES."""
     used = memory.setdefault("_bytes", 0)
+    images = list(dict.fromkeys(batch["index"].tolist()))  # each image once, in order (tiles repeat it)
     for j, index in enumerate(batch["index"].tolist()):
         if index in memory or used > MEMORY_LIMIT_BYTES:
             continue
-        image, mask = batch["image"][j].clone(), batch["mask"][j] > 0.5
-        memory[index] = (image, int(batch["label"][j]), mask)
+        rows = batch["index"] == index if tiled else j  # a tiled image: all its tiles
+        image, mask = batch["image"][rows].clone(), batch["mask"][rows] > 0.5
+        extra = {"canvas": batch["canvas"][images.index(index)]} if tiled else {}
+        memory[index] = (image, int(batch["label"][j]), mask, extra)
         used += image.numel() + mask.numel()
     memory["_bytes"] = used
 
@@ -147,6 +160,16 @@ def collate(results: list[tuple[dict | None, str, str]]) -> dict:
     skipped = [(path, reason) for item, path, reason in results if item is None]
     if not items:
         return {"image": None, "label": None, "mask": None, "index": None, "skipped": skipped}
+    if items[0]["image"].ndim == 4:  # tiles: every tile is a sample, labelled and indexed as its image
+        counts = [len(it["image"]) for it in items]
+        return {
+            "image": torch.cat([it["image"] for it in items]),
+            "label": torch.tensor([it["label"] for it, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
+            "mask": torch.cat([it["mask"] for it in items]),
+            "index": torch.tensor([it["index"] for it, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
+            "canvas": torch.stack([it["canvas"] for it in items]),
+            "skipped": skipped,
+        }
     return {
         "image": torch.stack([it["image"] for it in items]),
         "label": torch.tensor([it["label"] for it in items], dtype=torch.long),
@@ -168,8 +191,8 @@ class _Checked(Dataset):
 
     def __getitem__(self, index: int):
         if self.memory is not None and index in self.memory:
-            image, label, mask = self.memory[index]
-            item = {"image": image, "label": label, "mask": mask.float(), "index": index}
+            image, label, mask, extra = self.memory[index]
+            item = {"image": image, "label": label, "mask": mask.float(), "index": index, **extra}
             return item, str(self.dataset.samples[index].path), ""
         return self.dataset.load(index)
 

@@ -31,11 +31,23 @@ HINTS = {
 
 @dataclass
 class EvalSet:
-    """Preprocessed evaluation images with their labels (0 good, 1 defective)."""
+    """Preprocessed evaluation images with their labels (0 good, 1 defective).
+
+    A tiled bundle's ``images`` are the graph inputs (every tile); ``image_of`` says which image
+    each is from, and ``per_image`` reduces outputs to one score per image as the runtime does."""
 
     images: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray  # one per image
     source: str
+    image_of: np.ndarray | None = None  # per input, its image's position in ``labels`` (tiled)
+
+    def per_image(self, out: ModelOutputs) -> ModelOutputs:
+        """Scores per image (the max over its tiles); maps stay per input, which is what they are compared on."""
+        if self.image_of is None:
+            return out
+        scores = np.full(len(self.labels), -np.inf, np.float32)
+        np.maximum.at(scores, self.image_of, out.score)
+        return ModelOutputs(out.anomaly_map, scores)
 
 
 def score_graph(path: Path, spec: InputSpec, images: np.ndarray, batch: int = 8) -> ModelOutputs:

@@ -18,7 +18,6 @@ from edge_infer.errors import LinesideError
 from edge_infer.imageio import list_images
 from edge_infer.preprocess import InputSpec, load_inputs
 
-from ..data.records import Sample
 from . import PRECISIONS, VARIANT_FILES
 from .accuracy import EvalSet, check_variant, compare, format_result, score_graph
 
@@ -54,7 +53,7 @@ def add_variants(bundle: Bundle, record: dict, data: str | None, options: Varian
     if not wanted:
         return {}
     evalset = evaluation_set(data, record, spec, options.eval_limit)
-    reference = score_graph(bundle.root / VARIANT_FILES["fp32"], spec, evalset.images)
+    reference = evalset.per_image(score_graph(bundle.root / VARIANT_FILES["fp32"], spec, evalset.images))
     results, refused = {}, []
     for precision in wanted:
         path = bundle.root / VARIANT_FILES[precision]
@@ -67,7 +66,7 @@ def add_variants(bundle: Bundle, record: dict, data: str | None, options: Varian
                                 options.per_channel, activations=options.int8_activations)
             how["calibration"] = provenance
             produced_by = "onnxruntime.quantization QDQ static quantization"
-        result = compare(score_graph(path, spec, evalset.images), reference, evalset.labels)
+        result = compare(evalset.per_image(score_graph(path, spec, evalset.images)), reference, evalset.labels)
         result.update(images=int(len(evalset.labels)), defective=int(evalset.labels.sum()), split=evalset.source,
                       backend="onnxruntime CPUExecutionProvider", tolerance_auroc_points=options.auroc_tolerance)
         log(format_result(precision, result))
@@ -95,10 +94,13 @@ def evaluation_set(data: str | None, record: dict, spec: InputSpec, limit: int |
     if not data:
         raise LinesideError("the run does not say where its images are: give --data for the accuracy checks")
     split = run_split(record, data, limit)
-    images, labels = _read(split.test, spec)
+    images, kept = load_inputs([s.path for s in split.test], spec)
     if not len(images):
         raise LinesideError(f"no readable test image in {data}: the variants cannot be checked; give --data")
-    return EvalSet(images, np.asarray(labels), f"{data}: test split ({len(labels)} images)")
+    readable = list(dict.fromkeys(kept))  # each image once (a tiled spec repeats it for each tile)
+    labels = np.asarray([int(split.test[i].label) for i in readable])
+    image_of = np.searchsorted(readable, kept) if spec.tiles else None
+    return EvalSet(images, labels, f"{data}: test split ({len(labels)} images)", image_of)
 
 
 def calibration_set(source: str, record: dict, spec: InputSpec, count: int) -> tuple[np.ndarray, dict]:
@@ -116,15 +118,10 @@ def calibration_set(source: str, record: dict, spec: InputSpec, count: int) -> t
         paths = [s.path for s in split.train if s.label == 0]
         kind = "training split (good images)"
     chosen = paths[:: max(1, len(paths) // count)][:count]
-    images, _ = _read([Sample(Path(p), 0, "good") for p in chosen], spec)
+    images, _ = load_inputs(chosen, spec)  # a tiled spec: every tile, as the graph sees them
     if not len(images):
         raise LinesideError(f"no readable image in {source} for INT8 calibration: give --calib a folder of the "
                             "station's good images")
     digest = hashlib.sha256("\n".join(Path(p).name for p in chosen).encode()).hexdigest()
     return images, {"source": str(source), "kind": kind, "images": int(len(images)), "available": len(paths),
                     "selection": "evenly spaced", "names_sha256": digest}
-
-
-def _read(samples, spec: InputSpec) -> tuple[np.ndarray, list[int]]:
-    images, kept = load_inputs([s.path for s in samples], spec)
-    return images, [int(samples[i].label) for i in kept]
