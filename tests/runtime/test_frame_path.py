@@ -227,10 +227,11 @@ def test_two_workers_each_with_a_backend_score_every_frame(workers_station):
         for scorer in model.scorers:  # note which backend scored each batch
             judge = scorer.judge
             scorer.judge = lambda batch, judge=judge, s=scorer: (used.add(id(s)), judge(batch))[1]
-        with Publisher(cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000) as publisher:
+        # linger: on a loaded box the server may take longer than the default 2 s to read them all
+        with Publisher(cfg.sockets.frames, "st1", "cam0", "raw", hwm=1000, linger_ms=60_000) as publisher:
             for i in range(120):
                 publisher.publish(bright() if i % 3 == 0 else dark(), block=True)
-        rows = wait_for_rows(cfg.journal.path, 120, timeout_s=90)  # generous: a loaded 2-core box
+        rows = wait_for_rows(cfg.journal.path, 120)
     finally:
         server.close()
     assert sorted(r["frame_id"] for r in rows) == list(range(120))
