@@ -13,7 +13,7 @@ def register(sub) -> None:
                            "and save the run (run.json + weights.safetensors).")
     families = train.add_subparsers(dest="family", metavar="FAMILY", required=True)
     family = family_adder(families)
-    family("rx", [rx_options], help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
+    family("rx", [rx_options, feature_options], help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
            description="Closed-form fit, streamed over the training set.")
     family("adtr", [adtr_options], help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
            description="A frozen EfficientNet-B4's five stages (720 channels) are "
@@ -40,7 +40,7 @@ def register(sub) -> None:
            "(texture, structural, contextual, Cut&Paste) and merges the adapters before export. "
            "--weights takes Meta's dinov2_vit*14_pretrain.pth or a Hugging Face "
            "facebook/dinov2-* model.safetensors.")
-    family("dinov2-knn", [dinov2_options, dinov2_knn_options],
+    family("dinov2-knn", [dinov2_options, dinov2_knn_options, feature_options],
            help="DINOv2 patch features + memory bank (PatchCore-style coreset, kNN distance); no training",
            description="Few-shot mode: a greedy-coreset memory bank of the good images' patch "
            "features; the exported graph holds the bank and searches it as a matrix product.")
@@ -227,6 +227,19 @@ def rx_options(p) -> None:
     p.add_argument("--shrinkage", help="covariance shrinkage: 'oas' or a weight in [0,1] (default: oas)")
     p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+
+
+def feature_options(p) -> None:
+    """Where a closed-form family's backbone features come from (train_host.features)."""
+    p.add_argument("--features", default="random", metavar="random|station|FILE",
+                   help="'random': the backbone as built (or --weights); 'station': train it first on the station's "
+                   "good images (CutPaste 3-way pretext) and keep it if it beats random on validation; FILE: a "
+                   "station-backbone.safetensors (or its run folder) from an earlier station run (default: random)")
+    p.add_argument("--pretext-minutes", type=float, help="time bound of the station pretext (default: 10)")
+    p.add_argument("--pretext-steps", type=int, help="step bound of the station pretext (default: until the minutes)")
+    p.add_argument("--pretext-lr", type=float, help="AdamW learning rate of the station pretext (default: 5e-4)")
+    p.add_argument("--pretext-crop", type=int, help="square crop side the pretext trains on, CNN backbones "
+                   "(default: half the input's shorter side, at least 64 px; ViTs use the whole image)")
 
 
 def cutpaste_options(p) -> None:

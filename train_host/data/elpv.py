@@ -27,7 +27,22 @@ RULE = ("good = defect probability 0; defective = probability >= 0.5; probabilit
         "good cells -> train, 10% -> val, 30% -> test; all defective cells -> test")
 
 
-def load_elpv(seed: int) -> Split:
+CELL_TYPES = ("mono", "poly")
+
+
+def parse_elpv(data: str) -> str | None:
+    """'elpv' → None (every cell); 'elpv:mono' / 'elpv:poly' → that cell type, a station of its own."""
+    if data == "elpv":
+        return None
+    cell_type = data.split(":", 1)[1] if data.startswith("elpv:") else data
+    if cell_type not in CELL_TYPES:
+        raise LinesideError(f"--data {data}: ELPV's cell types are {', '.join(CELL_TYPES)}; give 'elpv' for all "
+                            "cells or 'elpv:mono' / 'elpv:poly' for one type as a station of its own")
+    return cell_type
+
+
+def load_elpv(seed: int, cell_type: str | None = None) -> Split:
+    """All cells, or only ``cell_type``'s; a type's split is the same either way (the same draws are made)."""
     data_dir = elpv_data_dir()
     cells = read_labels(data_dir / "labels.csv")
     train: list[Sample] = []
@@ -36,13 +51,16 @@ def load_elpv(seed: int) -> Split:
     excluded = 0
     per_type = {}
     rng = np.random.default_rng([seed, 10])
+    only = cell_type
     for cell_type in sorted({t for _, _, t in cells}):
         rows = [(p, prob) for p, prob, t in cells if t == cell_type]
         good = sorted(p for p, prob in rows if prob == 0.0)
+        order = rng.permutation(len(good))  # drawn for every type, so a type's split is the same when selected
+        if only is not None and cell_type != only:
+            continue
         bad = [Sample(p, 1, "defective" if prob == 1.0 else "probably_defective")
                for p, prob in rows if prob >= 0.5]
         excluded += sum(0.0 < prob < 0.5 for _, prob in rows)
-        order = rng.permutation(len(good))
         n_train, n_val = round(TRAIN_SHARE * len(good)), round(VAL_SHARE * len(good))
         train += _good_cells(good, order[:n_train])
         val += _good_cells(good, order[n_train:n_train + n_val])
@@ -58,7 +76,9 @@ def load_elpv(seed: int) -> Split:
         "per_type": per_type,
         "licence": LICENCE,
     }
-    return Split("elpv", _sorted(train), _sorted(val), _sorted(test), info)
+    if only is not None:
+        info["cell_type"] = only
+    return Split("elpv" if only is None else f"elpv-{only}", _sorted(train), _sorted(val), _sorted(test), info)
 
 
 def _good_cells(paths: list[Path], idx) -> list[Sample]:

@@ -15,7 +15,7 @@ from .records import Split, contaminants, count, fingerprint, subsample, subsamp
 
 def load_split(data: str | Path, val_share: float = 0.1, seed: int = 0,
                contamination: float = 0.0, limit: int | None = None, val_defects: int = 0) -> Split:
-    """`data == "elpv"` → the ELPV solar cells; otherwise an MVTec AD / AD 2 category folder.
+    """`data == "elpv"` → the ELPV solar cells ('elpv:mono' / 'elpv:poly': one cell type); otherwise an MVTec AD / AD 2 category folder.
 
     contamination: move round(contamination × train size) defect images (at least one when
     contamination > 0) from test into train; they keep label 1 so experiments can count them.
@@ -25,10 +25,10 @@ def load_split(data: str | Path, val_share: float = 0.1, seed: int = 0,
     set then never contains. The test set keeps at least one defect.
     """
     _check_options(val_share, contamination, limit, val_defects)
-    if str(data) == "elpv":
-        from .elpv import load_elpv
+    if str(data) == "elpv" or str(data).startswith("elpv:"):
+        from .elpv import load_elpv, parse_elpv
 
-        split = load_elpv(seed)
+        split = load_elpv(seed, parse_elpv(str(data)))
     else:
         from .mvtec import load_mvtec
 

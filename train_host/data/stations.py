@@ -24,7 +24,7 @@ def load_stations(datas: list[str], val_share: float = 0.1, seed: int = 0, conta
     if len(datas) < 2:
         raise LinesideError(f"--zero-shot trains across stations and got {len(datas)} (--data {' '.join(datas)}): "
                             "give two or more, --data DIR1 --data DIR2 ...; for one station drop --zero-shot")
-    resolved = [str(Path(d).resolve()) if d != "elpv" else d for d in datas]
+    resolved = [str(Path(d).resolve()) if not (d == "elpv" or str(d).startswith("elpv:")) else d for d in datas]
     if len(set(resolved)) < len(resolved):
         raise LinesideError(f"--data names the same station twice ({' '.join(datas)}): give each station once")
     splits = [load_split(d, val_share=val_share, seed=seed, contamination=contamination, limit=limit) for d in datas]

@@ -125,8 +125,15 @@ def load_weights(model: DinoKNNDetector, path) -> dict:
     return load_dinov2_weights(model.backbone, path)
 
 
+def fit(model, context) -> dict:
+    """Fit on the backbone features ``--features`` picks (random, learned on the station, or a file)."""
+    from ..features import fit_with_features
+
+    return fit_with_features(model, context, fit_bank)
+
+
 @torch.no_grad()
-def fit(model: DinoKNNDetector, context) -> dict:
+def fit_bank(model: DinoKNNDetector, context) -> dict:
     cfg = model.config
     samples = context.split.train
     if cfg.shots:

@@ -81,6 +81,10 @@ class RXDetector(nn.Module):
         feats = torch.cat(aligned, dim=1).index_select(1, self.channels)
         return feats.flatten(2).transpose(1, 2)
 
+    def pretext_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Every stage's channels averaged over the image, at any input size: the station pretext trains on crops."""
+        return torch.cat([fmap.mean((2, 3)) for fmap in self.backbone(self.normalize(image))], dim=1)
+
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(image)  # N×L×d
         centred = (feats - self.mean).transpose(0, 1)  # L×N×d
@@ -154,8 +158,15 @@ def build(config: dict, spec: InputSpec) -> RXDetector:
     return RXDetector(RXConfig.from_dict(config), spec).eval()
 
 
+def fit(model, context) -> dict:
+    """Fit on the backbone features ``--features`` picks (random, learned on the station, or a file)."""
+    from ..features import fit_with_features
+
+    return fit_with_features(model, context, fit_gaussians)
+
+
 @torch.no_grad()
-def fit(model: RXDetector, context) -> dict:
+def fit_gaussians(model: RXDetector, context) -> dict:
     """Fit the per-location Gaussians in one streaming pass over the training images (each rank over its
     share under torchrun; the sums are combined before the closed form)."""
     acc = MomentAccumulator(model.mean.shape[0], model.mean.shape[1], model.mean.device)
