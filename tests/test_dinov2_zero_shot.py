@@ -48,7 +48,7 @@ def test_zero_shot_trains_on_every_station_given(stations, zero_shot_run):
     # per station: --per-kind 1 of each of 4 kinds, and as many plain good images
     assert training["synthetic_anomalies"] == 2 * 4 and training["train_images"] == 2 * 8
     # validation: held-out synthetic anomalies from both stations' training images (one val image each is too few)
-    assert training["validation"]["source"] == "training images (no validation split)"
+    assert training["lora_validation"]["source"] == "training images (no validation split)"
     assert training["validation_good_scores"]["n"] == 2  # one validation good image per station
 
 

@@ -40,13 +40,13 @@ def test_rddpm_against_a_baseline_tree(tmp_path, capsys):
     data = make_mvtec(tmp_path / "cells", n_train=12)
     out = tmp_path / "bench"
     assert cli(["bench", "train-step", "rddpm", "--data", str(data), "--images", "8", "--epochs", "2",
-                "--batch-size", "4", "--size", "32", "--warmup", "1", "--repeats", "1", "--threads", "1",
+                "--batch-size", "2", "--size", "32", "--warmup", "1", "--repeats", "1", "--threads", "1",
                 "--baseline", str(ROOT), "--out", str(out)]) == 0
     doc = json.loads((out / "train-step.json").read_text())
     assert [(r["tree"], r["status"]) for r in doc["runs"]] == [("baseline", "ok"), ("current", "ok")]
     train = len(load_split(data, limit=8).train)
     for run in doc["runs"]:
-        assert run["steps"] == 2 * math.ceil(train / 4)  # every optimiser step inside fit, none of the probe's
+        assert run["steps"] == 2 * math.ceil(train / 2)  # every optimiser step inside fit, none of the probe's
         assert len(run["samples_ms"]["step"]) == run["steps"] - 1 - 1  # spans between steps, less warm-up
         assert run["loaders"]["rddpm: reading train"]["images"] == train
         assert run["fit_s"] > 0 and run["threads"] == 1

@@ -193,7 +193,9 @@ def fit_segmentation(model, context) -> dict:
     log(f"dinov2-lora: {len(train)} training images ({int(train.labels.sum())} synthetic anomalies){stations}, "
         f"{len(val)} validation images from the {val_source}")
     record = {"train_images": len(train), "synthetic_anomalies": int(train.labels.sum()),
-              "validation": {"images": len(val), "source": val_source}, "epochs": cfg.epochs}
+              "epochs": cfg.epochs,
+              # the images its own selection used (the shared validation, train_host/validation.py, is "validation")
+              "lora_validation": {"images": len(val), "source": val_source}}
     if len(train_groups) > 1:
         record["stations"] = {"count": len(train_groups), "good_images": [len(g) for g in train_groups],
                               "validation_good_images": [len(g) for g in val_groups]}
