@@ -56,6 +56,7 @@ def test_correlate_ranks_validation_against_test():
     assert correlation(rows[:2])["spearman"] is None
 
 
+@pytest.mark.slow  # trains three families end to end (~30 s on 2 cores)
 def test_train_auto_leaves_the_best_validated_candidate_as_the_run(tmp_path, capsys):
     data = make_mvtec(tmp_path / "cells", n_train=16, n_good=4, n_defect=4)
     run = tmp_path / "run"
