@@ -7,7 +7,7 @@ workers and control; frames in and verdicts out have their own modules:
 
     receiver  (edge_infer/receiver.py) PULL → parse_frame (limits) → journal "inflight" → decode → bounded DropQueue
                                  (bad message or undecodable image → ERROR, overflow → DROPPED)
-    worker    DropQueue → Model.score (preprocess, batch, backend, decide); `workers: N` runs N
+    worker    (edge_infer/worker.py) DropQueue → Model.score (preprocess, batch, backend, decide); `workers: N` runs N
     output    (edge_infer/output.py) outbox → journal (one transaction) → PUB verdict.<st> / alert.<st> → listeners
     control   REP: health, stats, reload, threshold, shutdown (every request gets one answer)
 
@@ -54,10 +54,10 @@ from .output import Output
 from .receiver import Receiver, recv_parts
 from .supervise import POLL_MS, Loop, join_all
 from .telemetry import Telemetry
+from .worker import Workers
 from .wire import HARD_MAX_PAYLOAD, MAX_HEADER_BYTES
 
 RELOADABLE = ("bundle", "backend", "precision", "threads", "roi", "thresholds")  # what `ctl reload` applies
-SCORE_DRAIN_S = 5.0  # after a stop, frames still queued this long are not scored: ERROR "not scored"
 SHUTDOWN_S = 8.0  # a stop ends within this, whatever state the loops are in
 MAX_CONTROL_MESSAGE = 1 << 20  # bytes a control message part may have before ZeroMQ drops the peer
 REBIND_S = 5.0  # a loop's socket that must be bound again after a crash: retried this long
@@ -73,7 +73,7 @@ class Server:
         self.telemetry = Telemetry(cfg.station)
         self.model = Model(cfg)  # load first: health answers "ready" only with a model
         self.model_lock = threading.Lock()
-        self._workers_lock, self._workers_left = threading.Lock(), cfg.workers  # the last one ends the output
+        self.workers = Workers(self, cfg.workers)  # `workers: N` scoring loops (edge_infer/worker.py)
         self.queue = DropQueue(cfg.queue.capacity, cfg.queue.policy)
         self.outbox: queue.Queue = queue.Queue(maxsize=4 * cfg.queue.capacity + 1024)  # full: receiver waits
         self.listeners: list[Callable[[Item, dict], None]] = []
@@ -96,7 +96,6 @@ class Server:
         from .exposure import warnings as exposure_warnings
 
         self.exposed = exposure_warnings(cfg)  # services open beyond loopback without their security
-        self.worker_alive_at = time.monotonic()  # the worker loop's heartbeat, for systemd's watchdog
 
     # ---- lifecycle ----------------------------------------------------------------
     def start(self) -> "Server":
@@ -131,7 +130,8 @@ class Server:
         self.threads = [
             Loop("receiver", self.receiver.run, recover=self.receiver.recover, finish=self.receiver.finish,
                  stopping=self.stopping),
-            *(Loop("worker" if i == 0 else f"worker{i}", self._work, finish=self._worker_done, stopping=self.stopping)
+            *(Loop("worker" if i == 0 else f"worker{i}", self.workers.run, finish=self.workers.finish,
+                   stopping=self.stopping)
               for i in range(self.cfg.workers)),  # `workers`: each scores on its own backend
             Loop("output", self.output.run, finish=self.output.finish, stopping=self.stopping),
             Loop("control", self._control, recover=self._recover_control, finish=lambda: self.control_sock.close(),
@@ -231,54 +231,6 @@ class Server:
         """Hand a decided item to the output step (from the receiver, the workers, the start)."""
         item.decided_at = time.time()
         self.outbox.put(item)  # blocks when full: back-pressure to the sockets, never a lost verdict
-
-    # ---- worker ---------------------------------------------------------------------
-    def _work(self) -> None:
-        wait_s = self.cfg.batch.max_wait_ms / 1e3
-        while True:
-            with self.model_lock:
-                n = min(self.cfg.batch.max_frames, self.model.max_batch)
-            self.worker_alive_at = time.monotonic()
-            batch = self.queue.get_batch(n, wait_s, POLL_MS / 1e3)
-            if batch and self.stopping.is_set() and time.monotonic() > self.stop_at + SCORE_DRAIN_S:
-                for item in batch:  # the stop is bounded: what is still queued gets its verdict unscored
-                    item.image = item.frame = None
-                    item.verdict = Verdict("ERROR", reason=f"not scored: the server stopped and its queue did "
-                                                           f"not drain within {SCORE_DRAIN_S:g} s")
-                    self.emit(item)
-            elif batch:
-                try:
-                    self._score(batch)
-                finally:  # the loop crashed (it will be restarted): what it held still gets a verdict
-                    for item in batch:
-                        if item.decided_at is None:
-                            item.frame, item.verdict = None, Verdict("ERROR", reason="internal error in the worker: "
-                                                                     "see the server log")
-                            self.emit(item)
-                self.telemetry.queue_depth.labels(self.station).set(len(self.queue))
-            elif self.received_all.is_set() and not len(self.queue):
-                break
-
-    def _score(self, batch: list[Item]) -> None:
-        try:
-            with self.model_lock:  # a reload swaps the model between batches, never inside one
-                lease = self.model.lease()
-            with lease as model:  # scored outside the lock: the other workers score alongside
-                model.score(batch)
-        except Exception as exc:  # a bug in scoring must not make frames vanish
-            log_event("scoring_failed", station=self.station, error=repr(exc))
-        for item in batch:
-            if item.verdict is None:
-                item.verdict = Verdict("ERROR", reason="internal error while scoring: see the server log")
-            item.frame = None
-            self.emit(item)
-
-    def _worker_done(self) -> None:
-        with self._workers_lock:
-            self._workers_left -= 1
-            last = self._workers_left == 0
-        if last:  # the output step stops at this mark: only after every worker's verdicts
-            self.outbox.put(None)
 
     # ---- control --------------------------------------------------------------------
     def _control(self) -> None:
@@ -392,7 +344,7 @@ def serve_forever(servers: list[Server]) -> None:
         notifier.ready(f"serving {', '.join(s.station for s in servers)}")
         while not all(server.finished.wait(notifier.tick_s / len(servers)) or server.past_shutdown_deadline()
                       for server in servers):
-            notifier.watchdog(min(server.worker_alive_at for server in servers))
+            notifier.watchdog(min(server.workers.alive_at for server in servers))
     finally:
         notifier.stopping()
         for server in servers:
