@@ -82,12 +82,12 @@ class Validation:
 
 
 def _auroc(scores: np.ndarray, good: np.ndarray, bad: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
+    from .metrics import image_auroc
 
     chosen = good | bad
     if not np.isfinite(scores[chosen]).all():  # a diverged model ranks last, it does not crash the run
         return 0.0
-    return round(float(roc_auc_score(bad[chosen].astype(int), scores[chosen])), 4)
+    return round(image_auroc(bad[chosen].astype(int), scores[chosen]), 4)
 
 
 def trained_kinds(family_module, config) -> tuple[str, ...]:
