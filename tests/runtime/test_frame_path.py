@@ -211,7 +211,11 @@ def test_gpu_jpeg_decode_matches_the_cpu_path():
 
 @pytest.fixture
 def workers_station(tmp_path):
-    cfg, _ = station(tmp_path, workers=2, queue={"capacity": 256}, batch={"max_frames": 4, "max_wait_ms": 5})
+    # socket_hwm above the 120 frames a test sends at once: libzmq drops what a PUSH peer still had
+    # in flight when it disconnects while the PULL socket's buffer is full (queue.socket_hwm's
+    # docs), and on a loaded box the receiver may not have read the first 64 before the camera closes.
+    cfg, _ = station(tmp_path, workers=2, queue={"capacity": 256, "socket_hwm": 256},
+                     batch={"max_frames": 4, "max_wait_ms": 5})
     yield cfg
     cleanup(cfg)
 
