@@ -243,22 +243,28 @@ def run_camera(source: Source, publisher: Publisher, fps: float | None = None, c
     period = 1.0 / fps if fps else 0.0
     next_at, captured, reopens = time.monotonic(), 0, 0
     log_event("camera_started", source=source.describe, camera=publisher.camera, station=publisher.station)
-    while count is None or captured < count:
-        image = source.read()
-        if image is None:
-            if not source.live:
-                break
-            reopens += 1
-            _reopen_with_backoff(source, publisher, max_backoff_s)
-            continue
-        captured += 1
-        publisher.publish(image, block=not source.live)
-        if period:
-            next_at += period
-            time.sleep(max(0.0, next_at - time.monotonic()))
-    stats = {"captured": captured, "sent": publisher.sent, "unsent": publisher.unsent, "reopens": reopens,
-             "next_frame_id": publisher.next_id}
-    log_event("camera_stopped", camera=publisher.camera, **stats)
+    stopped_by = "end"
+    try:
+        while count is None or captured < count:
+            image = source.read()
+            if image is None:
+                if not source.live:
+                    break
+                reopens += 1
+                _reopen_with_backoff(source, publisher, max_backoff_s)
+                continue
+            captured += 1
+            publisher.publish(image, block=not source.live)
+            if period:
+                next_at += period
+                time.sleep(max(0.0, next_at - time.monotonic()))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was sent is still logged
+        stopped_by = "signal"
+        raise
+    finally:
+        stats = {"captured": captured, "sent": publisher.sent, "unsent": publisher.unsent, "reopens": reopens,
+                 "next_frame_id": publisher.next_id}
+        log_event("camera_stopped", camera=publisher.camera, stopped_by=stopped_by, **stats)
     return stats
 
 

@@ -81,7 +81,8 @@ class Overwritten(ShmError):
 
 
 def segment_name(station: str, camera: str) -> str:
-    """The camera's segment: "+" never appears in station or camera names, so no two cameras share one."""
+    """The base of a camera's segment names ("+" never appears in station or camera names, so no
+    two cameras share one); each ring is ``<base>.<token in hex>``."""
     return f"{PREFIX}{station}+{camera}"
 
 
@@ -126,73 +127,102 @@ def _data_offset(slots: int) -> int:
 # ---- the camera's side -------------------------------------------------------------------
 class Ring:
     """The camera's ring of frame slots in /dev/shm. Made at the first frame (its size sets the
-    slots'); a larger frame later makes a new ring (new token). ``close`` removes the file."""
+    slots'); a larger frame later makes a new ring. Each ring is its own segment, named
+    ``<base>.<token>``: the previous one stays until the next change or ``close``, so frames
+    still in flight from it can be read. A camera starting removes what a crashed run of the
+    same camera left behind; ``close`` removes its own."""
 
     def __init__(self, station: str, camera: str, slots: int, name: str | None = None):
         if not 1 <= slots <= MAX_SLOTS:
             raise ShmError(f"--shm-slots {slots}: give 1..{MAX_SLOTS} slots")
-        self.name = check_name(name or segment_name(station, camera))
+        self.base = check_name(name or segment_name(station, camera))
         self.station, self.camera, self.slots = station, camera, slots
-        self.mm: mmap.mmap | None = None
-        self.seqs = None
-        self.slot_bytes = self.token = self.next = 0
-        self.inode = None
+        self.current: _Mapped | None = None
+        self.previous: _Mapped | None = None
+        self.next = 0
+        self._remove_stale()
+
+    @property
+    def name(self) -> str | None:
+        return self.current.name if self.current else None
 
     def write(self, image: np.ndarray) -> dict:
         """Copy the frame into the next slot (the seqlock around it); returns the message's "shm" field."""
         image = np.ascontiguousarray(image)
-        if self.mm is None or image.nbytes > self.slot_bytes:
-            self._create(image.nbytes)
+        ring = self.current
+        if ring is None or image.nbytes > ring.slot_bytes:
+            ring = self._create(image.nbytes)
         slot, self.next = self.next % self.slots, self.next + 1
-        seq = int(self.seqs[slot])
-        self.seqs[slot] = seq + 1  # odd: being written
+        seq = int(ring.seqs[slot])
+        ring.seqs[slot] = seq + 1  # odd: being written
         fence()
-        offset = _data_offset(self.slots) + slot * self.slot_bytes
-        np.frombuffer(self.mm, np.uint8, image.nbytes, offset)[:] = image.reshape(-1)
+        offset = _data_offset(self.slots) + slot * ring.slot_bytes
+        np.frombuffer(ring.mm, np.uint8, image.nbytes, offset)[:] = image.reshape(-1)
         fence()
-        self.seqs[slot] = seq + 2
-        return {"segment": self.name, "token": self.token, "slot": slot, "seq": seq + 2}
+        ring.seqs[slot] = seq + 2
+        return {"segment": ring.name, "token": ring.token, "slot": slot, "seq": seq + 2}
 
-    def _create(self, frame_bytes: int) -> None:
-        self.close()
+    def _create(self, frame_bytes: int) -> _Mapped:
         slot_bytes = _page_up(max(1, frame_bytes))
         size = _data_offset(self.slots) + self.slots * slot_bytes
-        path = SHM_DIR / self.name
-        tmp = SHM_DIR / f".{self.name}.{os.getpid()}.tmp"
+        token = secrets.randbits(63) | 1
+        name = check_name(f"{self.base}.{token:x}")
+        path = SHM_DIR / name
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise ShmError(f"cannot create {tmp}: {exc.strerror}; is {SHM_DIR} there and writable?") from None
+            raise ShmError(f"cannot create {path}: {exc.strerror}; is {SHM_DIR} there and writable?") from None
         try:
             try:
                 os.posix_fallocate(fd, 0, size)  # reserve now: a full tmpfs would SIGBUS a write later
             except OSError as exc:
-                os.unlink(tmp)
+                os.unlink(path)
                 raise ShmError(f"no room in {SHM_DIR} for {self.slots} slots of {slot_bytes >> 20} MiB "
                                f"({exc.strerror}): lower --shm-slots or enlarge {SHM_DIR} "
                                "(docker: --shm-size)") from None
             mm = mmap.mmap(fd, size)
-            self.inode = os.fstat(fd).st_ino
         finally:
             os.close(fd)
-        self.token = secrets.randbits(63) | 1
-        _HEAD.pack_into(mm, 0, MAGIC, self.slots, 0, slot_bytes, self.token, self.station.encode(),
+        # the header last but the magic: a server reading the file early finds no ring, not half of one
+        _HEAD.pack_into(mm, 0, b"\0" * 8, self.slots, 0, slot_bytes, token, self.station.encode(),
                         self.camera.encode())
-        self.mm, self.slot_bytes, self.next = mm, slot_bytes, 0
-        self.seqs = np.frombuffer(mm, np.uint64, self.slots, SEQ_OFFSET)
-        os.rename(tmp, path)  # atomic: a server opening the name sees the old ring or the whole new one
+        fence()
+        mm[:8] = MAGIC
+        if self.previous is not None:
+            self.previous.close()
+        self.previous, self.current, self.next = self.current, _Mapped(name, token, slot_bytes, mm, self.slots), 0
+        return self.current
+
+    def _remove_stale(self) -> None:
+        """Rings an earlier run of this camera left (it crashed): nobody will write them again."""
+        for path in SHM_DIR.glob(f"{self.base}.*"):
+            try:
+                st = os.stat(path, follow_symlinks=False)
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def close(self) -> None:
-        """Unmap and remove the segment (unless another camera has replaced it under the same name)."""
-        if self.mm is None:
-            return
-        self.seqs = None
+        """Unmap and remove this camera's segments."""
+        for ring in (self.previous, self.current):
+            if ring is not None:
+                ring.close()
+        self.previous = self.current = None
+
+
+class _Mapped:
+    """One ring segment as the camera holds it (read-write)."""
+
+    def __init__(self, name: str, token: int, slot_bytes: int, mm: mmap.mmap, slots: int):
+        self.name, self.token, self.slot_bytes, self.mm = name, token, slot_bytes, mm
+        self.seqs = np.frombuffer(mm, np.uint64, slots, SEQ_OFFSET)
+
+    def close(self) -> None:
+        self.seqs = None  # the mapping cannot close while a view of it exists
         self.mm.close()
-        self.mm = None
-        path = SHM_DIR / self.name
         try:
-            if os.stat(path, follow_symlinks=False).st_ino == self.inode:
-                os.unlink(path)
+            os.unlink(SHM_DIR / self.name)
         except FileNotFoundError:
             pass
 
@@ -318,14 +348,19 @@ class Segments:
             if seg is not None and seg.token == token:
                 self.mapped.move_to_end(name)
                 return seg
-            seg = open_segment(name, max_slot_bytes)  # mapped views of an older ring stay valid while held
+            seg = open_segment(name, max_slot_bytes)
             self.mapped[name] = seg
             self.mapped.move_to_end(name)
+            # A camera has its current ring and the one before (frames in flight from it); older ones
+            # of the same camera are let go (their mapping ends with the last frame still reading it).
+            same = [n for n, s in self.mapped.items() if (s.station, s.camera) == (seg.station, seg.camera)]
+            for n in same[:-2]:
+                del self.mapped[n]
             while len(self.mapped) > self.capacity:
                 self.mapped.popitem(last=False)
         if seg.token != token:
-            raise ShmError(f"frame is from a ring that segment {name} no longer holds (token {token}, now "
-                           f"{seg.token}): the camera restarted after sending it")
+            raise ShmError(f"frame names token {token} but segment {name} holds {seg.token}: not the ring this "
+                           "frame was written to (the camera restarted after sending it)")
         return seg
 
 
