@@ -118,6 +118,9 @@ class Runner:
         result = analyse(fps, len(cams), measured, collector.verdicts, sum(c.unsent for c in cams),
                          self.server.usage(measure_from, measure_to), self.duration_s)
         result["camera_missed_slots"] = sum(c.missed_slots for c in cams)
+        writes = [ms for c in cams for ms in c.shm_write_ms]
+        if writes and result["status"] == "ok":  # transport's share that is the camera's copy into its ring
+            result["overhead_ms"]["where"]["camera_shm_write"] = summarize(writes)["p50"]
         return result
 
 

@@ -158,6 +158,7 @@ class Camera(threading.Thread):
         self.name, self.period, self.start_at, self.stop_at = name, 1.0 / fps, start_at, stop_at
         self.next_id, self.offset = first_id, offset
         self.shm_slots, self.frames = shm_slots, frames
+        self.shm_write_ms: list[float] = []  # the copy of each frame into its slot (part of transport)
         self.sent: dict[int, float] = {}  # frame id → captured_at
         self.unsent = self.missed_slots = 0
 
@@ -186,7 +187,9 @@ class Camera(threading.Thread):
             header = {**self.headers[k], "camera": self.name, "frame_id": self.next_id, "captured_at": time.time()}
             payload = self.payloads[k]
             if ring is not None:  # the copy into the slot is part of the transport: stamped before it
+                t_write = time.perf_counter()
                 header |= {"encoding": "shm", "shm": ring.write(self.frames[k])}
+                self.shm_write_ms.append((time.perf_counter() - t_write) * 1e3)
                 payload = b""
             try:
                 # zero-copy: the payloads live as long as the run (a real camera's driver hands over

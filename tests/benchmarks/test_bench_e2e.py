@@ -122,3 +122,4 @@ def test_short_real_run_through_shared_memory(tmp_path):
     assert r["status"] == "ok" and r["frames"] > 0 and r["missing"] == 0
     assert r["counts"]["OK"] + r["counts"]["NG"] == r["frames"]  # no ERROR: every frame read intact
     assert r["overhead_ms"]["where"]["transport"] is not None and "decode" in r["stages_ms"]
+    assert r["overhead_ms"]["where"]["camera_shm_write"] > 0  # the copy into the slot, split out of transport
