@@ -8,7 +8,10 @@ becomes that frame's ERROR verdict instead of stopping a batch, and a backend fa
 becomes an ERROR for the frames of that batch.
 
 Frames are decoded by ``edge_infer.preprocess``'s plan (a JPEG at the scale the model
-needs) straight from the received buffer; a raw frame is never copied before the resize.
+needs) straight from the received buffer; a raw frame is never copied before the resize. A
+frame in a camera's shared-memory ring (edge_infer/shm.py) is read in place the same way, and
+each read is checked after it against the slot's seqlock: a slot the camera wrote over while
+the frame waited makes that frame an ERROR, never a score of mixed pixels.
 The model is loaded once per worker (``workers`` in the station config): each worker scores
 its batches on its own backend, so N single-threaded backends use N cores.
 """

@@ -11,9 +11,10 @@ The payload is the image: for ``raw`` exactly H*W*C bytes, row-major, colour in 
 (OpenCV's); for ``jpeg``/``png`` the encoded file, whose own width and height must match
 ``shape``; for ``shm`` empty: the raw pixels are in a shared-memory slot the header's
 ``"shm": {"segment", "token", "slot", "seq"}`` names (a camera on the same host, accepted only
-when the station config sets ``shm: true``; edge_infer/shm.py). Everything is checked against hard limits *before* anything is allocated or
-decoded; a message that fails gets a ``WireError`` naming the problem (and carries the
-frame id when the header got that far), which the server turns into an ERROR verdict.
+when the station config sets ``shm: true``; edge_infer/shm.py). Everything is checked against
+hard limits *before* anything is allocated or decoded; a message that fails gets a
+``WireError`` naming the problem (and carries the frame id when the header got that far),
+which the server turns into an ERROR verdict.
 
 Verdicts and alerts go out on a PUB socket as ``[topic, json]`` with topics
 ``verdict.<station>`` and ``alert.<station>``. Nothing on the wire is ever unpickled.

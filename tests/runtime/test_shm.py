@@ -252,7 +252,8 @@ def test_a_restarted_camera_is_read_from_its_new_ring(serve, station_name):
 
 def test_shm_module_lives_without_torch():
     code = "import sys, edge_infer.shm, edge_infer.wire; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_station_config_documents_shm_off_by_default(tmp_path):
