@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import mmap
 import os
 import platform
@@ -320,7 +321,7 @@ class Segments:
 
     def attach(self, ref, station: str, camera: str, shape, max_slot_bytes: int) -> Slot:
         """The frame ``ref`` (the header's "shm" field) names, checked against the ring before any read."""
-        nbytes = int(np.prod(shape))
+        nbytes = math.prod(shape)
         seg = self._segment(ref.segment, ref.token, max_slot_bytes)
         if (seg.station, seg.camera) != (station, camera):
             raise ShmError(f"shared-memory segment {seg.name} is camera {seg.camera!r} of station {seg.station!r}, "
