@@ -144,6 +144,38 @@ def test_a_queued_frame_after_a_reload_to_another_input_size_ends_in_a_verdict(t
         new.close()
 
 
+def test_a_frame_overwritten_while_it_waited_in_the_queue_is_an_error_not_a_score(tmp_path, station_name):
+    """Decoded at receipt (a view of the slot), then the camera goes round the ring before a worker
+    reads it: the read is caught by the seqlock, the frame is an ERROR naming the fix."""
+    cfg, _ = station(tmp_path, name=station_name, shm=True)
+    model = Model(cfg)
+    ring = Ring(station_name, "cam0", 1)
+    try:
+        item = _item(parse_frame(encode_shm_frame(textured(0), ring, station_name, "cam0", 0), Limits(shm=True)))
+        model.decode(item)
+        encode_shm_frame(textured(1), ring, station_name, "cam0", 1)
+        model.score([item])
+    finally:
+        ring.close()
+        model.close()
+    assert item.verdict.status == "ERROR" and OVERWRITTEN in item.verdict.reason and item.image is None
+
+
+def test_a_camera_starting_removes_the_ring_a_crashed_run_left(station_name):
+    crashed = Ring(station_name, "cam0", 2)
+    crashed.write(textured(0))
+    left = SHM_DIR / crashed.name
+    assert left.exists()
+    fresh = Ring(station_name, "cam0", 2)  # the same camera started again: the old ring is nobody's
+    assert not left.exists()
+    fresh.write(textured(1))
+    mine = SHM_DIR / fresh.name
+    assert mine.exists() and mine != left
+    crashed.close()
+    fresh.close()
+    assert not mine.exists()
+
+
 def test_a_ring_the_camera_lapped_before_the_server_read_gives_error_verdicts(tmp_path, station_name):
     """Five frames through a ring of two slots reach the server only after the camera wrote them
     all (it connected before the server was up): the three overwritten get ERROR, never the pixels
