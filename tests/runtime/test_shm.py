@@ -267,6 +267,15 @@ def test_shm_frames_are_refused_with_the_fix_when_the_station_does_not_enable_th
     assert "shm: true" in rows[0]["reason"] and "--shm-slots" in rows[0]["reason"]
 
 
+def test_shm_slots_take_raw_frames_only(station_name):
+    from edge_infer.errors import LinesideError
+
+    with pytest.raises(LinesideError, match="--shm-slots sends raw pixels"):
+        Publisher("tcp://127.0.0.1:1", station_name, "cam0", "jpeg", shm_slots=2)
+    with pytest.raises(LinesideError, match="give 1..64 slots"):
+        Publisher("tcp://127.0.0.1:1", station_name, "cam0", "raw", shm_slots=65)
+
+
 def test_a_restarted_camera_is_read_from_its_new_ring(serve, station_name):
     server = serve(name=station_name, shm=True)
     first = textured(3)
