@@ -63,8 +63,12 @@ def _e2e(cmds, handler) -> None:
     p.add_argument("--duration", type=_seconds, default=10.0, help="measured seconds (default: 10)")
     p.add_argument("--warmup", type=_seconds, default=2.0, help="seconds of frames not counted (default: 2)")
     p.add_argument("--resolution", default="1920x1080", help="frame size WIDTHxHEIGHT (default: 1920x1080)")
-    p.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw"],
-                   help="how the cameras send frames (default: jpeg, encoded once up front)")
+    p.add_argument("--encoding", default="jpeg", choices=["jpeg", "png", "raw", "shm"],
+                   help="how the cameras send frames (default: jpeg, encoded once up front); shm: raw pixels "
+                   "through each camera's /dev/shm ring, only the header over the socket (the server gets "
+                   "`shm: true`)")
+    p.add_argument("--shm-slots", type=_positive_int, default=8, help="slots of each camera's ring with "
+                   "--encoding shm (default: 8)")
     p.add_argument("--images", help="folder of images to replay (default: ELPV)")
     p.add_argument("--sweep", action="store_true", help="find the highest FPS per camera with p99 under --budget-ms")
     p.add_argument("--budget-ms", type=float, help="p99 capture-to-verdict budget for --sweep")

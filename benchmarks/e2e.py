@@ -40,13 +40,15 @@ def main(args) -> int:
         station = station.model_copy(update={"workers": args.workers})
     images = load_images(args.images, 64)
     frames = load.make_frames(images, width, height)
-    templates = [encode_frame(f, station.station, "cam", 0, args.encoding) for f in frames]
+    shm = args.encoding == "shm"  # raw pixels through each camera's /dev/shm ring, the header over the socket
+    templates = [encode_frame(f, station.station, "cam", 0, "raw" if shm else args.encoding) for f in frames]
     workdir = load.scratch_dir()
-    server = load.ServerProcess(load.bench_station(station, workdir), workdir)
+    server = load.ServerProcess(load.bench_station(station, workdir, shm=shm), workdir)
     ctx = zmq.Context()
     try:
         health = server.wait_ready()
-        run = Runner(ctx, server, templates, args.cameras, args.warmup, args.duration)
+        run = Runner(ctx, server, templates, args.cameras, args.warmup, args.duration,
+                     shm_slots=args.shm_slots if shm else 0, frames=frames)
         results = sweep(run, args.fps, args.budget_ms) if args.sweep else [run.trial(args.fps)]
         for r in results:
             per_hardware(r, station.workers)
@@ -62,6 +64,7 @@ def main(args) -> int:
                     "server": health.get("bundle"), "curve": "off for the benchmark" if station.curve else "off",
                     "alerts": "webhook/GPIO/disk off for the benchmark; scratch journal"},
         "frames": {"resolution": [width, height], "encoding": args.encoding, "distinct_frames": len(templates),
+                   "shm_slots": args.shm_slots if shm else None,
                    "mean_payload_kib": round(float(np.mean([len(p) for _, p in templates])) / 1024, 1),
                    "images": images.describe()},
         "settings": {"cameras": args.cameras, "fps": args.fps, "warmup_s": args.warmup, "duration_s": args.duration,
@@ -80,8 +83,10 @@ def main(args) -> int:
 class Runner:
     """Runs trials against one server; camera frame ids keep rising from trial to trial."""
 
-    def __init__(self, ctx, server, templates, cameras: int, warmup_s: float, duration_s: float):
+    def __init__(self, ctx, server, templates, cameras: int, warmup_s: float, duration_s: float,
+                 shm_slots: int = 0, frames=None):
         self.ctx, self.server, self.templates = ctx, server, templates
+        self.shm_slots, self.frames = shm_slots, frames
         self.names = [f"bench{i}" for i in range(cameras)]
         self.next_ids = {n: 0 for n in self.names}
         self.warmup_s, self.duration_s = warmup_s, duration_s
@@ -96,7 +101,8 @@ class Runner:
         t0 = time.time() + 0.2
         measure_from, measure_to = t0 + self.warmup_s, t0 + self.warmup_s + self.duration_s
         cams = [Camera(self.ctx, self.server.cfg.sockets.frames, self.templates, name, fps,
-                       t0 + i / (fps * len(self.names)), measure_to, self.next_ids[name], offset=i)
+                       t0 + i / (fps * len(self.names)), measure_to, self.next_ids[name], offset=i,
+                       shm_slots=self.shm_slots, frames=self.frames)
                 for i, name in enumerate(self.names)]
         for cam in cams:
             cam.start()
@@ -112,6 +118,9 @@ class Runner:
         result = analyse(fps, len(cams), measured, collector.verdicts, sum(c.unsent for c in cams),
                          self.server.usage(measure_from, measure_to), self.duration_s)
         result["camera_missed_slots"] = sum(c.missed_slots for c in cams)
+        writes = [ms for c in cams for ms in c.shm_write_ms]
+        if writes and result["status"] == "ok":  # transport's share that is the camera's copy into its ring
+            result["overhead_ms"]["where"]["camera_shm_write"] = summarize(writes)["p50"]
         return result
 
 

@@ -33,16 +33,18 @@ def make_frames(images: ImageSet, width: int, height: int, count: int = 8) -> li
     return frames
 
 
-def bench_station(cfg, workdir: Path):
+def bench_station(cfg, workdir: Path, shm: bool = False):
     """A copy of the station that cannot touch the line: loopback sockets on free ports, a
     scratch journal, no webhook/GPIO/disk alerts, no metrics port, any camera name accepted.
-    Curve is off: the synthetic cameras hold no keys (the report says so)."""
+    Curve is off: the synthetic cameras hold no keys (the report says so). ``shm``: frames
+    through shared memory accepted (``--encoding shm``)."""
     host = "tcp://127.0.0.1"
     copy = cfg.model_copy(deep=True)
     copy.sockets.frames, copy.sockets.verdicts, copy.sockets.control = (f"{host}:{p}" for p in free_ports(3))
     copy.journal.path = workdir / "journal.sqlite"
     copy.alerts.webhook = copy.alerts.gpio = copy.alerts.disk = None
     copy.curve, copy.metrics_port, copy.cameras = None, None, []
+    copy.shm = shm
     return copy
 
 
@@ -142,16 +144,21 @@ class ServerProcess:
 class Camera(threading.Thread):
     """A live camera: paced at `fps`, stamps `captured_at` when it sends, never waits for a
     busy server (a refused frame is counted as unsent, its id stays used, as for real ones).
-    Frames are encoded once up front, as a camera's own encoder would have done."""
+    Frames are encoded once up front, as a camera's own encoder would have done. With
+    ``shm_slots`` the raw ``frames`` go through a /dev/shm ring of that many slots instead
+    (edge_infer/shm.py): each send copies the frame into the next slot, stamped before the copy."""
 
     def __init__(self, ctx, address: str, templates: list[list[bytes]], name: str, fps: float,
-                 start_at: float, stop_at: float, first_id: int, offset: int = 0):
+                 start_at: float, stop_at: float, first_id: int, offset: int = 0, shm_slots: int = 0,
+                 frames: list[np.ndarray] | None = None):
         super().__init__(daemon=True, name=f"camera-{name}")
         self.ctx, self.address = ctx, address
         self.headers = [json.loads(h) for h, _ in templates]
         self.payloads = [p for _, p in templates]
         self.name, self.period, self.start_at, self.stop_at = name, 1.0 / fps, start_at, stop_at
         self.next_id, self.offset = first_id, offset
+        self.shm_slots, self.frames = shm_slots, frames
+        self.shm_write_ms: list[float] = []  # the copy of each frame into its slot (part of transport)
         self.sent: dict[int, float] = {}  # frame id → captured_at
         self.unsent = self.missed_slots = 0
 
@@ -161,6 +168,11 @@ class Camera(threading.Thread):
         sock = self.ctx.socket(zmq.PUSH)  # made in this thread: ZeroMQ sockets are not thread-safe
         sock.sndhwm, sock.linger = 16, 2000
         sock.connect(self.address)
+        ring = None
+        if self.shm_slots:
+            from edge_infer.shm import Ring
+
+            ring = Ring(self.headers[0]["station"], self.name, self.shm_slots)
         t, i = self.start_at, self.offset
         while t < self.stop_at:
             late = time.time() - t
@@ -173,16 +185,24 @@ class Camera(threading.Thread):
             time.sleep(max(0.0, t - time.time()))
             k = i % len(self.payloads)
             header = {**self.headers[k], "camera": self.name, "frame_id": self.next_id, "captured_at": time.time()}
+            payload = self.payloads[k]
+            if ring is not None:  # the copy into the slot is part of the transport: stamped before it
+                t_write = time.perf_counter()
+                header |= {"encoding": "shm", "shm": ring.write(self.frames[k])}
+                self.shm_write_ms.append((time.perf_counter() - t_write) * 1e3)
+                payload = b""
             try:
                 # zero-copy: the payloads live as long as the run (a real camera's driver hands over
                 # its buffer the same way); pyzmq still copies parts under its copy_threshold
-                sock.send_multipart([json.dumps(header, separators=(",", ":")).encode(), self.payloads[k]],
+                sock.send_multipart([json.dumps(header, separators=(",", ":")).encode(), payload],
                                     flags=zmq.NOBLOCK, copy=False)
                 self.sent[self.next_id] = header["captured_at"]
             except zmq.Again:
                 self.unsent += 1
             self.next_id, i, t = self.next_id + 1, i + 1, t + self.period
         sock.close()
+        if ring is not None:  # the server maps a ring at its first frame and reads the rest from its mapping
+            ring.close()
 
 
 class Collector(threading.Thread):

@@ -189,7 +189,9 @@ def e2e_table(doc: dict) -> str:
                   f"median {r['stages_ms']['compute']['p50']:.1f} ms = {o['e2e_p50_minus_compute_p50']:.1f} ms; "
                   "where it goes (medians, so they need not add up exactly):"]
         lines.append("  " + "  ".join(f"{k} {v:.1f}" for k, v in o["where"].items() if v is not None)
-                     + "   (transport: camera→server socket + server→subscriber, per frame)")
+                     + "   (transport: camera→server socket + server→subscriber, per frame"
+                     + ("; camera_shm_write: the part of it that is the copy into the ring slot)"
+                        if o["where"].get("camera_shm_write") is not None else ")"))
         if r.get("throughput_per_core_ips") is not None:
             lines.append(f"throughput in {r['key']}: {r['throughput_ips']:.1f} img/s with {r['workers']} worker(s): "
                          f"{r['throughput_per_core_ips']:.1f} img/s per server core used, "

@@ -8,6 +8,12 @@ backoff and the gap is logged; file sources end (or loop).
 
 Frame ids increase by one per captured frame per camera run, and an id is used even when
 the frame cannot be sent, so the server sees (and counts) the gap.
+
+With ``--shm-slots N`` (a server on the same host whose station sets ``shm: true``) raw
+frames do not travel over the socket: each frame's pixels go into the next of N slots of a
+ring in /dev/shm and the message names the slot (edge_infer/shm.py). N must exceed the
+frames the server may hold unread (its socket buffer and queue) or it gets ERROR verdicts
+"overwritten before it was read".
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from .errors import ImageReadError, LinesideError
 from .imageio import list_images, read_image
 from .imaging import opencv_builds_with, require_opencv
 from .logs import log_event
-from .wire import encode_frame
+from .wire import encode_frame, encode_shm_frame
 
 GST_TEMPLATES = {
     "csi": ("nvarguscamerasrc sensor-id={sensor_id} ! video/x-raw(memory:NVMM),width={width},height={height},"
@@ -166,11 +172,20 @@ class Publisher:
     """Numbers, stamps, encodes and PUSHes frames; paces them to ``fps`` when given."""
 
     def __init__(self, address: str, station: str, camera: str, encoding: str = "jpeg", quality: int = 90,
-                 start_id: int = 0, hwm: int = 16, server_key=None, client_key=None, linger_ms: int = 2000):
+                 start_id: int = 0, hwm: int = 16, server_key=None, client_key=None, linger_ms: int = 2000,
+                 shm_slots: int = 0):
         import zmq
 
         from .security import secure_client
 
+        self.ring = None
+        if shm_slots:  # raw pixels through a shared-memory ring; the socket carries the header only
+            from .shm import Ring
+
+            if encoding not in ("raw", "shm"):
+                raise LinesideError(f"--shm-slots sends raw pixels through shared memory, not {encoding}: "
+                                    "drop --encoding (or --shm-slots)")
+            self.ring, encoding = Ring(station, camera, shm_slots), "shm"
         self.zmq = zmq
         # Its own context: terminating it is the one way ZeroMQ offers to wait (up to the
         # linger time) until the frames still queued have left.
@@ -187,8 +202,11 @@ class Publisher:
     def publish(self, image: np.ndarray, block: bool) -> bool:
         """Send one frame (its id is used either way); False when the server was not taking frames."""
         frame_id, self.next_id = self.next_id, self.next_id + 1
-        parts = encode_frame(image, self.station, self.camera, frame_id, self.encoding, quality=self.quality,
-                             tags=self.tags)
+        if self.ring is not None:
+            parts = encode_shm_frame(image, self.ring, self.station, self.camera, frame_id, tags=self.tags)
+        else:
+            parts = encode_frame(image, self.station, self.camera, frame_id, self.encoding, quality=self.quality,
+                                 tags=self.tags)
         self.tags = {}
         try:
             # Zero-copy: libzmq sends from the encoded payload itself (pyzmq still copies parts under
@@ -205,9 +223,12 @@ class Publisher:
 
     def close(self) -> None:
         """Close, waiting up to the linger time for queued frames to leave (a socket that is
-        garbage-collected unclosed drops them)."""
+        garbage-collected unclosed drops them); then remove the shared-memory ring, if any (a server
+        that has mapped it keeps reading what it already holds)."""
         self.sock.close()
         self.ctx.term()
+        if self.ring is not None:
+            self.ring.close()
 
     def __enter__(self) -> "Publisher":
         return self
@@ -222,22 +243,28 @@ def run_camera(source: Source, publisher: Publisher, fps: float | None = None, c
     period = 1.0 / fps if fps else 0.0
     next_at, captured, reopens = time.monotonic(), 0, 0
     log_event("camera_started", source=source.describe, camera=publisher.camera, station=publisher.station)
-    while count is None or captured < count:
-        image = source.read()
-        if image is None:
-            if not source.live:
-                break
-            reopens += 1
-            _reopen_with_backoff(source, publisher, max_backoff_s)
-            continue
-        captured += 1
-        publisher.publish(image, block=not source.live)
-        if period:
-            next_at += period
-            time.sleep(max(0.0, next_at - time.monotonic()))
-    stats = {"captured": captured, "sent": publisher.sent, "unsent": publisher.unsent, "reopens": reopens,
-             "next_frame_id": publisher.next_id}
-    log_event("camera_stopped", camera=publisher.camera, **stats)
+    stopped_by = "end"
+    try:
+        while count is None or captured < count:
+            image = source.read()
+            if image is None:
+                if not source.live:
+                    break
+                reopens += 1
+                _reopen_with_backoff(source, publisher, max_backoff_s)
+                continue
+            captured += 1
+            publisher.publish(image, block=not source.live)
+            if period:
+                next_at += period
+                time.sleep(max(0.0, next_at - time.monotonic()))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what was sent is still logged
+        stopped_by = "signal"
+        raise
+    finally:
+        stats = {"captured": captured, "sent": publisher.sent, "unsent": publisher.unsent, "reopens": reopens,
+                 "next_frame_id": publisher.next_id}
+        log_event("camera_stopped", camera=publisher.camera, stopped_by=stopped_by, **stats)
     return stats
 
 
@@ -266,8 +293,9 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     source = open_source(args.source, loop=args.loop, **gst)
     start_id = int(time.time() * 1000) if args.start_id == "now" else int(args.start_id)
-    publisher = Publisher(args.connect, args.station, args.name, args.encoding, args.quality, start_id,
-                          args.hwm, args.server_key, args.client_key)
+    encoding = args.encoding or ("raw" if args.shm_slots else "jpeg")
+    publisher = Publisher(args.connect, args.station, args.name, encoding, args.quality, start_id,
+                          args.hwm, args.server_key, args.client_key, shm_slots=args.shm_slots)
     try:
         run_camera(source, publisher, args.fps, args.count)
     finally:

@@ -65,7 +65,12 @@ def register_runtime(sub) -> None:
     p.add_argument("--station", required=True, help="station name, as in the station config")
     p.add_argument("--name", default="cam0", help="this camera's name (default: cam0)")
     p.add_argument("--fps", type=float, help="frames per second to send (default: as fast as possible)")
-    p.add_argument("--encoding", default="jpeg", choices=["raw", "jpeg", "png"], help="payload (default: jpeg)")
+    p.add_argument("--encoding", choices=["raw", "jpeg", "png"], help="payload (default: jpeg; raw with "
+                   "--shm-slots)")
+    p.add_argument("--shm-slots", type=int, default=0, metavar="N",
+                   help="server on this host (station `shm: true`): raw frames go through a ring of N slots in "
+                   "/dev/shm and only the header over the socket; N must exceed the frames the server may hold "
+                   "unread (default: 0, off)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality (default: 90)")
     p.add_argument("--loop", action="store_true", help="replay a folder or video file forever")
     p.add_argument("--count", type=int, help="stop after this many frames")

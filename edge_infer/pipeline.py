@@ -8,7 +8,10 @@ becomes that frame's ERROR verdict instead of stopping a batch, and a backend fa
 becomes an ERROR for the frames of that batch.
 
 Frames are decoded by ``edge_infer.preprocess``'s plan (a JPEG at the scale the model
-needs) straight from the received buffer; a raw frame is never copied before the resize.
+needs) straight from the received buffer; a raw frame is never copied before the resize. A
+frame in a camera's shared-memory ring (edge_infer/shm.py) is read in place the same way, and
+each read is checked after it against the slot's seqlock: a slot the camera wrote over while
+the frame waited makes that frame an ERROR, never a score of mixed pixels.
 The model is loaded once per worker (``workers`` in the station config): each worker scores
 its batches on its own backend, so N single-threaded backends use N cores.
 """
@@ -30,6 +33,7 @@ from .drift import DriftMonitor
 from .errors import ImageReadError, LinesideError
 from .preprocess import Plan, frame_image, preprocess
 from .score import Scorer
+from .shm import ShmError
 from .station import StationConfig
 from .thresholds import ThresholdLayers
 from .wire import Frame
@@ -165,7 +169,12 @@ class Model:
             try:
                 if it.planned_for != self.spec:  # decoded for the model a reload replaced
                     self.decode(it)
-                inputs.append(preprocess(it.image, self.spec, it.plan))
+                # shared memory: the read is checked against the camera lapping the ring (edge_infer/shm.py)
+                x = preprocess(it.image, self.spec, it.plan)
+                inputs.append(x if it.frame is None else it.frame.settle(x))
+            except ShmError as exc:  # overwritten before it was read: the reason names the fix
+                it.verdict, it.image = Verdict("ERROR", reason=str(exc)), None
+                continue
             except ImageReadError as exc:
                 it.verdict, it.image = Verdict("ERROR", reason=f"undecodable or wrong shape: {exc.reason}"), None
                 continue
@@ -193,6 +202,7 @@ class Model:
                     self.drift.add(it.verdict.score)
             if it.verdict.status == "NG":
                 it.anomaly_map, it.roi = out.anomaly_map[i], self.spec.roi
+                it.image = _kept_image(it)
             else:
                 it.image = None
 
@@ -203,6 +213,17 @@ class Model:
         for scorer in self.scorers:
             scorer.close()
         release_freed_memory()
+
+
+def _kept_image(it: Item) -> np.ndarray | None:
+    """An NG frame's image for the alerts that show it: a frame in shared memory is copied out of
+    its slot (the camera reuses it), or left out when the camera has already written over it."""
+    if it.frame is None or it.frame.shm is None:
+        return it.image
+    try:
+        return it.frame.settle(it.image)
+    except ShmError:
+        return None
 
 
 def _before_queue(it: Item, t_start: float) -> dict:

@@ -242,8 +242,9 @@ def decode_input(data, spec: InputSpec, source: str = "<payload>") -> np.ndarray
 
 def frame_image(payload, encoding: str, shape, spec: InputSpec, source: str) -> tuple[np.ndarray, Plan]:
     """A wire frame's image, decoded by the plan, without copying a raw payload: the image is a
-    view of the received buffer until the resize writes the (small) model input."""
-    if encoding == "raw":
+    view of the received buffer (or of a camera's shared-memory slot, encoding "shm") until the
+    resize writes the (small) model input."""
+    if encoding in ("raw", "shm"):  # wire.RAW_ENCODINGS: pixels as they are, in the payload or in a slot
         image = normalise_layout(np.frombuffer(payload, np.uint8).reshape(shape), source)
         return image, plan(image.shape[0], image.shape[1], spec)
     image, how = decode_planned(payload, spec, source)

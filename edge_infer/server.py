@@ -67,7 +67,7 @@ class Server:
     def __init__(self, cfg: StationConfig, context: zmq.Context | None = None):
         self.cfg = cfg
         self.station = cfg.station
-        self.limits = cfg.limits.limits()
+        self.limits = cfg.limits.limits(shm=cfg.shm)
         self.own_context = context is None
         self.ctx = context or zmq.Context()
         self.telemetry = Telemetry(cfg.station)

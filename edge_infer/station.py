@@ -49,8 +49,8 @@ class LimitsConfig(_Strict):
     max_payload_bytes: int = Field(16 << 20, ge=1024, le=HARD_MAX_PAYLOAD)
     max_side: int = Field(4096, ge=8, le=MAX_SIDE)
 
-    def limits(self) -> Limits:
-        return Limits(self.max_payload_bytes, self.max_side)
+    def limits(self, shm: bool = False) -> Limits:
+        return Limits(self.max_payload_bytes, self.max_side, shm)
 
 
 class RetainConfig(_Strict):
@@ -173,6 +173,10 @@ class StationConfig(_Strict):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     batch: BatchConfig = Field(default_factory=BatchConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    shm: bool = Field(False, description=(
+        "accept raw frames through shared memory from cameras on this host (`lineside camera --shm-slots N`): "
+        "the message names a slot of the camera's /dev/shm/lineside-* segment, which the server maps "
+        "read-only (same user, sizes within `limits`). Off: such frames get an ERROR verdict"))
     journal: JournalConfig = Field(default_factory=JournalConfig)
     curve: CurveConfig | None = None
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

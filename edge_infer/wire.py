@@ -4,14 +4,17 @@ A frame is a two-part ZeroMQ message ``[header, payload]`` (PUSH → PULL). The 
 UTF-8 JSON, at most ``MAX_HEADER_BYTES``::
 
     {"v": 1, "station": "weld-3", "camera": "top", "frame_id": 41, "captured_at": 1732380000.25,
-     "encoding": "raw" | "jpeg" | "png", "dtype": "uint8", "shape": [H, W] or [H, W, 3],
+     "encoding": "raw" | "jpeg" | "png" | "shm", "dtype": "uint8", "shape": [H, W] or [H, W, 3],
      "tags": {"serial": "A-17"}}            # tags optional: at most 8 short strings
 
 The payload is the image: for ``raw`` exactly H*W*C bytes, row-major, colour in BGR order
 (OpenCV's); for ``jpeg``/``png`` the encoded file, whose own width and height must match
-``shape``. Everything is checked against hard limits *before* anything is allocated or
-decoded; a message that fails gets a ``WireError`` naming the problem (and carries the
-frame id when the header got that far), which the server turns into an ERROR verdict.
+``shape``; for ``shm`` empty: the raw pixels are in a shared-memory slot the header's
+``"shm": {"segment", "token", "slot", "seq"}`` names (a camera on the same host, accepted only
+when the station config sets ``shm: true``; edge_infer/shm.py). Everything is checked against
+hard limits *before* anything is allocated or decoded; a message that fails gets a
+``WireError`` naming the problem (and carries the frame id when the header got that far),
+which the server turns into an ERROR verdict.
 
 Verdicts and alerts go out on a PUB socket as ``[topic, json]`` with topics
 ``verdict.<station>`` and ``alert.<station>``. Nothing on the wire is ever unpickled.
@@ -33,6 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from .errors import ImageReadError, LinesideError
 from .imageio import decode_image, jpeg_dimensions, normalise_layout
+from .shm import NAME_PATTERN as SHM_NAME_PATTERN
+from .shm import SEGMENTS, ShmError, Slot
 
 SCHEMA_VERSION = 1
 MAX_HEADER_BYTES = 2048
@@ -41,7 +46,8 @@ HARD_MAX_PAYLOAD = 64 << 20  # bytes; also the PULL socket's ZMQ_MAXMSGSIZE (big
 MAX_TAGS = 8
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
-ENCODINGS = ("raw", "jpeg", "png")
+ENCODINGS = ("raw", "jpeg", "png", "shm")
+RAW_ENCODINGS = ("raw", "shm")  # uncompressed pixels: in the payload, or in a shared-memory slot
 
 
 class WireError(Exception):
@@ -58,6 +64,18 @@ class WireError(Exception):
 class Limits:
     max_payload_bytes: int = 16 << 20
     max_side: int = 4096
+    shm: bool = False  # frames in shared memory accepted (the station config's `shm`)
+
+
+class ShmRef(BaseModel):
+    """Where a ``shm`` frame's pixels are: a slot of a camera's ring (edge_infer/shm.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    segment: str = Field(pattern=SHM_NAME_PATTERN)
+    token: StrictInt = Field(ge=0, le=2**63 - 1)
+    slot: StrictInt = Field(ge=0, lt=1024)
+    seq: StrictInt = Field(ge=0, le=2**63 - 1)
 
 
 class FrameHeader(BaseModel):
@@ -70,10 +88,11 @@ class FrameHeader(BaseModel):
     camera: str = Field(pattern=NAME_PATTERN)
     frame_id: StrictInt = Field(ge=0, le=2**63 - 1)
     captured_at: float = Field(ge=0)
-    encoding: Literal["raw", "jpeg", "png"]
+    encoding: Literal["raw", "jpeg", "png", "shm"]
     dtype: Literal["uint8"] = "uint8"
     shape: list[StrictInt] = Field(min_length=2, max_length=3)
     tags: dict[str, str] = Field(default_factory=dict)
+    shm: ShmRef | None = None  # with encoding "shm" only
 
     @field_validator("v")
     @classmethod
@@ -104,6 +123,13 @@ class Frame:
     header: FrameHeader
     payload: bytes | memoryview  # the received buffer itself (a ZeroMQ frame's memory), never copied
     received_at: float = field(default_factory=time.time)
+    shm: Slot | None = None  # encoding "shm": the slot ``payload`` views, valid while its seq holds
+
+    def settle(self, result: np.ndarray) -> np.ndarray:
+        """``result``, read from this frame's pixels, made safe to keep: for a shared-memory frame,
+        copied if it still views the slot and checked that the camera did not write over the frame
+        while it was read (shm.Overwritten, a LinesideError, if it did)."""
+        return result if self.shm is None else self.shm.settle(result)
 
 
 def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
@@ -128,6 +154,8 @@ def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
         where = ".".join(str(p) for p in first["loc"]) or "header"
         raise WireError(f"bad header field {where}: {first['msg']} (schema: docs/wire-protocol.md)", **ident) from None
     _check_shape(header, limits, ident)
+    if header.encoding == "shm" or header.shm is not None:
+        return _shm_frame(header, payload, limits, ident)
     size = len(payload)
     if size > limits.max_payload_bytes:
         raise WireError(f"payload of {size} bytes exceeds the station's limit of {limits.max_payload_bytes}", **ident)
@@ -143,6 +171,29 @@ def parse_frame(parts: list[bytes], limits: Limits = Limits()) -> Frame:
             raise WireError(f"{header.encoding} payload is {dims[1]}x{dims[0]} but the header says shape "
                             f"{header.shape}", **ident)
     return Frame(header, payload)
+
+
+def _shm_frame(header: FrameHeader, payload: memoryview, limits: Limits, ident: dict) -> Frame:
+    """A frame whose pixels are in shared memory: the slot mapped and checked, nothing read yet."""
+    if header.encoding != "shm" or header.shm is None:
+        raise WireError("a header with an \"shm\" field must have encoding \"shm\", and encoding \"shm\" needs "
+                        "the \"shm\" field (schema: docs/wire-protocol.md)", **ident)
+    if not limits.shm:
+        raise WireError("frame sent through shared memory, which this station does not accept: set `shm: true` "
+                        "in the station config (camera on the same host), or run the camera without "
+                        "--shm-slots", **ident)
+    if len(payload):
+        raise WireError(f"a shm frame's payload must be empty (the pixels are in the slot), got {len(payload)} "
+                        "bytes", **ident)
+    want = math.prod(header.shape)
+    if want > limits.max_payload_bytes:
+        raise WireError(f"shm frame of shape {header.shape} ({want} bytes) exceeds the station's limit of "
+                        f"{limits.max_payload_bytes}", **ident)
+    try:
+        slot = SEGMENTS.attach(header.shm, header.station, header.camera, header.shape, limits.max_payload_bytes)
+    except ShmError as exc:
+        raise WireError(str(exc), **ident) from None
+    return Frame(header, slot.pixels, shm=slot)
 
 
 def _identity(data: dict) -> dict:
@@ -183,7 +234,7 @@ def decode_frame(frame: Frame) -> np.ndarray:
     h = frame.header
     source = f"{h.camera}#{h.frame_id}"
     try:
-        if h.encoding == "raw":
+        if h.encoding in RAW_ENCODINGS:
             image = normalise_layout(np.frombuffer(frame.payload, np.uint8).reshape(h.shape), source)
         else:
             image = decode_image(frame.payload, source)
@@ -191,7 +242,7 @@ def decode_frame(frame: Frame) -> np.ndarray:
         raise WireError(exc.reason) from None
     want_c = h.shape[2] if len(h.shape) == 3 else 1
     got_c = image.shape[2] if image.ndim == 3 else 1
-    if image.shape[:2] != tuple(h.shape[:2]) or (got_c != want_c and h.encoding == "raw"):
+    if image.shape[:2] != tuple(h.shape[:2]) or (got_c != want_c and h.encoding in RAW_ENCODINGS):
         raise WireError(f"decoded image of shape {list(image.shape)} does not match the header's {h.shape}")
     return image
 
@@ -208,12 +259,29 @@ def encode_frame(image: np.ndarray, station: str, camera: str, frame_id: int, en
             payload = encode(image, encoding, quality)
         except LinesideError as exc:
             raise WireError(str(exc)) from None
+    return [frame_header(station, camera, frame_id, encoding, image.shape, captured_at, tags), payload]
+
+
+def encode_shm_frame(image: np.ndarray, ring, station: str, camera: str, frame_id: int,
+                     captured_at: float | None = None, tags: dict | None = None) -> list[bytes]:
+    """Write the frame's pixels into the next slot of ``ring`` (a shm.Ring) and build the message that
+    names it: the header (encoding "shm") and an empty payload. ``captured_at`` defaults to before
+    the copy, so a receiver's transport time includes it."""
+    captured_at = time.time() if captured_at is None else captured_at
+    ref = ring.write(image)
+    return [frame_header(station, camera, frame_id, "shm", image.shape, captured_at, tags, shm=ref), b""]
+
+
+def frame_header(station: str, camera: str, frame_id: int, encoding: str, shape, captured_at: float | None = None,
+                 tags: dict | None = None, shm: dict | None = None) -> bytes:
     header = {"v": SCHEMA_VERSION, "station": station, "camera": camera, "frame_id": int(frame_id),
               "captured_at": time.time() if captured_at is None else captured_at, "encoding": encoding,
-              "dtype": "uint8", "shape": list(image.shape)}
+              "dtype": "uint8", "shape": list(shape)}
     if tags:
         header["tags"] = tags
-    return [json.dumps(header, separators=(",", ":")).encode(), payload]
+    if shm:
+        header["shm"] = shm
+    return json.dumps(header, separators=(",", ":")).encode()
 
 
 def verdict_topic(station: str, alert: bool = False) -> bytes:

@@ -102,3 +102,24 @@ def test_short_real_run_against_the_tiny_bundle(tmp_path, capsys):
     assert not (tmp_path / "never.sqlite").exists()  # the benchmark used a scratch journal
     assert (out / "e2e.png").read_bytes()[:4] == b"\x89PNG"
     assert "pipeline overhead" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # starts a server process: ~10-30 s on the shared 2-core CPU
+def test_short_real_run_through_shared_memory(tmp_path):
+    """--encoding shm: raw frames through each camera's /dev/shm ring; every frame scored, none lapped."""
+    from lineside.cli import main
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    config = tmp_path / "station.yaml"
+    config.write_text(f"station: bench-shm\nbundle: {bundle}\njournal: {{path: {tmp_path / 'never.sqlite'}}}\n")
+    out = tmp_path / "out"
+    code = main(["bench", "e2e", str(config), "--cameras", "2", "--fps", "4", "--duration", "1.5", "--warmup", "0.5",
+                 "--resolution", "320x240", "--encoding", "shm", "--shm-slots", "4", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "e2e.json").read_text())
+    assert doc["frames"]["encoding"] == "shm" and doc["frames"]["shm_slots"] == 4
+    r = doc["results"][0]
+    assert r["status"] == "ok" and r["frames"] > 0 and r["missing"] == 0
+    assert r["counts"]["OK"] + r["counts"]["NG"] == r["frames"]  # no ERROR: every frame read intact
+    assert r["overhead_ms"]["where"]["transport"] is not None and "decode" in r["stages_ms"]
+    assert r["overhead_ms"]["where"]["camera_shm_write"] > 0  # the copy into the slot, split out of transport
