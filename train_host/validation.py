@@ -203,8 +203,8 @@ def choose_setting(results: dict, default, tolerance: float = TOLERANCE):
 
 def choice_record(results: dict, default, kept, validation: "Validation", names: tuple[str, ...]) -> dict:
     """The run record's account of a choice: every candidate's AUROCs, the default, the kept one, the rule."""
-    def named(key):
-        return dict(zip(names, key))
+    def named(key):  # as run.json holds it: tuples are lists
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in zip(names, key)}
 
     def row(key):
         result = results[key]

@@ -52,8 +52,9 @@ def trained_on(context) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def fit_choosing(model, context) -> dict:
-    """Fit every candidate's Gaussians in one pass, score them on validation, keep the best (see the module)."""
+def fit_choosing(model, context, validation=None) -> dict:
+    """Fit every candidate's Gaussians in one pass, score them on ``validation`` (default: the shared one of
+    ``context``'s split, `train_host.validation`), keep the best (see the module)."""
     from .rx import fit_gaussians
 
     grid = candidate_grid(model.config)
@@ -61,7 +62,7 @@ def fit_choosing(model, context) -> dict:
         record = fit_gaussians(model, context)
         return {**record, "settings": {"method": "given", "chosen": dict(zip(NAMES, grid[0]))}}
     try:
-        validation = build_validation(context, trained_on(context))
+        validation = validation or build_validation(context, trained_on(context))
     except LinesideError as exc:  # no held-out good images: the defaults, said so
         context.log(f"rx: settings keep their defaults: {exc}")
         record = fit_gaussians(model, context)
