@@ -5,11 +5,11 @@ candidate is recorded, and the saved run and its exported graph score as the cho
 import json
 from dataclasses import asdict
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from mvtec_fixture import make_mvtec, texture
+from mvtec_fixture import make_mvtec
+from validation_cases import small_defects
 
 from edge_infer.bundle import Bundle
 from edge_infer.preprocess import InputSpec
@@ -20,7 +20,7 @@ from train_host.data import load_split
 from train_host.models import rx
 from train_host.models.rx_select import candidate_grid, fit_choosing
 from train_host.run import load_run, save_run
-from train_host.validation import TOLERANCE, Validation, choose_setting
+from train_host.validation import TOLERANCE, choose_setting
 
 SPEC = InputSpec(64, 64, 1)
 
@@ -28,24 +28,6 @@ SPEC = InputSpec(64, 64, 1)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return make_mvtec(tmp_path_factory.mktemp("data") / "cells", n_train=24, n_good=2, n_defect=2)
-
-
-def small_defects(count: int = 12, seed: int = 7) -> Validation:
-    """Good textures of varied contrast (the whole map rises a little) against textures with one 2x2 dot of
-    +120 (the map peaks in one place): the mean of the hottest half of the map (the default this test gives)
-    ranks the contrasty good images with the dots, the map's max or top 1% does not."""
-    rng = np.random.default_rng(seed)
-    good, bad = [], []
-    for _ in range(count):
-        image = cv2.resize(texture(rng), (64, 64)).astype(float)
-        good.append(np.clip(128 + (image - 128) * rng.uniform(1.0, 2.0), 0, 255).astype(np.uint8))
-        image = cv2.resize(texture(rng), (64, 64)).astype(int)
-        x, y = rng.integers(12, 49, 2)
-        image[y:y + 2, x:x + 2] += 120
-        bad.append(np.clip(image, 0, 255).astype(np.uint8))
-    images = torch.from_numpy(np.stack(good + bad))[:, None]
-    parts = np.array(["good"] * count + ["structural"] * count)
-    return Validation(images, parts, ("structural",), (), "constructed: textures of varied contrast vs 2x2 dots")
 
 
 def context_for(split) -> TrainContext:
@@ -58,7 +40,7 @@ def chosen(data, tmp_path_factory):
     torch.set_num_threads(2)
     split = load_split(data, val_share=0.2)
     model = rx.build({"feature_dim": 24, "score": "topk:0.5", "layers": [1, 2], "choose": ["score", "sigma"]}, SPEC)
-    validation = small_defects()
+    validation = small_defects(64)
     record = fit_choosing(model, context_for(split), validation)
     out = tmp_path_factory.mktemp("runs") / "rx"
     save_run(out, "rx", asdict(model.config), SPEC, model, split.info, record)
