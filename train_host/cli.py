@@ -177,8 +177,9 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--contamination", type=float, default=0.0,
                    help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
     p.add_argument("--val-defects", type=int, default=0,
-                   help="move this many labelled defect images from test into validation, for families that "
-                   "validate on real defects (cutpaste, draem); the test set then excludes them (default: 0)")
+                   help="move this many labelled defect images from test into validation: every family's settings "
+                   "and `train auto`'s choice then weigh them as much as the synthetic anomalies; the test set "
+                   "excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_device_options(p)
     p.add_argument("--yes", action="store_true", help="train even when the expected time on this hardware is past "
