@@ -142,7 +142,8 @@ class Checkpoints:
     """The reconstructor scored on the shared validation set (`train_host.validation`) during training. The
     backbone is frozen, so the validation images' features are extracted once and each checkpoint costs only
     the reconstructor. The last checkpoint (what the schedule ends with) is the default: an earlier one is kept
-    only if it beats it by more than ``validation.TOLERANCE``."""
+    only if it beats it by more than ``validation.TOLERANCE`` and in most paired bootstrap resamples
+    (``validation.choose_on``)."""
 
     def __init__(self, model, validation, batch_size: int):
         from ..device import model_device
@@ -153,6 +154,7 @@ class Checkpoints:
             self.feats = [model.features(validation.images[i:i + batch_size].to(device))
                           for i in range(0, len(validation.images), batch_size)]
         self.results: dict = {}
+        self.scores: dict = {}
         self.states: dict = {}
 
     @torch.no_grad()
@@ -161,23 +163,25 @@ class Checkpoints:
 
         model.eval()
         scores = [model.anomaly_map(f, model.reconstructor(f))[1].float().cpu() for f in self.feats]
-        self.results[name] = self.validation.summarise(torch.cat(scores).numpy())
+        self.scores[name] = torch.cat(scores).numpy()
+        self.results[name] = self.validation.summarise(self.scores[name])
         self.states[name] = copy.deepcopy(model.reconstructor.state_dict())
         log(f"adtr: validation at {name}: validation AUROC {self.results[name]['validation_auroc']:.4f}")
 
-    def keep_best(self, model, log) -> dict:
+    def keep_best(self, model, log, seed: int = 0) -> dict:
         """Load the kept checkpoint into ``model``; the run record's part."""
-        from ..validation import choose_setting
+        from ..validation import choose_on
 
         last = list(self.results)[-1]
-        kept = choose_setting(self.results, last)
+        kept, _, checked = choose_on(self.validation, self.scores, last, seed)
         model.reconstructor.load_state_dict(self.states[kept])
         self.states.clear()
         log(f"adtr: kept the reconstructor of {kept} (validation AUROC {self.results[kept]['validation_auroc']:.4f}; "
             f"the last, {last}: {self.results[last]['validation_auroc']:.4f})")
         return {"checkpoint_kept": kept, "validation_signal": self.validation.signal,
+                "bootstrap_wins": {k: round(v, 3) for k, v in checked.items()},
                 "validation_used_for": "choosing the checkpoint kept (validation image AUROC; the last unless an "
-                                       "earlier one beats it by more than the tolerance)",
+                                       "earlier one beats it clearly: validation.choose_on)",
                 "validation_per_checkpoint": [{"checkpoint": k, **{n: v for n, v in r.items() if n != "per_kind"}}
                                               for k, r in self.results.items()],
                 **self.validation.record(self.results[kept])}
@@ -247,7 +251,7 @@ def fit(model, context) -> dict:
         result["anomaly"] = train_anomaly_available(model, context, cache, real, deadline, batch_size, log,
                                                     checkpoints)
     if checkpoints is not None and checkpoints.results:
-        result.update(checkpoints.keep_best(model, log))
+        result.update(checkpoints.keep_best(model, log, seed))
     return result
 
 

@@ -3,7 +3,8 @@
 As rx does (rx_select.py): the settings the command did not give (``DinoKNNConfig.choose``)
 are tried over a small grid on the shared validation set (`train_host.validation`; never the
 test split), and a setting other than the default is kept only if it beats the default by more
-than ``validation.TOLERANCE``. The training images go through the backbone once, at the
+than ``validation.TOLERANCE`` and in most paired bootstrap
+resamples of the validation images (``validation.CONFIDENCE``). The training images go through the backbone once, at the
 default blocks: a block subset's features are columns of those (patch tokens are concatenated
 block by block, and the local averaging acts per column), so each block set only adds its own
 coreset selection. Per validation batch and block set the distances to the bank are one
@@ -21,7 +22,7 @@ import torch
 
 from edge_infer.errors import LinesideError
 
-from ..validation import build_validation, choice_record, choose_setting
+from ..validation import build_validation, choice_record, choose_on
 from .layers import GaussianBlur, ImageScore
 
 NAMES = ("layers", "k", "sigma", "score")  # a candidate's key, in this order
@@ -70,16 +71,15 @@ def fit_choosing(model, context, validation=None) -> dict:
     rows = min(len(bank) for bank in banks.values())
     grid = [key for key in grid if key[1] <= rows] or [grid[0][:1] + (1,) + grid[0][2:]]  # K within the bank
     scores = validation_scores(model, validation.images, banks, grid, context)
-    results = {key: validation.summarise(scores[key]) for key in grid}
+    kept, results, checked = choose_on(validation, scores, grid[0], int(context.options.get("seed", 0)))
     for key in grid:
         context.log(f"dinov2-knn: validation {describe(key)}: validation AUROC {results[key]['validation_auroc']:.4f}")
-    kept = choose_setting(results, grid[0])
     model.use_settings(*kept, bank=banks[kept[0]])
     final = validation.evaluate(model, int(context.options.get("batch_size") or 16))  # the model as saved
     context.log(f"dinov2-knn: chose {describe(kept)} (validation AUROC {final['validation_auroc']:.4f}; default "
                 f"{results[grid[0]]['validation_auroc']:.4f}) on {validation.signal}")
     return {"images": images, "patch_features": patch_features, "bank_rows": model.config.bank_rows,
-            "config": asdict(model.config), "settings": choice_record(results, grid[0], kept, validation, NAMES),
+            "config": asdict(model.config), "settings": choice_record(results, grid[0], kept, validation, NAMES, checked),
             "validation_signal": validation.signal,
             "validation_used_for": "choosing the blocks, neighbours K, map smoothing and image score "
                                    "(validation image AUROC)",

@@ -7,7 +7,8 @@ test split). The training images go through the backbone once: each batch's stag
 one moment accumulator per stage set, so three stage sets cost one backbone pass and three
 sets of sums, not three fits. Smoothing and score act on the map, so each stage set's
 validation maps are computed once and every (sigma, score) reads them. A setting other than
-the default is kept only if it beats the default by more than ``validation.TOLERANCE``; the
+the default is kept only if it beats the default by more than ``validation.TOLERANCE`` and in most paired bootstrap
+resamples of the validation images (``validation.CONFIDENCE``); the
 model then takes the kept setting in place (``RXDetector.use_settings``), so the saved run,
 and the graph exported from it, score exactly as the candidate did.
 """
@@ -22,7 +23,7 @@ import torch
 
 from edge_infer.errors import LinesideError
 
-from ..validation import build_validation, choice_record, choose_setting
+from ..validation import build_validation, choice_record, choose_on
 from .layers import GaussianBlur, ImageScore
 
 NAMES = ("layers", "sigma", "score")  # a candidate's key, in this order
@@ -70,11 +71,10 @@ def fit_choosing(model, context, validation=None) -> dict:
     stage_sets = list(dict.fromkeys(key[0] for key in grid))
     gaussians, images, shrinkage = fit_stage_sets(model, context, stage_sets)
     scores = validation_scores(model, validation.images, stage_sets, gaussians, grid, context)
-    results = {key: validation.summarise(scores[key]) for key in grid}
+    kept, results, checked = choose_on(validation, scores, grid[0], int(context.options.get("seed", 0)))
     for key in grid:
         context.log(f"rx: validation layers={','.join(map(str, key[0]))} sigma={key[1]:g} score={key[2]}: "
                     f"validation AUROC {results[key]['validation_auroc']:.4f}")
-    kept = choose_setting(results, grid[0])
     model.use_settings(*kept)
     mean, whiten = gaussians[kept[0]]
     model.mean.copy_(mean)
@@ -84,7 +84,7 @@ def fit_choosing(model, context, validation=None) -> dict:
                 f"(validation AUROC {final['validation_auroc']:.4f}; default {results[grid[0]]['validation_auroc']:.4f}) "
                 f"on {validation.signal}")
     return {"images": images, "mean_shrinkage": shrinkage[kept[0]], "config": asdict(model.config),
-            "settings": choice_record(results, grid[0], kept, validation, NAMES),
+            "settings": choice_record(results, grid[0], kept, validation, NAMES, checked),
             "validation_signal": validation.signal,
             "validation_used_for": "choosing the feature stages, map smoothing and image score (validation image AUROC)",
             **validation.record(final)}
