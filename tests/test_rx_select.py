@@ -122,3 +122,20 @@ def test_given_settings_are_held(data, tmp_path):
     assert {r["score"] for r in rows} == {"max", "topk:0.01"} and record["config"]["choose"] == ["score"]
     config = rx.RXConfig.from_dict({"score": "max", "sigma": 2, "layers": [1, 2, 3]})
     assert candidate_grid(config) == [((1, 2, 3), 2, "max")]
+
+
+def test_a_lead_that_rests_on_one_image_keeps_the_default():
+    """Ahead by 0.125 only because one good image scores lower: a resample without that image ties, so the lead
+    wins too few paired bootstrap resamples and the default stays; a lead on every image is kept."""
+    from train_host.validation import CONFIDENCE, Validation, choose_on
+
+    parts = np.array(["good"] * 4 + ["structural"] * 4)
+    validation = Validation(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), parts, ("structural",), (), "constructed")
+    default = np.array([0, 1, 2, 3, 1.5, 2.5, 3.5, 4.5])
+    one_image = np.array([0, 1, 2, 1.4, 1.5, 2.5, 3.5, 4.5])
+    kept, results, wins = choose_on(validation, {"default": default, "one image": one_image}, "default")
+    assert results["one image"]["validation_auroc"] - results["default"]["validation_auroc"] == pytest.approx(0.125)
+    assert kept == "default" and wins["one image"] < CONFIDENCE
+    inverted, everywhere = np.array([10, 11, 12, 13, 0, 1, 2, 3]), np.array([0, 1, 2, 3, 10, 11, 12, 13])
+    kept, _, wins = choose_on(validation, {"default": inverted, "everywhere": everywhere}, "default")
+    assert kept == "everywhere" and wins["everywhere"] >= CONFIDENCE
