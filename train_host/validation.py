@@ -14,6 +14,10 @@ of the good images against those held-out anomalies; with real defects it is the
 and the AUROC of the good images against the real defects, so a handful of real defects weigh
 as much as the synthetic set.
 
+``choose_on`` is how a family picks among candidate settings (rx, dinov2-knn, adtr's checkpoints): the
+default stays unless the best beats it by more than ``TOLERANCE`` and in ``CONFIDENCE`` of paired bootstrap
+resamples of these images.
+
 Only ``split.val`` (good), ``split.val_defects`` and, when there is no validation split, the
 last training images are read: never ``split.test``, so test labels cannot leak into the choice
 of an epoch, a t0, or a family.
