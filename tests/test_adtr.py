@@ -195,3 +195,23 @@ def test_train_evaluate_export_score_agree(runs, category, tmp_path):
     torch_scores = predict(model, samples, InputSpec(64, 64, 3)).scores
     scored = list(Scorer(bundle).score_paths([s.path for s in samples], batch=4))
     np.testing.assert_allclose([s.verdict.score for s in scored], torch_scores, rtol=1e-4)
+
+
+def test_the_checkpoint_kept_is_chosen_on_validation(runs, category):
+    """Each phase is scored on the shared validation ~10 times and at its end; the last checkpoint is kept unless
+    an earlier one beats it by more than the tolerance, and the saved model scores what the record says."""
+    from train_host.context import TrainContext
+    from train_host.run import load_run
+    from train_host.validation import TOLERANCE, build_validation
+
+    for run, phase, epochs in ((runs[0], "L_norm", 4), (runs[1], "L_px", 3)):
+        model, record = load_run(run)
+        training = record["training"]
+        per = {c["checkpoint"]: c["validation_auroc"] for c in training["validation_per_checkpoint"]}
+        assert list(per) == [f"{phase} epoch {e}" for e in range(1, epochs + 1)]
+        last, kept = f"{phase} epoch {epochs}", training["checkpoint_kept"]
+        assert kept == max(per, key=per.get) if per[kept] > per[last] + TOLERANCE else kept == last
+        assert training["validation_auroc"] == per[kept] and training["validation_used_for"].startswith("choosing")
+        context = TrainContext(load_split(category), InputSpec(64, 64, 3), {"seed": 0}, log=lambda *_: None)
+        validation = build_validation(context, adtr.trains_on(model.config))
+        assert validation.evaluate(model)["validation_auroc"] == pytest.approx(per[kept], abs=1e-4)

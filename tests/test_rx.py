@@ -40,7 +40,7 @@ def fitted(split, batch_size):
     context = Context()
     context.split = split
     model = rx.build(SMALL, SPEC)
-    rx.fit(model, context)
+    rx.fit_gaussians(model, context)
     return model
 
 

@@ -76,8 +76,13 @@ def test_the_kept_features_are_the_ones_validation_chose(station_run, category):
     model, record = load_run(station_run)
     context = TrainContext(load_split(category, seed=0), SPEC, {"batch_size": 16, "seed": 0}, log=lambda *_: None)
     rescored = build_validation(context, 0).evaluate(model)["validation_auroc"]
-    assert rescored == pytest.approx(aurocs[features["kept"]], abs=1e-4)
-    assert json.loads((station_run / "run.json").read_text())["training"]["validation_auroc"] == rescored
+    training = json.loads((station_run / "run.json").read_text())["training"]
+    assert training["validation_auroc"] == rescored
+    # the features were compared at the default settings; rx then chose its settings on the kept backbone, on the
+    # same validation set: its default candidate is the kept side's model
+    settings = training["settings"]
+    default = [row for row in settings["tried"] if {k: row[k] for k in settings["default"]} == settings["default"]]
+    assert default[0]["validation_auroc"] == pytest.approx(aurocs[features["kept"]], abs=1e-4)
 
 
 @pytest.mark.parametrize("random_auroc, station_auroc, kept", [(0.6, 0.7, "station"), (0.7, 0.6, "random"),

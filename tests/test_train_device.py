@@ -184,7 +184,8 @@ def train_alone_and_under_torchrun(family, category, args, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_rx_moments_equal_one_process(category, tmp_path):
-    (a, _), (b, record) = train_alone_and_under_torchrun("rx", category, RX_ARGS, tmp_path)
+    (a, alone), (b, record) = train_alone_and_under_torchrun("rx", category, RX_ARGS, tmp_path)
+    assert record["settings"]["chosen"] == alone["settings"]["chosen"]  # the same choice on validation
     assert torch.allclose(a["mean"], b["mean"], rtol=1e-6, atol=1e-6)
     assert torch.allclose(a["whiten"], b["whiten"], rtol=1e-5, atol=1e-5)
     assert record["images"] == 14 and record["hardware"]["world_size"] == 2

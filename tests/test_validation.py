@@ -78,7 +78,8 @@ def test_one_good_image_still_gives_every_held_out_kind(data):
 
 
 def test_every_family_run_records_validation_auroc_without_reading_the_test_split(data, tmp_path):
-    """rx chooses nothing with validation, so train_run adds it after the fit: the number `train auto` compares."""
+    """rx chooses its settings on validation (rx_select.py); the AUROC recorded is the kept setting's, the number
+    `train auto` compares."""
     from train_host.train import train_run
 
     split = without_test(load_split(data, val_share=0.3))
@@ -88,5 +89,8 @@ def test_every_family_run_records_validation_auroc_without_reading_the_test_spli
     training = json.loads((tmp_path / "rx" / "run.json").read_text())["training"]
     assert 0 <= training["validation_auroc"] <= 1
     assert training["validation"]["kinds"] == list(POOL) and training["validation"]["trained_on"] == []
-    assert training["validation_used_for"] == "reporting only"
+    assert training["validation_used_for"].startswith("choosing")
+    kept = [row for row in training["settings"]["tried"]
+            if {k: row[k] for k in ("layers", "sigma", "score")} == training["settings"]["chosen"]]
+    assert kept and np.isclose(training["validation_auroc"], kept[0]["validation_auroc"], atol=1e-4)
     assert np.isclose(training["validation_auroc"], training["validation"]["auroc_synthetic"])

@@ -177,8 +177,9 @@ def common_train_options(p, stations: bool = False) -> None:
     p.add_argument("--contamination", type=float, default=0.0,
                    help="share of known-defective images mixed, unlabelled, into training (robustness studies)")
     p.add_argument("--val-defects", type=int, default=0,
-                   help="move this many labelled defect images from test into validation, for families that "
-                   "validate on real defects (cutpaste, draem); the test set then excludes them (default: 0)")
+                   help="move this many labelled defect images from test into validation: every family's settings "
+                   "and `train auto`'s choice then weigh them as much as the synthetic anomalies; the test set "
+                   "excludes them (default: 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
     add_device_options(p)
     p.add_argument("--yes", action="store_true", help="train even when the expected time on this hardware is past "
@@ -221,12 +222,15 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 def rx_options(p) -> None:
     p.add_argument("--backbone", help="timm CNN with features_only support (default: resnet18)")
-    p.add_argument("--layers", type=int_tuple, help="feature stages, comma-separated (default: 1,2,3)")
+    p.add_argument("--layers", type=int_tuple, help="feature stages, comma-separated (default: chosen on validation "
+                   "from 1,2,3 / 1,2 / 2,3; 1,2,3 unless another beats it)")
     p.add_argument("--grid-layer", type=int, help="stage whose grid the features share (default: 2, stride 8)")
     p.add_argument("--feature-dim", type=int, help="channels kept, a seeded random subset (default: 100)")
     p.add_argument("--shrinkage", help="covariance shrinkage: 'oas' or a weight in [0,1] (default: oas)")
-    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
-    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: chosen on validation "
+                   "from max / topk:0.01; max unless the other beats it)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: chosen on validation "
+                   "from 2 / 4 / 8; 4 unless another beats it)")
 
 
 def feature_options(p) -> None:
@@ -323,9 +327,12 @@ def dinov2_options(p) -> None:
     p.add_argument("--backbone", help="vits14, vitb14, vitl14 or a _reg4 variant (default: vitb14)")
     p.add_argument("--depth", type=int, help="keep only the first N blocks (quick experiments; default: all)")
     p.add_argument("--layers", type=int_tuple, help="blocks whose patch tokens are used, comma-separated "
-                   "(default: lora three, knn two, in the second half of the network)")
-    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max)")
-    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels")
+                   "(default: lora three, knn two, in the second half of the network; knn chooses on validation "
+                   "between the two together and each alone)")
+    p.add_argument("--score", help="image score: 'max' or 'topk:FRACTION' of the map (default: max; knn chooses on "
+                   "validation from max / topk:0.01)")
+    p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: 4; knn chooses on "
+                   "validation from 2 / 4 / 8)")
 
 
 def dinov2_lora_options(p) -> None:
@@ -354,4 +361,5 @@ def dinov2_knn_options(p) -> None:
     p.add_argument("--bank-size", type=int, help="most patch features in the memory bank (default: 4096)")
     p.add_argument("--coreset", choices=["greedy", "random"], help="how the bank is thinned (default: greedy)")
     p.add_argument("--shots", type=int, help="use only this many good images (few-shot; default: all)")
-    p.add_argument("--k", type=int, help="nearest neighbours averaged (default: 1)")
+    p.add_argument("--k", type=int, help="nearest neighbours averaged (default: chosen on validation from 1 / 3 / 9; "
+                   "1 unless another beats it)")

@@ -14,6 +14,10 @@ of the good images against those held-out anomalies; with real defects it is the
 and the AUROC of the good images against the real defects, so a handful of real defects weigh
 as much as the synthetic set.
 
+``choose_on`` is how a family picks among candidate settings (rx, dinov2-knn, adtr's checkpoints): the
+default stays unless the best beats it by more than ``TOLERANCE`` and in ``CONFIDENCE`` of paired bootstrap
+resamples of these images.
+
 Only ``split.val`` (good), ``split.val_defects`` and, when there is no validation split, the
 last training images are read: never ``split.test``, so test labels cannot leak into the choice
 of an epoch, a t0, or a family.
@@ -62,6 +66,18 @@ class Validation:
         """``validation_auroc`` (what settings and families are chosen by) and its parts."""
         return self.summarise(self.scores(model, batch))
 
+    def paired_wins(self, scores: np.ndarray, other: np.ndarray, seed: int = 0) -> float:
+        """The share of ``ROUNDS`` stratified bootstrap resamples of the validation images (good, each synthetic
+        kind and the real defects resampled apart) in which ``scores`` has the higher ``validation_auroc``."""
+        rng = np.random.default_rng([seed, 4022, 2])
+        groups = [np.flatnonzero(self.parts == part) for part in dict.fromkeys(self.parts)]
+        wins = 0
+        for _ in range(ROUNDS):
+            index = np.concatenate([rng.choice(g, len(g)) for g in groups])
+            parts = self.parts[index]
+            wins += overall(parts, self.kinds, scores[index]) > overall(parts, self.kinds, other[index])
+        return wins / ROUNDS
+
     def summarise(self, scores: np.ndarray) -> dict:
         good = self.parts == "good"
         synthetic = np.isin(self.parts, self.kinds)
@@ -79,6 +95,20 @@ class Validation:
                                "good_images": int((self.parts == "good").sum()),
                                "synthetic_anomalies": int(np.isin(self.parts, self.kinds).sum()),
                                "real_defects": int((self.parts == "real").sum()), "signal": self.signal}}
+
+
+def overall(parts: np.ndarray, kinds, scores: np.ndarray) -> float:
+    """``validation_auroc`` alone (unrounded), as ``Validation.summarise`` computes it."""
+    from .metrics import image_auroc
+
+    good = parts == "good"
+    values = []
+    for bad in (np.isin(parts, kinds), parts == "real"):
+        if bad.any():
+            chosen = good | bad
+            finite = np.isfinite(scores[chosen]).all()
+            values.append(image_auroc(bad[chosen].astype(int), scores[chosen]) if finite else 0.0)
+    return float(np.mean(values))
 
 
 def _auroc(scores: np.ndarray, good: np.ndarray, bad: np.ndarray) -> float:
@@ -184,3 +214,58 @@ def validate_fitted(module, model, context, training: dict) -> dict:
     context.log(f"validation AUROC {result['validation_auroc']:.4f} "
                 f"(per kind: {result['validation']['per_kind']})")
     return {**training, **result, "validation_used_for": training.get("validation_used_for", "reporting only")}
+
+
+# A non-default setting is kept only when it beats the default clearly: by more than TOLERANCE in validation AUROC,
+# and in at least CONFIDENCE of ROUNDS paired bootstrap resamples of the validation images (stratified: good,
+# each synthetic kind, real). With 32 good images against 64 synthetic anomalies a candidate 0.015 ahead is often
+# noise; the defaults were chosen across data sets, so noise must not move them.
+TOLERANCE = 0.01
+CONFIDENCE = 0.9
+ROUNDS = 200
+
+
+def choose_setting(results: dict, default, tolerance: float = TOLERANCE, wins=None):
+    """The key of ``results`` (setting → `Validation.summarise` result) to keep: the best ``validation_auroc``
+    (the first of equals, in the candidates' order) if it beats ``default``'s by more than ``tolerance`` and
+    ``wins(best)`` (the share of bootstrap resamples in which it beats the default; not checked when None) is at
+    least ``CONFIDENCE``; otherwise ``default``."""
+    best = max(results, key=lambda key: results[key]["validation_auroc"])  # max keeps the first of equals
+    if default not in results or best == default:
+        return best
+    if results[best]["validation_auroc"] <= results[default]["validation_auroc"] + tolerance:
+        return default
+    if wins is not None and wins(best) < CONFIDENCE:
+        return default
+    return best
+
+
+def choose_on(validation: "Validation", scores: dict, default, seed: int = 0) -> tuple:
+    """(kept key, results, the record's ``bootstrap`` part): ``choose_setting`` over the candidates' validation
+    ``scores`` (key → image scores of ``validation.images``), with the paired bootstrap against the default."""
+    results = {key: validation.summarise(s) for key, s in scores.items()}
+    checked = {}
+
+    def wins(key):
+        checked[key] = validation.paired_wins(scores[key], scores[default], seed)
+        return checked[key]
+
+    kept = choose_setting(results, default, wins=wins)
+    return kept, results, checked
+
+
+def choice_record(results: dict, default, kept, validation: "Validation", names: tuple[str, ...],
+                  checked: dict | None = None) -> dict:
+    """The run record's account of a choice: every candidate's AUROCs, the default, the kept one, the rule."""
+    def named(key):  # as run.json holds it: tuples are lists
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in zip(names, key)}
+
+    def row(key):
+        result = results[key]
+        return {**named(key), **{k: v for k, v in result.items() if k != "per_kind"}}
+
+    return {"method": f"validation: {validation.signal}",
+            "rule": f"best validation AUROC; the default unless another beats it by more than {TOLERANCE} and in at "
+                    f"least {CONFIDENCE:.0%} of {ROUNDS} paired bootstrap resamples of the validation images",
+            "default": named(default), "chosen": named(kept), "tried": [row(key) for key in results],
+            "bootstrap_wins": [{**named(key), "share": round(share, 3)} for key, share in (checked or {}).items()]}

@@ -93,9 +93,10 @@ class Schedule:
 
 
 def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refresh=None, every: int = 1,
-              context=None) -> dict:
+              context=None, checkpoints: Checkpoints | None = None) -> dict:
     """Train the reconstructor for ``schedule`` epochs; ``batches(epoch)`` yields loss inputs (global
-    batches: under torchrun each rank trains on its slice, DDP averaging the gradients)."""
+    batches: under torchrun each rank trains on its slice, DDP averaging the gradients). ``checkpoints``
+    scores the reconstructor on validation about ten times a phase, and at its last epoch."""
     from ..context import TrainContext
     from ..device import step
 
@@ -129,9 +130,61 @@ def run_phase(model, name: str, schedule: Schedule, batches, loss_fn, log, refre
         log(f"adtr {name}: epoch {epoch + 1}/{schedule.planned} loss {losses[-1]:.5f} "
             f"lr {opt.param_groups[0]['lr']:.1e}")
         epoch += 1
+        if checkpoints is not None and (epoch % max(1, schedule.planned // 10) == 0 or epoch == schedule.planned):
+            checkpoints.score(model, f"{name} epoch {epoch}", log)
+            model.train()
     model.eval()
     return {**schedule.info(), "epochs_run": epoch, "seconds": round(time.monotonic() - started, 1),
             "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}
+
+
+class Checkpoints:
+    """The reconstructor scored on the shared validation set (`train_host.validation`) during training. The
+    backbone is frozen, so the validation images' features are extracted once and each checkpoint costs only
+    the reconstructor. The last checkpoint (what the schedule ends with) is the default: an earlier one is kept
+    only if it beats it by more than ``validation.TOLERANCE`` and in most paired bootstrap resamples
+    (``validation.choose_on``)."""
+
+    def __init__(self, model, validation, batch_size: int):
+        from ..device import model_device
+
+        self.validation = validation
+        device = model_device(model)
+        with torch.inference_mode():  # float32, as the exported graph computes them
+            self.feats = [model.features(validation.images[i:i + batch_size].to(device))
+                          for i in range(0, len(validation.images), batch_size)]
+        self.results: dict = {}
+        self.scores: dict = {}
+        self.states: dict = {}
+
+    @torch.no_grad()
+    def score(self, model, name: str, log) -> None:
+        import copy
+
+        model.eval()
+        scores = [model.anomaly_map(f, model.reconstructor(f))[1].float().cpu() for f in self.feats]
+        self.scores[name] = torch.cat(scores).numpy()
+        self.results[name] = self.validation.summarise(self.scores[name])
+        self.states[name] = copy.deepcopy(model.reconstructor.state_dict())
+        log(f"adtr: validation at {name}: validation AUROC {self.results[name]['validation_auroc']:.4f}")
+
+    def keep_best(self, model, log, seed: int = 0) -> dict:
+        """Load the kept checkpoint into ``model``; the run record's part."""
+        from ..validation import choose_on
+
+        last = list(self.results)[-1]
+        kept, _, checked = choose_on(self.validation, self.scores, last, seed)
+        model.reconstructor.load_state_dict(self.states[kept])
+        self.states.clear()
+        log(f"adtr: kept the reconstructor of {kept} (validation AUROC {self.results[kept]['validation_auroc']:.4f}; "
+            f"the last, {last}: {self.results[last]['validation_auroc']:.4f})")
+        return {"checkpoint_kept": kept, "validation_signal": self.validation.signal,
+                "bootstrap_wins": {k: round(v, 3) for k, v in checked.items()},
+                "validation_used_for": "choosing the checkpoint kept (validation image AUROC; the last unless an "
+                                       "earlier one beats it clearly: validation.choose_on)",
+                "validation_per_checkpoint": [{"checkpoint": k, **{n: v for n, v in r.items() if n != "per_kind"}}
+                                              for k, r in self.results.items()],
+                **self.validation.record(self.results[kept])}
 
 
 def shuffled(tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int):
@@ -186,19 +239,37 @@ def fit(model, context) -> dict:
     result["cache_seconds"] = round(time.monotonic() - started, 1)
     log(f"adtr: cached {len(cache.feats)} images ({tuple(cache.feats.shape[1:])}) in {result['cache_seconds']} s")
     seed = config.seed
+    checkpoints = make_checkpoints(model, context, batch_size)
 
     if need_normal_phase:
         share = config.epochs / (config.epochs + (config.px_epochs if config.anomaly_available else 0))
         phase_deadline = None if deadline is None else time.monotonic() + share * (deadline - time.monotonic())
         schedule = Schedule(config.epochs, config.lr, config.drop_at, phase_deadline)
         result["normal"] = run_phase(model, "L_norm", schedule, shuffled((cache.feats,), batch_size, seed),
-                                     l_norm, log, context=context)
+                                     l_norm, log, context=context, checkpoints=checkpoints)
     if config.anomaly_available:
-        result["anomaly"] = train_anomaly_available(model, context, cache, real, deadline, batch_size, log)
+        result["anomaly"] = train_anomaly_available(model, context, cache, real, deadline, batch_size, log,
+                                                    checkpoints)
+    if checkpoints is not None and checkpoints.results:
+        result.update(checkpoints.keep_best(model, log, seed))
     return result
 
 
-def train_anomaly_available(model, context, cache: Cache, real, deadline, batch_size, log) -> dict:
+def make_checkpoints(model, context, batch_size: int) -> Checkpoints | None:
+    """Validation checkpoints, or None (said in the log) when the data has no held-out good image."""
+    from ..validation import build_validation
+    from .adtr import trains_on
+
+    try:
+        validation = build_validation(context, trains_on(model.config))
+    except LinesideError as exc:
+        context.log(f"adtr: the last epoch is kept: {exc}")
+        return None
+    context.log(f"adtr: validation: {validation.signal}")
+    return Checkpoints(model, validation, batch_size)
+
+
+def train_anomaly_available(model, context, cache: Cache, real, deadline, batch_size, log, checkpoints=None) -> dict:
     config = model.config
     fixed = cache_samples(model, context, real, keep_images=False, masks=True, desc="adtr: labelled defects") \
         if real else None
@@ -217,7 +288,7 @@ def train_anomaly_available(model, context, cache: Cache, real, deadline, batch_
 
     schedule = Schedule(config.px_epochs, config.lr, config.px_drop_at, deadline)
     info = run_phase(model, "L_px", schedule, batches, lambda f, r, y: l_px(f, r, y, config.alpha), log,
-                     refresh, every=max(1, config.pool_refresh), context=context)
+                     refresh, every=max(1, config.pool_refresh), context=context, checkpoints=checkpoints)
     info.update(pool=f"one confetti variant per training image, regenerated every {config.pool_refresh} epochs",
                 labelled_defects=len(real))
     return info

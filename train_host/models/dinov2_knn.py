@@ -10,7 +10,7 @@ The bank is a constant inside the exported graph, and the search is one matrix p
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from .dinov2_backbone import (
 from .layers import GaussianBlur, ImageScore, Normalize
 
 FAMILY = "dinov2-knn"
+CHOOSABLE = ("layers", "k", "sigma", "score")  # chosen on validation unless the command gives them
 
 
 @dataclass
@@ -47,12 +48,21 @@ class DinoKNNConfig:
     sigma: float = 4.0
     seed: int = 0
     bank_rows: int = 0  # set by fit: the bank actually kept
+    # settings `fit` chooses on validation (dinov2_knn_select.py): by default those of CHOOSABLE the config does not set
+    choose: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> DinoKNNConfig:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if d.get("layers") is not None:
             d["layers"] = tuple(d["layers"])
+        if d.get("choose") is None:
+            d["choose"] = tuple(k for k in CHOOSABLE if d.get(k) is None)
+        d["choose"] = tuple(d["choose"])
+        unknown = set(d["choose"]) - set(CHOOSABLE)
+        if unknown:
+            raise LinesideError(f"dinov2-knn cannot choose {', '.join(sorted(unknown))} on validation: only "
+                                f"{', '.join(CHOOSABLE)}")
         config = cls(**d)
         if config.coreset not in ("greedy", "random"):
             raise LinesideError(f"coreset {config.coreset!r}: choose greedy or random")
@@ -86,18 +96,34 @@ class DinoKNNDetector(nn.Module):
         self.config.bank_rows = len(bank)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.features(image)  # N×L×d
-        grid = (self.spec.height // 14, self.spec.width // 14)
-        # Squared distances to every bank feature as one matrix product with the constant bank.
-        d2 = feats.pow(2).sum(-1, keepdim=True) - 2 * feats @ self.bank.T + self.bank_sq  # N×L×M
+        d2 = squared_distances(self.features(image), self.bank, self.bank_sq)
         if self.config.k == 1:
             nearest = d2.amin(dim=-1)
         else:
             nearest = (-d2).topk(self.config.k, dim=-1).values.neg().mean(-1)
-        amap = nearest.clamp_min(0).sqrt().reshape(-1, 1, *grid)
-        amap = F.interpolate(amap, size=(self.spec.height, self.spec.width), mode="bilinear", align_corners=False)
-        amap = self.smooth(amap)
+        amap = self.smooth(self.upsample(nearest))
         return amap, self.image_score(amap)
+
+    def upsample(self, nearest: torch.Tensor) -> torch.Tensor:
+        """N×L squared neighbour distances on the patch grid → N×1×H×W distance map (before smoothing)."""
+        grid = (self.spec.height // 14, self.spec.width // 14)
+        amap = nearest.clamp_min(0).sqrt().reshape(-1, 1, *grid)
+        return F.interpolate(amap, size=(self.spec.height, self.spec.width), mode="bilinear", align_corners=False)
+
+    def use_settings(self, layers: tuple[int, ...], k: int, sigma: float, score: str, bank: torch.Tensor) -> None:
+        """Take other settings and their bank in place (what validation chose); blocks past the last layer used
+        are skipped by the graph."""
+        self.config = replace(self.config, layers=tuple(layers), k=int(k), sigma=float(sigma), score=score)
+        self.layers = check_layers(self.backbone, self.config.layers)
+        self.set_bank(bank)
+        self.smooth = GaussianBlur(self.config.sigma).to(bank.device)
+        self.image_score = ImageScore(self.config.score, self.spec.height * self.spec.width)
+
+
+def squared_distances(feats: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """N×L×d features → N×L×M squared distances to every bank feature, as one matrix product with the constant
+    bank (‖f − b‖² = ‖f‖² − 2 f·b + ‖b‖²)."""
+    return feats.pow(2).sum(-1, keepdim=True) - 2 * feats @ bank.T + bank_sq
 
 
 def greedy_coreset(feats: torch.Tensor, size: int, projection: int, seed: int) -> torch.Tensor:
@@ -126,14 +152,24 @@ def load_weights(model: DinoKNNDetector, path) -> dict:
 
 
 def fit(model, context) -> dict:
-    """Fit on the backbone features ``--features`` picks (random, learned on the station, or a file)."""
+    """Fit on the backbone features ``--features`` picks (random, learned on the station, or a file), choosing
+    the settings ``config.choose`` leaves open on validation (dinov2_knn_select.py). With ``--features station``
+    the random and learned backbones are compared at the default settings, then the settings are chosen on the
+    kept one."""
     from ..features import fit_with_features
+    from .dinov2_knn_select import fit_choosing
 
-    return fit_with_features(model, context, fit_bank)
+    if (context.options.get("features") or "random") != "station":
+        return fit_with_features(model, context, fit_choosing)
+    record = fit_with_features(model, context, fit_bank)
+    chosen = fit_choosing(model, context)
+    return {**record, **chosen, "features": record["features"]}
 
 
 @torch.no_grad()
-def fit_bank(model: DinoKNNDetector, context) -> dict:
+def training_features(model: DinoKNNDetector, context) -> tuple[torch.Tensor, int]:
+    """(every patch feature of the good training images, M×d; images): each rank its share under torchrun,
+    gathered in rank order, so every rank holds what a single process computes."""
     cfg = model.config
     samples = context.split.train
     if cfg.shots:
@@ -143,21 +179,32 @@ def fit_bank(model: DinoKNNDetector, context) -> dict:
         samples = [samples[i] for i in sorted(pick)]
     from ..distributed import gather_rows
 
-    # each rank its share under torchrun, gathered in rank order: the bank a single process builds
     feats = [model.features(batch["image"]).flatten(0, 1)
              for batch in context.loader(samples, progress="dinov2-knn: features", shard=True)]
     feats = gather_rows(torch.cat(feats) if feats else model.bank[:0])
     if not len(feats):
         raise LinesideError("dinov2-knn found no readable good training image: check --data")
+    return feats, len(feats) // (model.spec.height // 14 * (model.spec.width // 14))
+
+
+def select_bank(feats: torch.Tensor, cfg: DinoKNNConfig) -> torch.Tensor:
+    """The memory bank: at most ``bank_size`` of the features, thinned by ``cfg.coreset``."""
     size = min(cfg.bank_size, len(feats))
     if size == len(feats):
-        index = torch.arange(len(feats), device=feats.device)
-    elif cfg.coreset == "greedy":
+        return feats
+    if cfg.coreset == "greedy":
         index = greedy_coreset(feats, size, cfg.projection, cfg.seed).to(feats.device)
     else:
         index = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed))[:size].to(feats.device)
-    model.set_bank(feats[index])
-    images = len(feats) // (model.spec.height // 14 * (model.spec.width // 14))
+    return feats[index]
+
+
+@torch.no_grad()
+def fit_bank(model: DinoKNNDetector, context) -> dict:
+    cfg = model.config
+    feats, images = training_features(model, context)
+    model.set_bank(select_bank(feats, cfg))
+    size = cfg.bank_rows
     context.log(f"dinov2-knn: memory bank of {size} of {len(feats)} patch features ({cfg.coreset} coreset) "
                 f"from {images} good images")
     return {"images": images, "patch_features": len(feats), "bank_rows": size, "config": asdict(cfg)}
