@@ -16,7 +16,7 @@ from vit_fixture import nontrivial
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 from lineside.cli import main as cli
-from train_host.models import dinov2_adapters, dinov2_knn, dinov2_lora
+from train_host.models import dinov2_adapters, dinov2_knn, dinov2_knn_bank, dinov2_lora
 from train_host.models.dinov2_backbone import (
     build_vit,
     default_layers,
@@ -210,7 +210,7 @@ def test_greedy_coreset_covers_every_cluster():
     g = torch.Generator().manual_seed(0)
     centres = torch.randn(5, 16, generator=g) * 20
     feats = torch.cat([c + torch.randn(200, 16, generator=g) for c in centres])
-    picked = dinov2_knn.greedy_coreset(feats, 5, projection=0, seed=0)
+    picked = dinov2_knn_bank.greedy_coreset(feats, 5, projection=0, seed=0)
     assert sorted({int(i) // 200 for i in picked}) == [0, 1, 2, 3, 4]
 
 

@@ -158,4 +158,4 @@ def trains_on(config: ADTRConfig) -> tuple[str, ...]:
 def fit(model: ADTRDetector, context) -> dict:
     from .adtr_training import fit as fit_adtr
 
-    return fit_adtr(model, context)
+    return fit_adtr(model, context, trains_on(model.config))

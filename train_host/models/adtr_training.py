@@ -217,7 +217,8 @@ def load_init(model, init: str, options: dict) -> dict:
     return {"init": str(init), "init_weights_sha256": record["weights_sha256"]}
 
 
-def fit(model, context) -> dict:
+def fit(model, context, trained_on: tuple[str, ...]) -> dict:
+    """``trained_on``: the synthetic kinds this config trains on (adtr.trains_on), left out of its validation."""
     config, options, log = model.config, context.options, context.log
     batch_size = options.get("batch_size", 16)
     started = time.monotonic()
@@ -239,7 +240,7 @@ def fit(model, context) -> dict:
     result["cache_seconds"] = round(time.monotonic() - started, 1)
     log(f"adtr: cached {len(cache.feats)} images ({tuple(cache.feats.shape[1:])}) in {result['cache_seconds']} s")
     seed = config.seed
-    checkpoints = make_checkpoints(model, context, batch_size)
+    checkpoints = make_checkpoints(model, context, batch_size, trained_on)
 
     if need_normal_phase:
         share = config.epochs / (config.epochs + (config.px_epochs if config.anomaly_available else 0))
@@ -255,13 +256,12 @@ def fit(model, context) -> dict:
     return result
 
 
-def make_checkpoints(model, context, batch_size: int) -> Checkpoints | None:
+def make_checkpoints(model, context, batch_size: int, trained_on: tuple[str, ...]) -> Checkpoints | None:
     """Validation checkpoints, or None (said in the log) when the data has no held-out good image."""
     from ..validation import build_validation
-    from .adtr import trains_on
 
     try:
-        validation = build_validation(context, trains_on(model.config))
+        validation = build_validation(context, trained_on)
     except LinesideError as exc:
         context.log(f"adtr: the last epoch is kept: {exc}")
         return None

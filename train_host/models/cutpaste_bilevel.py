@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from ..validation import build_validation as build_shared_validation
 from .cutpaste_crops import load_defect_crops
 from .cutpaste_synthesis import BRIGHTNESS, DEFECT, GAINS, CutPasteSynthesis
-from ..validation import build_validation as build_shared_validation
 from .cutpaste_validation import ValidationSet, build_validation
 from .segmentation_loss import focal_dice_loss
 

@@ -29,6 +29,7 @@ import torch
 from edge_infer.errors import LinesideError
 from edge_infer.imageio import list_images
 from edge_infer.preprocess import InputSpec
+
 from ..data.mvtec import MASK_SUFFIXES, find_mask
 from ..data.records import Sample, Split
 

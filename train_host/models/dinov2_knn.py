@@ -27,6 +27,7 @@ from .dinov2_backbone import (
     load_dinov2_weights,
     patch_tokens,
 )
+from .dinov2_knn_bank import fit_bank, squared_distances
 from .layers import GaussianBlur, ImageScore, Normalize
 
 FAMILY = "dinov2-knn"
@@ -120,29 +121,6 @@ class DinoKNNDetector(nn.Module):
         self.image_score = ImageScore(self.config.score, self.spec.height * self.spec.width)
 
 
-def squared_distances(feats: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
-    """N×L×d features → N×L×M squared distances to every bank feature, as one matrix product with the constant
-    bank (‖f − b‖² = ‖f‖² − 2 f·b + ‖b‖²)."""
-    return feats.pow(2).sum(-1, keepdim=True) - 2 * feats @ bank.T + bank_sq
-
-
-def greedy_coreset(feats: torch.Tensor, size: int, projection: int, seed: int) -> torch.Tensor:
-    """Indices of ``size`` features, each the farthest (in a random projection) from those before it."""
-    generator = torch.Generator().manual_seed(seed)
-    if projection and projection < feats.shape[1]:
-        matrix = torch.randn(feats.shape[1], projection, generator=generator) / projection**0.5
-        reduced = feats @ matrix.to(feats.device)
-    else:
-        reduced = feats
-    picked = torch.empty(size, dtype=torch.long)
-    picked[0] = int(torch.randint(len(feats), (1,), generator=generator))
-    nearest = (reduced - reduced[picked[0]]).pow(2).sum(1)
-    for i in range(1, size):
-        picked[i] = int(nearest.argmax())
-        nearest = torch.minimum(nearest, (reduced - reduced[picked[i]]).pow(2).sum(1))
-    return picked
-
-
 def build(config: dict, spec: InputSpec) -> DinoKNNDetector:
     return DinoKNNDetector(DinoKNNConfig.from_dict(config), spec).eval()
 
@@ -164,47 +142,3 @@ def fit(model, context) -> dict:
     record = fit_with_features(model, context, fit_bank)
     chosen = fit_choosing(model, context)
     return {**record, **chosen, "features": record["features"]}
-
-
-@torch.no_grad()
-def training_features(model: DinoKNNDetector, context) -> tuple[torch.Tensor, int]:
-    """(every patch feature of the good training images, M×d; images): each rank its share under torchrun,
-    gathered in rank order, so every rank holds what a single process computes."""
-    cfg = model.config
-    samples = context.split.train
-    if cfg.shots:
-        import numpy as np
-
-        pick = np.random.default_rng([cfg.seed, 11]).permutation(len(samples))[: cfg.shots]
-        samples = [samples[i] for i in sorted(pick)]
-    from ..distributed import gather_rows
-
-    feats = [model.features(batch["image"]).flatten(0, 1)
-             for batch in context.loader(samples, progress="dinov2-knn: features", shard=True)]
-    feats = gather_rows(torch.cat(feats) if feats else model.bank[:0])
-    if not len(feats):
-        raise LinesideError("dinov2-knn found no readable good training image: check --data")
-    return feats, len(feats) // (model.spec.height // 14 * (model.spec.width // 14))
-
-
-def select_bank(feats: torch.Tensor, cfg: DinoKNNConfig) -> torch.Tensor:
-    """The memory bank: at most ``bank_size`` of the features, thinned by ``cfg.coreset``."""
-    size = min(cfg.bank_size, len(feats))
-    if size == len(feats):
-        return feats
-    if cfg.coreset == "greedy":
-        index = greedy_coreset(feats, size, cfg.projection, cfg.seed).to(feats.device)
-    else:
-        index = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed))[:size].to(feats.device)
-    return feats[index]
-
-
-@torch.no_grad()
-def fit_bank(model: DinoKNNDetector, context) -> dict:
-    cfg = model.config
-    feats, images = training_features(model, context)
-    model.set_bank(select_bank(feats, cfg))
-    size = cfg.bank_rows
-    context.log(f"dinov2-knn: memory bank of {size} of {len(feats)} patch features ({cfg.coreset} coreset) "
-                f"from {images} good images")
-    return {"images": images, "patch_features": len(feats), "bank_rows": size, "config": asdict(cfg)}

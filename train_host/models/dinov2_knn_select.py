@@ -23,6 +23,7 @@ import torch
 from edge_infer.errors import LinesideError
 
 from ..validation import build_validation, choice_record, choose_on
+from .dinov2_knn_bank import fit_bank, select_bank, squared_distances, training_features
 from .layers import GaussianBlur, ImageScore
 
 NAMES = ("layers", "k", "sigma", "score")  # a candidate's key, in this order
@@ -48,7 +49,6 @@ def candidate_grid(model) -> list[tuple]:
 def fit_choosing(model, context, validation=None) -> dict:
     """Build each block set's bank from one pass of features, score every candidate on ``validation`` (default:
     the shared one of ``context``'s split), keep the best (see the module)."""
-    from .dinov2_knn import fit_bank, select_bank, training_features
     from .rx_select import trained_on
 
     grid = candidate_grid(model)
@@ -105,7 +105,6 @@ def columns(model, blocks: tuple[int, ...]) -> torch.Tensor:
 def validation_scores(model, images: torch.Tensor, banks: dict, grid, context) -> dict:
     """Every candidate's image scores of the validation images: one backbone pass per batch; per block set one
     matrix product with its bank; per K its mean of the K nearest; per (sigma, score) its smoothing and score."""
-    from .dinov2_knn import squared_distances
 
     device = model.bank.device
     area = model.spec.height * model.spec.width

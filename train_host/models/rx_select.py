@@ -25,6 +25,7 @@ from edge_infer.errors import LinesideError
 
 from ..validation import build_validation, choice_record, choose_on
 from .layers import GaussianBlur, ImageScore
+from .rx_gaussians import MomentAccumulator, fit_gaussians, mahalanobis, patch_features, seeded_subset
 
 NAMES = ("layers", "sigma", "score")  # a candidate's key, in this order
 CANDIDATES = {"layers": ((1, 2, 3), (1, 2), (2, 3)), "sigma": (2.0, 4.0, 8.0), "score": ("max", "topk:0.01")}
@@ -56,7 +57,6 @@ def trained_on(context) -> tuple[str, ...]:
 def fit_choosing(model, context, validation=None) -> dict:
     """Fit every candidate's Gaussians in one pass, score them on ``validation`` (default: the shared one of
     ``context``'s split, `train_host.validation`), keep the best (see the module)."""
-    from .rx import fit_gaussians
 
     grid = candidate_grid(model.config)
     if len(grid) == 1:
@@ -93,7 +93,6 @@ def fit_choosing(model, context, validation=None) -> dict:
 def fit_stage_sets(model, context, stage_sets: list[tuple[int, ...]]) -> tuple[dict, int, dict]:
     """(stage set → (mean, whiten)), images fitted, (stage set → mean shrinkage): one streaming pass over the
     training images for all stage sets (each rank its share under torchrun; every set's sums combined)."""
-    from .rx import MomentAccumulator, patch_features
 
     heads = {layers: stage_set(model, layers) for layers in stage_sets}
     accumulators = {layers: MomentAccumulator(model.mean.shape[0], len(heads[layers][1]), model.mean.device)
@@ -116,7 +115,6 @@ def fit_stage_sets(model, context, stage_sets: list[tuple[int, ...]]) -> tuple[d
 
 def stage_set(model, layers: tuple[int, ...]) -> tuple[list[int], torch.Tensor]:
     """(positions of ``layers`` among the backbone's stages, the channels a model built with them keeps)."""
-    from .rx import seeded_subset
 
     index = [model.config.layers.index(layer) for layer in layers]
     total = sum(model.backbone.feature_info.channels()[i] for i in index)
@@ -126,7 +124,6 @@ def stage_set(model, layers: tuple[int, ...]) -> tuple[list[int], torch.Tensor]:
 def validation_scores(model, images: torch.Tensor, stage_sets, gaussians: dict, grid, context) -> dict:
     """Every candidate's image scores of the validation images: one backbone pass per batch; per stage set one
     distance map; per (sigma, score) its smoothing and score of that map."""
-    from .rx import mahalanobis, patch_features
 
     heads = {layers: stage_set(model, layers) for layers in stage_sets}
     area = model.spec.height * model.spec.width
