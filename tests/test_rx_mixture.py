@@ -113,3 +113,24 @@ def load_images(samples):
     from edge_infer.preprocess import preprocess
 
     return [preprocess(read_image(s.path), SPEC) for s in samples]
+
+
+
+def test_train_auto_plans_rx_mix_as_a_closed_form_fit_of_two_passes(two_modes, monkeypatch):
+    """`--families rx,rx-mix`: rx-mix is estimated at two passes over the training images, and planned (or
+    skipped) as a closed-form family, not given a gradient family's epochs."""
+    import train_host.schedule
+    from train_host.auto import Candidate, estimate, plan
+    from train_host.context import cpu_hardware
+
+    monkeypatch.setattr(train_host.schedule, "time_step", lambda fn: 0.08)  # the same forward time for both
+    split = load_split(two_modes, val_share=0.2)
+    options = {"seed": 0, "batch_size": 8}
+    plain, mix = (estimate(f, SPEC, split, options, cpu_hardware()) for f in ("rx", "rx-mix"))
+    one_pass = plain.estimate["forward_seconds"] * len(split.train) / 60
+    assert mix.estimate["full"] == pytest.approx(plain.estimate["full"] + one_pass, abs=0.011)  # rounded to 0.01
+    fits, over = (Candidate("rx-mix", estimate=dict(mix.estimate)) for _ in range(2))
+    plan([fits], budget=mix.estimate["full"] + 1)
+    plan([over], budget=mix.estimate["full"] / 2)
+    assert fits.status == "planned" and fits.estimate["planned"] == mix.estimate["full"]
+    assert over.status == "skipped" and "2 passes over the training images" in over.reason
