@@ -227,7 +227,14 @@ def fit_mixture(model: RXMixture, context) -> dict:
                             "give more training images")
 
     # choose on validation (never the test split): features of the validation images once, every head on them
-    validation = build_validation(context, trained_kinds(context))
+    try:
+        validation = build_validation(context, trained_kinds(context))
+    except LinesideError as exc:  # nothing to choose on: the simplest candidate, said in the record
+        k = min(candidates)
+        model.set_mixture(candidates[k], "score")
+        context.log(f"rx-mix: keeping K={k} without validation: {exc}")
+        return {"images": rows, "clusters": k, "assign": "score", "refused": refused, "validation_skipped": str(exc),
+                "config": asdict(model.config)}
     context.log(f"rx-mix validation: {validation.signal}")
     batch_size = int(context.options.get("batch_size") or 16)
     val_feats = [model.features(validation.images[i:i + batch_size].to(device)).cpu()
@@ -244,8 +251,8 @@ def fit_mixture(model: RXMixture, context) -> dict:
     model.set_mixture(candidates[chosen["clusters"]], chosen["assign"])
     sizes = {k: np.bincount(labels, minlength=k).tolist() for k, (labels, _, _) in clusterings.items()}
     context.log(f"rx-mix: keeping K={chosen['clusters']} ({chosen['assign']}), validation AUROC "
-                f"{chosen['result']['validation_auroc']:.4f} (within {chosen['tolerance']:.4f} of the best: a tie, "
-                "and ties go to fewer clusters)")
+                f"{chosen['result']['validation_auroc']:.4f} (the best, or within {chosen['tolerance']:.4f} of it: "
+                "ties go to fewer clusters)")
     return {"images": rows, "clusters": chosen["clusters"], "assign": chosen["assign"],
             "cluster_sizes": sizes, "refused": refused,
             "silhouette": {k: None if v is None else round(v, 4) for k, v in silhouettes.items()},
