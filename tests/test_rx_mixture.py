@@ -134,3 +134,19 @@ def test_train_auto_plans_rx_mix_as_a_closed_form_fit_of_two_passes(two_modes, m
     plan([over], budget=mix.estimate["full"] / 2)
     assert fits.status == "planned" and fits.estimate["planned"] == mix.estimate["full"]
     assert over.status == "skipped" and "2 passes over the training images" in over.reason
+
+
+def test_groups_the_station_knows_replace_k_means(two_modes, tmp_path, capsys):
+    """``--groups CSV``: one cluster per named group (e.g. the product variant), not chosen by k-means."""
+    train = sorted((two_modes / "train" / "good").glob("*.png"))
+    groups = tmp_path / "groups.csv"
+    groups.write_text("".join(f"{p.name},{'stripes' if int(p.stem) % 2 == 0 else 'blobs'}\n" for p in train))
+    out = tmp_path / "run"
+    assert cli(["train", "rx-mix", "--data", str(two_modes), "--out", str(out), "--groups", str(groups), *ARGS]) == 0
+    training = json.loads((out / "run.json").read_text())["training"]
+    assert training["clusters"] == 2 and [c["clusters"] for c in training["candidates"]] == [2, 2]
+    assert sum(training["cluster_sizes"]["2"]) == training["images"]
+    groups.write_text(f"{train[0].name},stripes\n")  # the other training images have no group: refused
+    assert cli(["train", "rx-mix", "--data", str(two_modes), "--out", str(tmp_path / "bad"), "--groups", str(groups),
+                *ARGS]) == 2
+    assert "have no group" in capsys.readouterr().err

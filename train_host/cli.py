@@ -242,6 +242,9 @@ def rx_options(p) -> None:
 def rx_mix_options(p) -> None:
     p.add_argument("--clusters", type=int, help="clusters of good images, each with its own Gaussians (default: "
                    "chosen among 1, 2, 3 on validation)")
+    p.add_argument("--groups", metavar="CSV", help="rows 'image,group' (the training image's file name, its group: "
+                   "e.g. the product variant or supplier): one cluster per group instead of k-means; the graph still "
+                   "picks the cluster per image")
     p.add_argument("--assign", choices=["score", "nearest"], help="which cluster scores an image: the one that finds "
                    "it most normal ('score') or the nearest centroid ('nearest') (default: chosen on validation)")
 

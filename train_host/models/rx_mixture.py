@@ -59,6 +59,7 @@ KMEANS_RESTARTS = 10
 class RXMixConfig(RXConfig):
     clusters: int = 0  # 0: choose among CHOICES on validation; the fitted run records the number chosen
     assign: str = "auto"  # "score", "nearest", or "auto": chosen on validation
+    groups: str = ""  # a CSV "image,group": one cluster per group the station already knows (instead of k-means)
 
 
 @dataclass
@@ -86,6 +87,8 @@ class RXMixture(RXDetector):
         if config.assign not in ("auto", *RULES):
             raise LinesideError(f"--assign {config.assign!r}: use 'score' or 'nearest' (or leave it out: chosen on "
                                 "validation)")
+        if config.groups and config.clusters:
+            raise LinesideError("--groups sets the clusters (one per group): leave --clusters out")
         if config.clusters < 0:
             raise LinesideError(f"--clusters {config.clusters}: give a positive number of clusters (or leave it out)")
         # what was asked for, kept apart from the config, which records what the fit chose
@@ -212,7 +215,15 @@ def fit_mixture(model: RXMixture, context) -> dict:
     desc_mean, desc_scale = descriptors.mean(0), descriptors.std(0).clamp_min(1e-6)
     z = ((descriptors - desc_mean) / desc_scale).numpy()
     clusterings, refused, silhouettes = {}, {}, {}
-    for k in (k for k in counts if k > 1):
+    if config.groups:  # the station's own groups: the only candidate, as a fixed --clusters is
+        labels, names = read_groups(config.groups, train, rows)
+        k = len(names)
+        centroids = torch.stack([torch.from_numpy(z[labels == c].mean(0)) for c in range(k)]).float()
+        clusterings[k] = (labels, centroids, held_out(labels, k, seed))
+        candidates.clear()
+        counts = (k,)
+        context.log(f"rx-mix: {k} groups from {config.groups}: {', '.join(names)}")
+    for k in (k for k in counts if k > 1 and not config.groups):
         labels, centroids, reason, silhouettes[k] = cluster(z, k, seed)
         if reason:
             refused[k] = reason
@@ -265,6 +276,41 @@ def fit_mixture(model: RXMixture, context) -> dict:
                             "per_kind": t["result"]["per_kind"]} for t in tried],
             "config": asdict(model.config), **validation.record(chosen["result"]),
             "validation_used_for": "the number of clusters and the assignment rule"}
+
+
+def read_groups(path: str, samples, rows: int) -> tuple[np.ndarray, list[str]]:
+    """``--groups`` CSV rows ``image,group`` (the image's file name) → each training image's group index, and
+    the group names (sorted)."""
+    import csv
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise LinesideError(f"--groups {path}: no such file; give a CSV of 'image,group' rows (the training image's "
+                            "file name and its group, e.g. the product variant)")
+    with file.open(newline="") as handle:
+        table = {row[0].strip(): row[1].strip() for row in csv.reader(handle) if len(row) >= 2 and row[0].strip()}
+    names = [Path(s.path).name for s in samples]
+    if len(set(names)) != len(names):
+        raise LinesideError("--groups matches images by file name, and two training images share one: rename them")
+    missing = [n for n in names if n not in table]
+    if missing:
+        raise LinesideError(f"--groups {path}: {len(missing)} training images have no group (e.g. {missing[0]}): "
+                            "give every training image a row 'image,group'")
+    if len(names) != rows:
+        raise LinesideError(f"--groups: {len(names) - rows} training images were unreadable; remove them from the "
+                            "training folder so that every image has its group")
+    groups = sorted({table[n] for n in names})
+    if len(groups) < 2:
+        raise LinesideError(f"--groups {path}: the training images are all in one group ({groups[0]}): leave --groups "
+                            "out (that is plain rx)")
+    index = {g: i for i, g in enumerate(groups)}
+    labels = np.array([index[table[n]] for n in names])
+    sizes = np.bincount(labels, minlength=len(groups))
+    if sizes.min() < MIN_CLUSTER_IMAGES:
+        raise LinesideError(f"--groups {path}: group {groups[int(sizes.argmin())]} has {int(sizes.min())} training "
+                            f"images; each group needs at least {MIN_CLUSTER_IMAGES} (merge it into another)")
+    return labels, groups
 
 
 def cluster(z: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, torch.Tensor, str, float | None]:
