@@ -38,6 +38,7 @@ def test_two_kinds_of_normal_choose_two_clusters_on_validation(two_modes, mixed_
     training = record["training"]
     assert training["clusters"] == 2 == record["config"]["clusters"]
     assert sum(training["cluster_sizes"]["2"]) == training["images"]
+    assert cli(["evaluate", str(out), "--json", str(tmp_path / "m.json")]) == 0  # the run rebuilds from its config
     by = {(c["clusters"], c["assign"]): c["validation_auroc"] for c in training["candidates"]}
     assert by[(2, training["assign"])] > by[(1, "score")] + 0.05  # chosen on validation, not on the test split
     assert training["validation_used_for"] == "the number of clusters and the assignment rule"
@@ -146,6 +147,7 @@ def test_groups_the_station_knows_replace_k_means(two_modes, tmp_path, capsys):
     training = json.loads((out / "run.json").read_text())["training"]
     assert training["clusters"] == 2 and [c["clusters"] for c in training["candidates"]] == [2, 2]
     assert sum(training["cluster_sizes"]["2"]) == training["images"]
+    assert cli(["evaluate", str(out), "--json", str(tmp_path / "m.json")]) == 0  # the run rebuilds from its config
     groups.write_text(f"{train[0].name},stripes\n")  # the other training images have no group: refused
     assert cli(["train", "rx-mix", "--data", str(two_modes), "--out", str(tmp_path / "bad"), "--groups", str(groups),
                 *ARGS]) == 2

@@ -87,8 +87,6 @@ class RXMixture(RXDetector):
         if config.assign not in ("auto", *RULES):
             raise LinesideError(f"--assign {config.assign!r}: use 'score' or 'nearest' (or leave it out: chosen on "
                                 "validation)")
-        if config.groups and config.clusters:
-            raise LinesideError("--groups sets the clusters (one per group): leave --clusters out")
         if config.clusters < 0:
             raise LinesideError(f"--clusters {config.clusters}: give a positive number of clusters (or leave it out)")
         # what was asked for, kept apart from the config, which records what the fit chose
@@ -188,6 +186,8 @@ def fit_mixture(model: RXMixture, context) -> dict:
 
     config = model.config
     clusters, assign = model.requested
+    if config.groups and clusters:
+        raise LinesideError("--groups sets the clusters (one per group): leave --clusters out")
     counts = (clusters,) if clusters else CHOICES
     rules = RULES if assign == "auto" else (assign,)
     train = context.split.train
