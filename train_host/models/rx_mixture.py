@@ -61,6 +61,12 @@ class RXMixConfig(RXConfig):
     assign: str = "auto"  # "score", "nearest", or "auto": chosen on validation
     groups: str = ""  # a CSV "image,group": one cluster per group the station already knows (instead of k-means)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "RXMixConfig":
+        # rx chooses its stages, smoothing and score on validation (rx_select.py); rx-mix chooses K and the
+        # assignment at the settings it is given, so it leaves those to the command
+        return super().from_dict({"choose": (), **d})
+
 
 @dataclass
 class Mixture:
