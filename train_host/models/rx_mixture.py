@@ -5,7 +5,7 @@ variants, two suppliers, mono and poly cells, two lighting states): it grows wid
 defect that looks like the other kind's normal hides inside it. rx-mix clusters the
 training images by an image-level descriptor of the same backbone features (the kept
 channels averaged over the image, z-scored, k-means++ with restarts: scikit-learn's
-KMeans, a dependency already) and fits rx's Gaussians (`rx.MomentAccumulator`) per cluster.
+KMeans, a dependency already) and fits rx's Gaussians (`rx_gaussians.MomentAccumulator`) per cluster.
 
 Scores of different clusters are made comparable: each cluster's image scores are
 standardised by the mean and spread of its own held-out good images' scores (a seeded
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
-from .rx import MomentAccumulator, RXConfig, RXDetector
+from .rx import RXConfig, RXDetector
+from .rx_gaussians import MomentAccumulator
 
 FAMILY = "rx-mix"
 CHOICES = (1, 2, 3)  # cluster counts tried when --clusters is not given
