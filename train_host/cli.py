@@ -15,6 +15,12 @@ def register(sub) -> None:
     family = family_adder(families)
     family("rx", [rx_options, feature_options], help="Gaussian per patch location, Mahalanobis distance (PaDiM / Deep RX)",
            description="Closed-form fit, streamed over the training set.")
+    family("rx-mix", [rx_options, rx_mix_options, feature_options],
+           help="rx with one set of Gaussians per cluster of the good images (several kinds of normal)",
+           description="Clusters the training images by their pooled backbone features (k-means++), fits rx's "
+           "Gaussians per cluster, standardises each cluster's scores on its held-out good images, and chooses "
+           "the number of clusters (1, 2, 3) and how an image picks its cluster on validation; K=1 is plain rx "
+           "(docs/rx-mix.md).")
     family("adtr", [adtr_options], help="transformer reconstruction of EfficientNet-B4 features (ADTR)",
            description="A frozen EfficientNet-B4's five stages (720 channels) are "
            "reconstructed by a transformer with learned decoder queries; the error is the "
@@ -231,6 +237,16 @@ def rx_options(p) -> None:
                    "from max / topk:0.01; max unless the other beats it)")
     p.add_argument("--sigma", type=float, help="Gaussian smoothing of the map in pixels (default: chosen on validation "
                    "from 2 / 4 / 8; 4 unless another beats it)")
+
+
+def rx_mix_options(p) -> None:
+    p.add_argument("--clusters", type=int, help="clusters of good images, each with its own Gaussians (default: "
+                   "chosen among 1, 2, 3 on validation)")
+    p.add_argument("--groups", metavar="CSV", help="rows 'image,group' (the training image's file name, its group: "
+                   "e.g. the product variant or supplier): one cluster per group instead of k-means; the graph still "
+                   "picks the cluster per image")
+    p.add_argument("--assign", choices=["score", "nearest"], help="which cluster scores an image: the one that finds "
+                   "it most normal ('score') or the nearest centroid ('nearest') (default: chosen on validation)")
 
 
 def feature_options(p) -> None:

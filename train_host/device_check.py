@@ -28,6 +28,7 @@ import numpy as np
 # Tiny settings per family: a few steps each, small inputs, the real code paths.
 FAMILIES = {
     "rx": {"size": 64, "config": {"feature_dim": 32, "sigma": 1.0}},
+    "rx-mix": {"size": 64, "config": {"feature_dim": 32, "sigma": 1.0}},
     "adtr": {"size": 64, "config": {"backbone": "efficientnet_b0", "epochs": 3, "hidden_dim": 64, "encoder_layers": 1,
                                     "decoder_layers": 1, "heads": 4, "ff_dim": 128, "score_pool": 4}},
     "rddpm": {"size": 32, "config": {"unet": "tiny", "epochs": 3, "t0": 100, "steps": 2, "max_minutes": 5}},

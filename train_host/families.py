@@ -13,6 +13,7 @@ from edge_infer.errors import LinesideError
 
 FAMILIES = {
     "rx": "train_host.models.rx",
+    "rx-mix": "train_host.models.rx_mixture",
     "adtr": "train_host.models.adtr",
     "rddpm": "train_host.models.rddpm",
     "cutpaste": "train_host.models.cutpaste",

@@ -77,7 +77,7 @@ REGISTRY = {p.name: p for p in (
                "47b73eefe95e8d44ec3623f8890bd894b6ea2d6c",
                "399fba97a95f22c36834418bc69373364a99af3a1153da1c0fb31db567c92e23"),  # 1,217,522,888 bytes
 )}
-KINDS = {"imagenet": "the CNN families (rx, adtr)", "dinov2": "the ViT families (dinov2-lora, dinov2-knn)"}
+KINDS = {"imagenet": "the CNN families (rx, rx-mix, adtr)", "dinov2": "the ViT families (dinov2-lora, dinov2-knn)"}
 
 # What a random backbone costs, measured on ELPV (README, docs/rddpm.md, docs/adtr.md).
 RANDOM_COST = {
@@ -104,10 +104,10 @@ def entry_for(kind: str, family: str, model) -> Pretrained:
     """The registry entry ``--weights imagenet|dinov2`` means for this family's configured backbone."""
     config = getattr(model, "config", None)
     backbone = getattr(config, "backbone", None)
-    if kind == "dinov2" and not family.startswith("dinov2") or kind == "imagenet" and family not in ("rx", "adtr"):
+    if kind == "dinov2" and not family.startswith("dinov2") or kind == "imagenet" and family not in ("rx", "rx-mix", "adtr"):
         raise LinesideError(f"--weights {kind} is for {KINDS[kind]}, not {family}: "
                             + ("use --weights dinov2" if family.startswith("dinov2") else
-                               "use --weights imagenet" if family in ("rx", "adtr") else
+                               "use --weights imagenet" if family in ("rx", "rx-mix", "adtr") else
                                f"the {family} family trains from scratch: drop --weights"))
     for entry in REGISTRY.values():
         if entry.kind == kind and entry.backbone == backbone:

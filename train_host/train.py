@@ -22,7 +22,7 @@ COMMON = {"data", "out", "size", "roi", "tiles", "channels", "weights", "batch_s
           "contamination", "val_defects", "threads", "family", "command", "handler", "device", "amp", "workers",
           "yes"}
 # Families built on convolutions: channels_last memory layout on an accelerator (cuDNN's fast path).
-CNN_FAMILIES = {"rx", "adtr", "rddpm", "cutpaste"}
+CNN_FAMILIES = {"rx", "rx-mix", "adtr", "rddpm", "cutpaste"}
 
 
 def main(args) -> int:
