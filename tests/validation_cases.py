@@ -2,9 +2,13 @@
 
 import cv2
 import numpy as np
+import pytest
 import torch
 from mvtec_fixture import texture
 
+from edge_infer.bundle import Bundle
+from edge_infer.score import Scorer
+from lineside.cli import main as cli
 from train_host.validation import Validation
 
 
@@ -24,3 +28,15 @@ def small_defects(size: int, count: int = 12, seed: int = 7, side: int = 2) -> V
     images = torch.from_numpy(np.stack(good + bad))[:, None]
     parts = np.array(["good"] * count + ["structural"] * count)
     return Validation(images, parts, ("structural",), (), "constructed: textures of varied contrast vs 2x2 dots")
+
+
+def assert_exported_graph_scores_as_saved(out, loaded, validation: Validation, record: dict, bundle_dir) -> np.ndarray:
+    """The run as saved scores its recorded validation AUROC, and the graph exported from it scores the validation
+    images as the loaded model does (the chosen setting travels into the bundle). Returns the graph's scores."""
+    assert validation.evaluate(loaded)["validation_auroc"] == pytest.approx(record["validation_auroc"], abs=1e-4)
+    assert cli(["export", str(out), "--out", str(bundle_dir), "--parity-images", "4"]) == 0
+    bundle = Bundle.load(bundle_dir)
+    assert bundle.manifest.files["model.onnx"].checks["parity"]["score_rel_err"] < 1e-3
+    graph = Scorer(bundle).backend.run_all(validation.images.numpy()).score
+    np.testing.assert_allclose(graph, validation.scores(loaded), rtol=1e-3, atol=1e-5)
+    return graph
