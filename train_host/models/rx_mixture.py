@@ -20,7 +20,8 @@ plus ``--val-defects``; never the test split): the simplest candidate within ``T
 best validation AUROC wins, so a station with one kind of normal keeps K=1, which is plain
 rx (no standardisation: the same graph arithmetic and the same scores). The exported graph
 computes every cluster's distance map and selects per image; only the backbone lowers
-precision (FP16/INT8), as for rx. The runtime is unchanged: one map and one score out.
+precision (FP16/INT8), as for rx. The runtime is unchanged: one map and one score out. The model
+(config, head, graph) is in rx_mixture_model.py; this module is the family: its build, fit and choice.
 """
 
 from __future__ import annotations
@@ -34,12 +35,11 @@ import torch.nn.functional as F
 from edge_infer.errors import LinesideError
 from edge_infer.preprocess import InputSpec
 
-from .rx import RXConfig, RXDetector
 from .rx_gaussians import MomentAccumulator
+from .rx_mixture_model import RULES, Mixture, RXMixConfig, RXMixture
 
 FAMILY = "rx-mix"
 CHOICES = (1, 2, 3)  # cluster counts tried when --clusters is not given
-RULES = ("score", "nearest")
 # A candidate ties with the best when its validation AUROC is within TIE of it, or within one standard error of
 # the paired difference (a stratified bootstrap of the validation images, BOOTSTRAP draws): the simpler one wins
 # (fewer clusters, then "score"), so noise on a small validation set does not buy clusters.
@@ -54,124 +54,6 @@ MIN_HOLDOUT = 3  # held-out images a cluster needs for its score scale
 MIN_SILHOUETTE = 0.25
 SILHOUETTE_SAMPLE = 2000  # images the silhouette is computed on (it is quadratic in them)
 KMEANS_RESTARTS = 10
-
-
-@dataclass
-class RXMixConfig(RXConfig):
-    clusters: int = 0  # 0: choose among CHOICES on validation; the fitted run records the number chosen
-    assign: str = "auto"  # "score", "nearest", or "auto": chosen on validation
-    groups: str = ""  # a CSV "image,group": one cluster per group the station already knows (instead of k-means)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RXMixConfig":
-        # rx chooses its stages, smoothing and score on validation (rx_select.py); rx-mix chooses K and the
-        # assignment at the settings it is given, so it leaves those to the command
-        return super().from_dict({"choose": (), **d})
-
-
-@dataclass
-class Mixture:
-    """What the graph holds for K clusters (CPU tensors)."""
-
-    mean: torch.Tensor  # K×L×d
-    whiten: torch.Tensor  # K×L×d×d
-    offset: torch.Tensor  # K: each cluster's held-out good score mean (0 for K=1)
-    scale: torch.Tensor  # K: and spread (1 for K=1)
-    centroids: torch.Tensor  # K×d, in the z-scored descriptor space
-    desc_mean: torch.Tensor  # d
-    desc_scale: torch.Tensor  # d
-
-    @property
-    def clusters(self) -> int:
-        return int(self.mean.shape[0])
-
-
-class RXMixture(RXDetector):
-    """rx's backbone and features; K clusters' Gaussians in the head, and a per-image choice among them."""
-
-    def __init__(self, config: RXMixConfig, spec: InputSpec):
-        super().__init__(config, spec)
-        if config.assign not in ("auto", *RULES):
-            raise LinesideError(f"--assign {config.assign!r}: use 'score' or 'nearest' (or leave it out: chosen on "
-                                "validation)")
-        if config.clusters < 0:
-            raise LinesideError(f"--clusters {config.clusters}: give a positive number of clusters (or leave it out)")
-        # what was asked for, kept apart from the config, which records what the fit chose
-        self.requested = (config.clusters, config.assign)
-        self.set_mixture(self.blank(max(1, config.clusters)))
-        self.register_buffer("rule", torch.tensor(float(config.assign == "nearest")))  # the rule, saved with weights
-
-    def features_shape(self) -> tuple[int, int]:
-        """(locations L, channels d) of ``features``."""
-        return self.grid[0] * self.grid[1], int(self.channels.numel())
-
-    def blank(self, k: int) -> Mixture:
-        locations, dim = self.features_shape()
-        return Mixture(torch.zeros(k, locations, dim), torch.eye(dim).repeat(k, locations, 1, 1), torch.zeros(k),
-                       torch.ones(k), torch.zeros(k, dim), torch.zeros(dim), torch.ones(dim))
-
-    def set_mixture(self, mixture: Mixture, rule: str | None = None) -> None:
-        """Replace the head's buffers (their shapes follow K) and, when given, the assignment rule."""
-        device = self.channels.device
-        for name in ("mean", "whiten", "offset", "scale", "centroids", "desc_mean", "desc_scale"):
-            value = getattr(mixture, name).to(device, torch.float32)
-            if name in self._buffers:
-                self._buffers[name] = value
-            else:
-                self.register_buffer(name, value)
-        self.config.clusters = mixture.clusters
-        if rule is not None:
-            self.config.assign = rule
-            self.rule.fill_(float(rule == "nearest"))
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Weights of any K (a run's, or a state kept while another K was tried): the buffers take its shapes."""
-        if "mean" in state_dict and state_dict["mean"].shape[0] != self.clusters:
-            self.set_mixture(self.blank(int(state_dict["mean"].shape[0])))
-        result = super().load_state_dict(state_dict, strict, assign)
-        self.config.clusters = self.clusters
-        self.config.assign = RULES[int(self.rule.item())]
-        return result
-
-    @property
-    def clusters(self) -> int:
-        return int(self.mean.shape[0])
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.features(image))
-
-    def head(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """N×L×d features → the chosen cluster's standardised map (N×1×H×W) and score (N)."""
-        maps, scores = self.cluster_maps(feats)
-        if self.clusters == 1:
-            return maps, scores[:, 0]
-        chosen = self.nearest(feats) if self.config.assign == "nearest" else scores.argmin(1)
-        score = scores.gather(1, chosen[:, None])[:, 0]
-        amap = maps.gather(1, chosen.view(-1, 1, 1, 1).expand(-1, 1, maps.shape[2], maps.shape[3]))
-        return amap, score
-
-    def cluster_maps(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every cluster's standardised map (N×K×H×W) and image score (N×K)."""
-        n, locations, dim = feats.shape
-        k = self.clusters
-        centred = (feats.unsqueeze(0) - self.mean.unsqueeze(1)).transpose(1, 2)  # K×L×N×d
-        z = torch.bmm(centred.reshape(k * locations, n, dim), self.whiten.reshape(k * locations, dim, dim))
-        dist = z.pow(2).sum(-1).clamp_min(0).sqrt().reshape(k, locations, n).permute(2, 0, 1)  # N×K×L
-        amap = dist.reshape(n * k, 1, *self.grid)
-        amap = F.interpolate(amap, size=(self.spec.height, self.spec.width), mode="bilinear", align_corners=False)
-        amap = self.smooth(amap)
-        maps = (amap.reshape(n, k, self.spec.height, self.spec.width) - self.offset.view(1, k, 1, 1)) \
-            / self.scale.view(1, k, 1, 1)
-        scores = self.image_score(maps.reshape(n * k, 1, self.spec.height, self.spec.width)).reshape(n, k)
-        return maps, scores
-
-    def descriptor(self, feats: torch.Tensor) -> torch.Tensor:
-        """The image-level descriptor clusters are made of: the kept channels averaged over the image (N×d)."""
-        return feats.mean(1)
-
-    def nearest(self, feats: torch.Tensor) -> torch.Tensor:
-        z = (self.descriptor(feats) - self.desc_mean) / self.desc_scale
-        return (z.unsqueeze(1) - self.centroids.unsqueeze(0)).pow(2).sum(-1).argmin(1)
 
 
 def build(config: dict, spec: InputSpec) -> RXMixture:
