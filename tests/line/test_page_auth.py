@@ -11,7 +11,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from line_helpers import free_port, wait_until
 from security_helpers import PASSWORDS, audit, certificate
@@ -109,8 +109,10 @@ def test_a_machine_token_acts_with_its_role_and_sessions_end_with_the_password(p
 def test_tls_page_with_a_self_signed_certificate_sets_a_secure_strict_cookie(tmp_path, start_page):
     url, _service = start_page(tls=True)
     cert = tmp_path / "pki" / "page.cert.pem"
-    with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):
-        httpx.get(url.replace("https", "http") + "/login", timeout=5)  # no plain HTTP
+    # No plain HTTP: the TLS handshake fails and the server closes. Whether the client then reads
+    # an end of stream or a reset (the server closed with the request's bytes unread) is a race.
+    with pytest.raises((httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)):
+        httpx.get(url.replace("https", "http") + "/login", timeout=5)
     r = httpx.post(f"{url}/login", json={"user": "olga", "password": PASSWORDS["olga"]},
                    verify=ssl.create_default_context(cafile=str(cert)),
                    timeout=10)
@@ -166,7 +168,10 @@ def test_fuzzing_login_and_api_finds_no_500_and_no_bypass(tmp_path, start_page):
 
     text = st.text(max_size=40)
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    # No shrinking: a failure over the network would be re-run hundreds of times, each waiting
+    # for its timeout; the first failing request, as reported, is enough to act on.
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              phases=[Phase.explicit, Phase.generate])
     @given(method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]),
            path=st.one_of(st.sampled_from(PATHS), text.map(lambda t: "/" + t.replace("#", "").replace("?", ""))),
            credential=st.one_of(st.sampled_from(credentials), text.map(lambda t: {"cookie": "lineside_session=" + t}),

@@ -44,10 +44,9 @@ from edge_infer.errors import LinesideError
 from edge_infer.station import JournalConfig
 from runtime_helpers import corrupt_png, make_tiny_bundle, short_dir
 
-pytestmark = pytest.mark.soak
-
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = float(os.environ.get("LINESIDE_SOAK_SECONDS", "600"))
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(SECONDS + 600)]  # the run, then start, drain and teardown
 SEED = int(os.environ.get("LINESIDE_SOAK_SEED", "28"))
 RSS_GROWTH_MB = 64  # after warm-up; a leak of a frame (0.3 MB) per second fails it within minutes
 JOURNAL_BUDGET_MB = 16
