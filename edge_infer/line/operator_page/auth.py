@@ -23,6 +23,7 @@ import time
 from html import escape
 from urllib.parse import parse_qs, urlparse
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -148,12 +149,15 @@ class PageAuth:
         self.failures[client] = recent
         if len(recent) >= MAX_FAILURES:
             return self._login_failed(wants_json, "too many failed logins from this address: wait a few minutes", 429)
+        # Counted as a failure before the check, so that a burst of concurrent guesses is limited too.
+        if len(self.failures) > 10_000:  # bounded: forget the oldest addresses
+            self.failures.pop(next(iter(self.failures)))
+        self.failures.setdefault(client, []).append(now)
         name, password = await _credentials(request, wants_json)
-        principal = self.users.authenticate(name, password) if name and password else None
+        # scrypt takes most of a second on a busy 2-core box: off the event loop, so that the
+        # page's event streams and other requests go on meanwhile.
+        principal = await run_in_threadpool(self.users.authenticate, name, password) if name and password else None
         if principal is None or principal.kind != "user":
-            if len(self.failures) > 10_000:  # bounded: forget the oldest addresses
-                self.failures.pop(next(iter(self.failures)))
-            self.failures.setdefault(client, []).append(now)
             log_event("login_failed", station=self.station, user=str(name)[:64], client=client)
             return self._login_failed(wants_json, "wrong user name or password", 401)
         self.failures.pop(client, None)
