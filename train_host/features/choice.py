@@ -4,9 +4,11 @@
 pretext, and scores both on the same validation set: the station's held-out good images
 against synthetic anomalies of kinds the pretext never makes (`train_host.validation` with
 the pretext's Cut&Paste rectangles and CutPaste scars held out), plus real defects when
-``--val-defects`` gave some. Test labels are never read. The learned features must win
-outright (a strictly higher validation AUROC): a tie keeps the random ones, which cost
-nothing to reproduce. Both AUROCs go into the run record either way.
+``--val-defects`` gave some. Test labels are never read. The learned features are kept by
+the rule every setting is chosen by (`train_host.validation.choose_on`): they must beat the
+random ones by more than its tolerance and in most paired bootstrap resamples of the
+validation images; otherwise the random ones, which cost nothing to reproduce, stay. Both
+AUROCs and the bootstrap share go into the run record either way.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from pathlib import Path
 
 from edge_infer.errors import LinesideError
 
+from train_host.validation import CONFIDENCE, ROUNDS, TOLERANCE, choose_on
+from train_host.validation import build_validation as build
+
 from .pretext import KINDS as PRETEXT_KINDS
 from .pretext import train_pretext
 
 MODES = ("random", "station")
 BACKBONE_FILE = "station-backbone.safetensors"
 DEFAULT_PRETEXT_MINUTES = 10.0
+RULE = (f"the station features only if their validation AUROC beats the random ones' by more than {TOLERANCE} and "
+        f"in at least {CONFIDENCE:.0%} of {ROUNDS} paired bootstrap resamples (train_host.validation.choose_on)")
 
 
 def fit_with_features(model, context, fit: Callable) -> dict:
@@ -64,8 +71,8 @@ def station_features(model, context, fit: Callable, options: dict) -> dict:
     seed = options_seed(context)
     validation = build_validation(context, seed)
     random_record = fit(model, context)
-    random_parts = validation.evaluate(model)  # overall, and per part (synthetic, per kind; real with --val-defects)
-    random_auroc = random_parts["validation_auroc"]
+    random_scores = validation.scores(model)
+    random_auroc = validation.summarise(random_scores)["validation_auroc"]
     random_state = copy.deepcopy(model.state_dict())
     context.log(f"features: random backbone, validation AUROC {random_auroc:.4f}")
 
@@ -75,33 +82,35 @@ def station_features(model, context, fit: Callable, options: dict) -> dict:
                             options.get("pretext_crop"))
     saved = save_backbone(model, options.get("out"), pretext)
     station_record = fit(model, context)
-    station_parts = validation.evaluate(model)
-    station_auroc = station_parts["validation_auroc"]
+    station_scores = validation.scores(model)
+    # overall, and per part (synthetic, per kind; real with --val-defects), for both sides
+    kept, parts, share = choose(validation, random_scores, station_scores, seed)
+    station_auroc = parts["station"]["validation_auroc"]
     context.log(f"features: station backbone, validation AUROC {station_auroc:.4f}")
-
-    kept = choose(random_auroc, station_auroc)
     if kept == "random":
         model.load_state_dict(random_state)  # the random backbone and the Gaussians / bank fitted on it
     context.log(f"features: keeping the {kept} features (validation AUROC random {random_auroc:.4f}, "
-                f"station {station_auroc:.4f})")
+                f"station {station_auroc:.4f}; the station side beat the random one in {share:.0%} of the "
+                "bootstrap resamples)" if share is not None else f"station {station_auroc:.4f})")
     record = station_record if kept == "station" else random_record
     record["features"] = {"source": "station", "kept": kept, "pretext": pretext, "backbone_file": saved,
                           "validation_signal": validation.signal,
-                          "validation_auroc": {"random": random_auroc, "station": station_auroc},
-                          "validation_parts": {"random": random_parts, "station": station_parts}}
+                          "validation_auroc": {side: parts[side]["validation_auroc"] for side in parts},
+                          "validation_parts": parts, "rule": RULE, "bootstrap_share": share}
     # the kept side's numbers are the run's validation (`train auto` compares families by them)
-    return {**record, **validation.record(station_parts if kept == "station" else random_parts)}
+    return {**record, **validation.record(parts[kept])}
 
 
-def choose(random_auroc: float, station_auroc: float) -> str:
-    """The learned features must beat the random ones outright."""
-    return "station" if station_auroc > random_auroc else "random"
+def choose(validation, random_scores, station_scores, seed: int) -> tuple[str, dict, float | None]:
+    """(kept side, each side's validation parts, the share of bootstrap resamples the station side won, None
+    when its AUROC was not ahead by more than the tolerance): the rule every setting is chosen by."""
+    kept, results, checked = choose_on(validation, {"random": random_scores, "station": station_scores},
+                                       "random", seed)
+    return kept, results, checked.get("station")
 
 
 def build_validation(context, seed: int):
     """train_host.validation's set, without the kinds the pretext trains on."""
-    from train_host.validation import build_validation as build
-
     return build(context, trained_on=PRETEXT_KINDS, seed=seed)
 
 
