@@ -89,9 +89,9 @@ def station_features(model, context, fit: Callable, options: dict) -> dict:
     context.log(f"features: station backbone, validation AUROC {station_auroc:.4f}")
     if kept == "random":
         model.load_state_dict(random_state)  # the random backbone and the Gaussians / bank fitted on it
+    won = "" if share is None else f"; the station side won {share:.0%} of the bootstrap resamples"
     context.log(f"features: keeping the {kept} features (validation AUROC random {random_auroc:.4f}, "
-                f"station {station_auroc:.4f}; the station side beat the random one in {share:.0%} of the "
-                "bootstrap resamples)" if share is not None else f"station {station_auroc:.4f})")
+                f"station {station_auroc:.4f}{won})")
     record = station_record if kept == "station" else random_record
     record["features"] = {"source": "station", "kept": kept, "pretext": pretext, "backbone_file": saved,
                           "validation_signal": validation.signal,
