@@ -194,8 +194,10 @@ def test_fp16_graph_is_half_precision_but_keeps_the_head_and_the_bank_search_fp3
         assert banks and all(dtype[name] == onnx.TensorProto.FLOAT for name in banks)
         search = [n for n in graph.node if n.op_type == "MatMul" and set(n.input) & set(banks)]
         assert search and all(dtype.get(name) == onnx.TensorProto.FLOAT for n in search for name in [*n.input, *n.output])
-        reduce_min = [n for n in graph.node if n.op_type == "ReduceMin"]
-        assert reduce_min and all(dtype.get(n.output[0]) == onnx.TensorProto.FLOAT for n in reduce_min)
+        # the nearest distance (K=1: ReduceMin) or the K nearest (TopK; K is chosen on validation), in FP32
+        nearest = "ReduceMin" if bundle.manifest.model.config["k"] == 1 else "TopK"
+        reduce = [n for n in graph.node if n.op_type == nearest]
+        assert reduce and all(dtype.get(n.output[0]) == onnx.TensorProto.FLOAT for n in reduce)
     else:
         head = [i.name for i in graph.initializer if i.name.startswith("head.")]
         assert head and all(dtype[name] == onnx.TensorProto.FLOAT for name in head)
