@@ -2,12 +2,13 @@
 and `lineside evaluate --correlate`."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from mvtec_fixture import make_mvtec
 
 from lineside.cli import main as cli
-from train_host.auto import Candidate, choose, plan
+from train_host.auto import SYNTHETIC_ONLY, Candidate, choose, plan, write_table
 from train_host.evaluate import correlation
 
 
@@ -46,6 +47,16 @@ def test_the_choice_is_the_best_validation_within_the_latency_limit():
     assert choose([slow], latency_ms=10.0) is None
 
 
+def test_the_table_says_when_no_real_defect_took_part_in_the_choice(tmp_path):
+    args = SimpleNamespace(data="cells", size=64, channels=1, budget_minutes=5, latency_ms=None)
+    winner = Candidate("rx", status="trained", validation_auroc=0.9, chosen=True)
+    assert SYNTHETIC_ONLY in write_table(tmp_path, [winner], args, winner, 1.0, real_defects=0)
+    assert json.loads((tmp_path / "auto.json").read_text())["real_defects_in_validation"] == 0
+    text = write_table(tmp_path, [winner], args, winner, 1.0, real_defects=12)
+    assert SYNTHETIC_ONLY not in text and SYNTHETIC_ONLY not in (tmp_path / "auto.md").read_text()
+    assert json.loads((tmp_path / "auto.json").read_text())["real_defects_in_validation"] == 12
+
+
 def test_correlate_ranks_validation_against_test():
     rows = [{"run": f"r{i}", "validation_auroc": v, "image_auroc": t}
             for i, (v, t) in enumerate([(0.6, 0.55), (0.7, 0.6), (0.9, 0.8), (0.8, 0.7)])]
@@ -78,6 +89,7 @@ def test_train_auto_leaves_the_best_validated_candidate_as_the_run(tmp_path, cap
         if r["family"] != best["family"]:
             assert json.loads((run / "candidates" / r["family"] / "run.json").read_text())["family"] == r["family"]
     assert "| **chosen** |" in (run / "auto.md").read_text()
+    assert table["real_defects_in_validation"] == 0 and SYNTHETIC_ONLY in (run / "auto.md").read_text()
     assert cli(["evaluate", str(run), "--json", str(tmp_path / "m.json")]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["family"] == best["family"]
     # a new folder is required: auto never mixes its candidates into an old run
