@@ -1,6 +1,7 @@
 """The shared validation (train_host.validation): held-out kinds per family, the same instances for every
 family, real defects, never the test split; and every family's run records validation_auroc."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from edge_infer.preprocess import InputSpec
 from train_host.context import TrainContext
 from train_host.data import load_split
 from train_host.families import load_family
-from train_host.validation import POOL, build_validation, held_out, trained_kinds
+from train_host.validation import POOL, build_validation, held_out, trained_kinds, validation_good
 
 SPEC = InputSpec(32, 32, 1)
 
@@ -94,3 +95,17 @@ def test_every_family_run_records_validation_auroc_without_reading_the_test_spli
             if {k: row[k] for k in ("layers", "sigma", "score")} == training["settings"]["chosen"]]
     assert kept and np.isclose(training["validation_auroc"], kept[0]["validation_auroc"], atol=1e-4)
     assert np.isclose(training["validation_auroc"], training["validation"]["auroc_synthetic"])
+
+
+def test_the_good_images_are_a_seeded_draw_over_the_whole_validation_split(data):
+    """Not the first 32 by file name, which can be one batch or one kind of part (30 of ELPV's first 32 were poly)."""
+    split = load_split(data)
+    split.val = [dataclasses.replace(split.train[0], path=f"{kind}-{i:03d}.png")
+                 for kind in ("a", "b") for i in range(40)]  # by name: every "a" before every "b"
+    picked = validation_good(split, 32, seed=0)
+    kinds = [p.path[0] for p in picked]
+    assert len(picked) == 32 and 8 <= kinds.count("b") <= 24  # both kinds, near half each
+    assert picked == validation_good(split, 32, seed=0) != validation_good(split, 32, seed=1)
+    assert validation_good(split, 80, seed=0) == split.val  # all of them when there are no more
+    split.val = []
+    assert validation_good(split, 4, seed=0) == split.train[-4:]  # no validation split: the last training images

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from edge_infer.errors import LinesideError
 
-from ..validation import GOOD_IMAGES
+from ..validation import GOOD_IMAGES, validation_good
 from ..validation import read_images_and_masks as read_set
 from .segmentation_loss import focal_dice_loss
 
@@ -59,8 +59,7 @@ def balanced_bce(score: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def build_validation(context, seed: int) -> ValidationSet:
-    good_samples = context.split.val or context.split.train[-GOOD_IMAGES:]  # no val: overlap, said in the record
-    good, _ = read_set(context, good_samples[:GOOD_IMAGES])
+    good, _ = read_set(context, validation_good(context.split, GOOD_IMAGES, seed))  # no val: overlap, said below
     if len(good) == 0:
         raise LinesideError("cutpaste needs some good images to validate on: the data has none; "
                             "add images to train/good (and keep --val-share above 0)")
