@@ -50,11 +50,11 @@ EPOCHS = {
 # validation passes over the shared validation set: once per epoch (draem, cutpaste), per t0/K trial (rddpm)
 VALIDATION_PASSES = {"draem": "epochs", "cutpaste": "epochs", "rddpm": 8}
 LATENCY_RUNS = 20
-# Measured: on ELPV synthetic validation ranked rx, rx-mix and rx-mix with known groups in the reverse of their
-# test AUROC (docs/train-auto.md), so a choice without real defects is said to be a guess at the family.
+# Measured on ELPV: synthetic anomalies (local edits of good images) do not show how a family scores real
+# defective parts, and ranked families differently from the test (docs/train-auto.md); so the table says so.
 SYNTHETIC_ONLY = ("**Chosen on synthetic anomalies only.** They can rank families differently from real defects "
-                  "(on ELPV the order was reversed: docs/train-auto.md). Give `--val-defects N` with a few real NG "
-                  "images so that real defects weigh half of the choice.")
+                  "(measured on ELPV: docs/train-auto.md). Give `--val-defects N` with a few real NG images so that "
+                  "real defects weigh half of the choice.")
 
 
 @dataclass
