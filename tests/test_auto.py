@@ -2,13 +2,17 @@
 and `lineside evaluate --correlate`."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from mvtec_fixture import make_mvtec
 
+from edge_infer.preprocess import InputSpec
 from lineside.cli import main as cli
-from train_host.auto import SYNTHETIC_ONLY, Candidate, choose, plan, write_table
+from train_host.auto import SYNTHETIC_ONLY, Candidate, choose, estimate, plan, write_table
+from train_host.context import cpu_hardware
+from train_host.data.records import Sample, Split
 from train_host.evaluate import correlation
 
 
@@ -55,6 +59,21 @@ def test_the_table_says_when_no_real_defect_took_part_in_the_choice(tmp_path):
     text = write_table(tmp_path, [winner], args, winner, 1.0, real_defects=12)
     assert SYNTHETIC_ONLY not in text and SYNTHETIC_ONLY not in (tmp_path / "auto.md").read_text()
     assert json.loads((tmp_path / "auto.json").read_text())["real_defects_in_validation"] == 12
+
+
+def test_dinov2_knn_estimate_counts_its_coreset_when_the_patches_exceed_the_bank():
+    """Its greedy coreset (bank_size steps over every training patch, per block set) can cost more than the
+    forward pass the estimate times: on ELPV the plan said 11.8 minutes and the run took 25."""
+    def split(images):
+        good = Sample(Path("g.png"), 0, "good")
+        return Split("probe", [good] * images, [good] * 4, [])
+
+    spec = InputSpec(28, 28, 3)  # 2×2 patches an image: 2000 images make 8000 rows, over the bank of 4096
+    thinned = estimate("dinov2-knn", spec, split(2000), {"seed": 0, "batch_size": 2}, cpu_hardware())
+    kept_whole = estimate("dinov2-knn", spec, split(500), {"seed": 0, "batch_size": 2}, cpu_hardware())
+    assert thinned.status == kept_whole.status == "planned"
+    assert thinned.estimate["overhead_minutes"] > 0 and kept_whole.estimate["overhead_minutes"] == 0
+    assert estimate("rx", InputSpec(32, 32, 1), split(20), {"seed": 0}, cpu_hardware()).estimate["overhead_minutes"] == 0
 
 
 def test_correlate_ranks_validation_against_test():

@@ -178,10 +178,12 @@ def estimate(family: str, spec, split, options: dict, hardware) -> Candidate:
                               "least": round(per_epoch + forward_s * val_images / 60 + scoring / passes, 2),
                               "step_seconds": round(step_s, 4), "epochs": epochs, "epoch_minutes": per_epoch,
                               "scoring_minutes": scoring}
-    else:  # one pass over the training images
-        fit = forward_s * len(split.train) * FIT_PASSES.get(family, 1) / 60
+    else:  # passes over the training images, and what the family does beyond them (its own estimate)
+        overhead = getattr(module, "fit_overhead_seconds", None)
+        extra = overhead(model, len(split.train)) / 60 if overhead else 0.0
+        fit = forward_s * len(split.train) * FIT_PASSES.get(family, 1) / 60 + extra
         candidate.estimate = {"full": round(fit + scoring, 2), "least": round(fit + scoring, 2),
-                              "forward_seconds": round(forward_s, 4)}
+                              "forward_seconds": round(forward_s, 4), "overhead_minutes": round(extra, 2)}
     return candidate
 
 

@@ -27,7 +27,7 @@ from .dinov2_backbone import (
     load_dinov2_weights,
     patch_tokens,
 )
-from .dinov2_knn_bank import fit_bank, squared_distances
+from .dinov2_knn_bank import coreset_seconds, fit_bank, squared_distances
 from .layers import GaussianBlur, ImageScore, Normalize
 
 FAMILY = "dinov2-knn"
@@ -127,6 +127,17 @@ def build(config: dict, spec: InputSpec) -> DinoKNNDetector:
 
 def load_weights(model: DinoKNNDetector, path) -> dict:
     return load_dinov2_weights(model.backbone, path)
+
+
+def fit_overhead_seconds(model, images: int) -> float:
+    """Beyond one forward pass per training image (what `train auto` times): the greedy coreset of each block
+    set's bank, which on a CPU can cost more than the pass (ELPV, 905 images at 224 px: 3 banks of 4096 of 231,680
+    patch features)."""
+    from .dinov2_knn_select import candidate_grid
+
+    rows = (model.config.shots or images) * (model.spec.height // 14) * (model.spec.width // 14)
+    banks = len({key[0] for key in candidate_grid(model)})
+    return coreset_seconds(model.config, rows, model.bank.shape[1], banks)
 
 
 def fit(model, context) -> dict:

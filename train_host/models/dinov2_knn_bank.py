@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import time
+
 import torch
 
 from edge_infer.errors import LinesideError
@@ -32,6 +34,21 @@ def greedy_coreset(feats: torch.Tensor, size: int, projection: int, seed: int) -
         picked[i] = int(nearest.argmax())
         nearest = torch.minimum(nearest, (reduced - reduced[picked[i]]).pow(2).sum(1))
     return picked
+
+
+def coreset_seconds(cfg, rows: int, dim: int, banks: int, probe_rows: int = 20_000, probe_steps: int = 32) -> float:
+    """What ``banks`` greedy coresets of ``rows`` features cost here, in seconds: each of the ``bank_size`` steps
+    measures every row in the projection, so a probe's time per (step, row) scales to the whole. 0 when nothing is
+    thinned (a bank that holds every row, or the random coreset)."""
+    size = min(cfg.bank_size, rows)
+    if cfg.coreset != "greedy" or size == rows:
+        return 0.0
+    width = cfg.projection if cfg.projection and cfg.projection < dim else dim
+    probe = torch.randn(min(rows, probe_rows), width, generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    greedy_coreset(probe, probe_steps, 0, 0)  # already at the projection's width: no projection to time
+    per_step_row = (time.perf_counter() - started) / (probe_steps * len(probe))
+    return per_step_row * size * rows * banks
 
 
 @torch.no_grad()
