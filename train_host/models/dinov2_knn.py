@@ -135,7 +135,7 @@ def fit_overhead_seconds(model, images: int) -> float:
     patch features)."""
     from .dinov2_knn_select import candidate_grid
 
-    rows = (model.config.shots or images) * (model.spec.height // 14) * (model.spec.width // 14)
+    rows = min(model.config.shots or images, images) * (model.spec.height // 14) * (model.spec.width // 14)
     banks = len({key[0] for key in candidate_grid(model)})
     return coreset_seconds(model.config, rows, model.bank.shape[1], banks)
 
