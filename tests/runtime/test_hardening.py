@@ -3,6 +3,7 @@ every control request gets one answer, a crashed loop is restarted and shows in 
 a stop ends in bounded time, corrupt images are ERROR under any load, headers are read
 strictly, and stderr stays one JSON object per line."""
 
+import gc
 import json
 import logging
 import signal
@@ -239,12 +240,15 @@ def test_reloads_give_their_memory_back(serve, tmp_path):
             assert request(address, {"cmd": "reload", "bundle": str(heavy)}, timeout_s=60)["ok"]
 
     reloads(3)  # warm-up: allocator arenas, ONNX Runtime's first-use state
+    gc.collect()
     before = rss_mb()
     reloads(30)
+    gc.collect()
     grown = rss_mb() - before
     # A model held twice, or arenas that keep what each load freed, is 40 MB or more per
-    # reload; 15 MB over 30 reloads leaves room for allocator noise and nothing else.
-    assert grown < 15, f"RSS grew {grown:.1f} MB over 30 reloads"
+    # reload: 1,200 MB over 30. The bound is under one model's 40 MB; the whole test process's
+    # RSS is measured, and in a full run its noise has reached 16 MB.
+    assert grown < 30, f"RSS grew {grown:.1f} MB over 30 reloads"
 
 
 def test_health_and_stats_answer_while_a_batch_holds_the_model(serve):
