@@ -74,6 +74,7 @@ class DinoKNNDetector(nn.Module):
     def __init__(self, config: DinoKNNConfig, spec: InputSpec):
         super().__init__()
         self.config, self.spec = config, spec
+        self.grid = (spec.height // 14, spec.width // 14)  # the patch grid: one feature per 14×14 patch
         self.normalize = Normalize()
         self.backbone = build_vit(config.backbone, spec.height, spec.width, config.depth, config.seed)
         self.layers = check_layers(self.backbone, config.layers or default_layers(len(self.backbone.blocks), 2))
@@ -107,8 +108,7 @@ class DinoKNNDetector(nn.Module):
 
     def upsample(self, nearest: torch.Tensor) -> torch.Tensor:
         """N×L squared neighbour distances on the patch grid → N×1×H×W distance map (before smoothing)."""
-        grid = (self.spec.height // 14, self.spec.width // 14)
-        amap = nearest.clamp_min(0).sqrt().reshape(-1, 1, *grid)
+        amap = nearest.clamp_min(0).sqrt().reshape(-1, 1, *self.grid)
         return F.interpolate(amap, size=(self.spec.height, self.spec.width), mode="bilinear", align_corners=False)
 
     def use_settings(self, layers: tuple[int, ...], k: int, sigma: float, score: str, bank: torch.Tensor) -> None:
@@ -135,7 +135,7 @@ def fit_overhead_seconds(model, images: int) -> float:
     patch features)."""
     from .dinov2_knn_select import candidate_grid
 
-    rows = min(model.config.shots or images, images) * (model.spec.height // 14) * (model.spec.width // 14)
+    rows = min(model.config.shots or images, images) * model.grid[0] * model.grid[1]
     banks = len({key[0] for key in candidate_grid(model)})
     return coreset_seconds(model.config, rows, model.bank.shape[1], banks)
 

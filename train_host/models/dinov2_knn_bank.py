@@ -69,7 +69,7 @@ def training_features(model, context) -> tuple[torch.Tensor, int]:
     feats = gather_rows(torch.cat(feats) if feats else model.bank[:0])
     if not len(feats):
         raise LinesideError("dinov2-knn found no readable good training image: check --data")
-    return feats, len(feats) // (model.spec.height // 14 * (model.spec.width // 14))
+    return feats, len(feats) // (model.grid[0] * model.grid[1])
 
 
 def select_bank(feats: torch.Tensor, cfg) -> torch.Tensor:
