@@ -8,6 +8,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from edge_infer.errors import LinesideError
 from train_host.metrics import (
     au_pro,
+    breakdown,
     evaluate_scores,
     image_auprc,
     image_auroc,
@@ -226,3 +227,27 @@ def test_evaluate_scores_keys_with_and_without_masks():
         evaluate_scores(labels, scores, masks4, None)
     with pytest.raises(LinesideError, match="4 labels but 2 masks"):
         evaluate_scores(labels, scores, masks, maps)
+
+
+def test_breakdown_per_defect_class_and_per_group():
+    """Two groups whose scores sit at different levels: each separates perfectly alone, pooled they do not."""
+    labels = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    scores = np.array([0.1, 0.2, 1.1, 1.2, 2.1, 2.2, 3.1, 3.2])
+    kinds = np.array(["good", "good", "crack", "spot", "good", "good", "crack", "crack"])
+    groups = ["mono"] * 4 + ["poly"] * 4
+    found = breakdown(labels, scores, kinds, groups)
+    assert found["per_defect"] == {"crack": {"n": 3, "image_auroc": pytest.approx(roc_auc_score(
+        [0, 0, 1, 0, 0, 1, 1], [0.1, 0.2, 1.1, 2.1, 2.2, 3.1, 3.2]))},
+        "spot": {"n": 1, "image_auroc": 0.5}}  # 1.2 is above two of the four goods
+    assert found["per_group"]["mono"] == {"n_good": 2, "n_defect": 2, "image_auroc": 1.0,
+                                          "good_median_score": pytest.approx(0.15)}
+    assert found["per_group"]["poly"]["good_median_score"] == pytest.approx(2.15)
+    assert image_auroc(labels, scores) < 1.0 and found["groups_score_apart"] is True
+    # the same groups at one level: pooled is as good as each alone, so they do not score apart
+    level = breakdown(labels, np.array([0.1, 0.2, 1.1, 1.2, 0.15, 0.25, 1.15, 1.25]), kinds, groups)
+    assert level["groups_score_apart"] is False
+    # one defect class and no groups: nothing to break down; a group without defects has no AUROC
+    assert breakdown(labels, scores, np.where(labels == 1, "crack", "good")) == {}
+    lonely = breakdown(labels, scores, kinds, ["a", "a", "b", "b", "c", "c", "b", "b"])
+    assert lonely["per_group"]["a"]["image_auroc"] is None and lonely["per_group"]["b"]["good_median_score"] is None
+    assert lonely["groups_score_apart"] is False  # one group with both kinds: nothing to compare

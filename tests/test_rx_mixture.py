@@ -152,3 +152,22 @@ def test_groups_the_station_knows_replace_k_means(two_modes, tmp_path, capsys):
     assert cli(["train", "rx-mix", "--data", str(two_modes), "--out", str(tmp_path / "bad"), "--groups", str(groups),
                 *ARGS]) == 2
     assert "have no group" in capsys.readouterr().err
+
+
+def test_evaluate_reports_each_group_named_by_its_path(two_modes, mixed_run, tmp_path, capsys):
+    """``evaluate --groups``: the same CSV as training's; in an MVTec folder file names repeat across the parts
+    (test/good/000.png, test/swap/000.png), so rows name the end of the path, and a shared name is refused."""
+    test = sorted((two_modes / "test").glob("*/*.png"))
+    mode = {p: "stripes" if int(p.stem) % 2 == 0 else "blobs" for p in test}  # make_station's modes, in turn
+    groups = tmp_path / "groups.csv"
+    groups.write_text("".join(f"{p.parent.name}/{p.name},{mode[p]}\n" for p in test))
+    out = tmp_path / "m.json"
+    assert cli(["evaluate", str(mixed_run), "--groups", str(groups), "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert {name: (g["n_good"], g["n_defect"]) for name, g in metrics["per_group"].items()} == {
+        "blobs": (8, 12), "stripes": (8, 12)}
+    assert all(0.5 < g["image_auroc"] <= 1.0 for g in metrics["per_group"].values())
+    assert "per group (its images alone):" in capsys.readouterr().out
+    groups.write_text("".join(f"{p.name},{mode[p]}\n" for p in test))  # 000.png is a good and a defect
+    assert cli(["evaluate", str(mixed_run), "--groups", str(groups)]) == 2
+    assert "name each by the end of its path" in capsys.readouterr().err

@@ -94,6 +94,9 @@ def register(sub) -> None:
     ev.add_argument("--json", metavar="FILE", help="also write the metrics to FILE as JSON")
     ev.add_argument("--correlate", action="store_true", help="with several runs: Spearman's rank correlation between "
                     "their validation AUROC (run.json) and their test image AUROC (does validation predict the test?)")
+    ev.add_argument("--groups", metavar="CSV", help="rows 'image,group' (the image's file name, or its path's end where "
+                    "names repeat: e.g. the product variant): each group's AUROC too, and whether their scores sit "
+                    "apart")
     ev.add_argument("--limit", type=int, help="evaluate at most this many images per split part (quick checks)")
     ev.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     ev.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")

@@ -12,7 +12,7 @@ from edge_infer.bundle import write_json_atomic
 from edge_infer.errors import LinesideError
 
 from .infer import predict
-from .metrics import evaluate_scores
+from .metrics import breakdown, evaluate_scores
 from .run import load_run, read_record, run_data, run_split
 from .train import set_threads
 
@@ -26,8 +26,10 @@ def main(args) -> int:
     model, record = load_run(args.run[0], device=args_device(args))
     data = run_data(record, args.data, args.run[0])
     split = run_split(record, data, args.limit)
-    metrics = evaluate_model(model, record, split, batch_size=args.batch_size)
+    metrics = evaluate_model(model, record, split, batch_size=args.batch_size, groups=getattr(args, "groups", None))
     print(format_metrics(metrics))
+    if found := format_breakdown(metrics):
+        print(found)
     if args.json:
         write_json_atomic(Path(args.json), metrics)
         print(f"wrote {args.json}")
@@ -50,7 +52,8 @@ def compare(args) -> int:
     rows = []
     for run, split in zip(args.run, splits):
         model, record = load_run(run, device=args_device(args))
-        metrics = evaluate_model(model, record, replace(split, test=test), batch_size=args.batch_size)
+        metrics = evaluate_model(model, record, replace(split, test=test), batch_size=args.batch_size,
+                                 groups=getattr(args, "groups", None))
         rows.append({"run": str(run), **setting(record), **metrics})
     rows.sort(key=lambda row: row["contamination"])  # stable: runs at one level stay in the order given
     print(format_table(rows, test))
@@ -78,14 +81,23 @@ def setting(record: dict) -> dict:
             "validation_auroc": record["training"].get("validation_auroc")}
 
 
-def evaluate_model(model, record: dict, split, batch_size: int = 16) -> dict:
+def evaluate_model(model, record: dict, split, batch_size: int = 16, groups: str | None = None) -> dict:
+    """The metrics, and where the defects are missed: per defect class, and per group with ``groups``
+    (a --groups CSV, train_host.data.groups)."""
     from edge_infer.preprocess import InputSpec
 
+    from .data.groups import groups_of, read_table
+
+    table = read_table(groups) if groups else None  # a bad file is refused before the scoring
     spec = InputSpec.from_dict(record["input"])
     pred = predict(model, split.test, spec, batch_size, keep_maps=split.has_masks, progress="evaluating")
     metrics = evaluate_scores(pred.labels, pred.scores, pred.masks, pred.maps)
     metrics.update(family=record["family"], data=split.name, images=len(pred.scores),
                    skipped_images=[p for p, _ in pred.skipped])
+    by_path = {str(s.path): s for s in split.test}
+    scored = [by_path[p] for p in pred.paths]
+    named = groups_of(scored, table, groups, what="test images") if table is not None else None
+    metrics.update(breakdown(pred.labels, pred.scores, [s.defect for s in scored], named))
     return metrics
 
 
@@ -93,6 +105,26 @@ def format_metrics(metrics: dict) -> str:
     rows = [f"{k:>18s}  {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
     head = f"{metrics.get('family', '')} on {metrics.get('data', '')}: {metrics.get('images', 0)} test images"
     return "\n".join([head, *rows])
+
+
+def format_breakdown(metrics: dict) -> str:
+    lines = []
+    if "per_defect" in metrics:
+        lines.append("per defect class (its defects against every good image):")
+        lines += [f"  {kind:>22s}  {row['n']:5d} images  image_auroc {row['image_auroc']:.4f}"
+                  for kind, row in metrics["per_defect"].items()]
+    if "per_group" in metrics:
+        lines.append("per group (its images alone):")
+        for name, row in metrics["per_group"].items():
+            auroc = "–" if row["image_auroc"] is None else f"{row['image_auroc']:.4f}"
+            median = "–" if row["good_median_score"] is None else f"{row['good_median_score']:.4g}"
+            lines.append(f"  {name:>22s}  {row['n_good']:5d} good {row['n_defect']:5d} defective  image_auroc "
+                         f"{auroc}  median good score {median}")
+        if metrics["groups_score_apart"]:
+            lines.append(f"every group separates better alone than all pooled ({metrics['image_auroc']:.4f}): the "
+                         "groups' scores sit at different levels, which one threshold cannot serve; train one model "
+                         "per group, or `lineside train rx-mix --groups CSV` (one Gaussian set per group, one graph)")
+    return "\n".join(lines)
 
 
 def correlation(rows: list[dict]) -> dict:

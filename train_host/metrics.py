@@ -32,6 +32,40 @@ def image_auprc(labels, scores) -> float:
     return float(average_precision_score(labels, scores))
 
 
+def breakdown(labels, scores, kinds, groups=None) -> dict:
+    """Where a detector finds defects and where it does not, from the test's own classes.
+
+    ``per_defect`` (with two or more defect classes): each class's defects against every good image.
+    ``per_group`` (with ``groups``, one name per image): each group's images alone, and the median score
+    of its good images; ``groups_score_apart`` is true when every group with both kinds separates better
+    alone than all of them pooled do: their scores sit at different levels, which one threshold cannot
+    serve (one model per group, or rx-mix --groups, can)."""
+    labels, scores = _image_inputs(labels, scores)
+    kinds = np.asarray(kinds)
+    good = ~labels
+    result = {}
+    classes = sorted(set(kinds[labels].tolist()))
+    if len(classes) > 1:
+        result["per_defect"] = {
+            kind: {"n": int(np.count_nonzero(kinds == kind)),
+                   "image_auroc": image_auroc(labels[good | (kinds == kind)], scores[good | (kinds == kind)])}
+            for kind in classes}
+    if groups is not None:
+        groups = np.asarray(groups)
+        per_group = {}
+        for name in sorted(set(groups.tolist())):
+            inside = groups == name
+            n_good, n_defect = int(np.count_nonzero(inside & good)), int(np.count_nonzero(inside & labels))
+            per_group[name] = {
+                "n_good": n_good, "n_defect": n_defect,
+                "image_auroc": image_auroc(labels[inside], scores[inside]) if n_good and n_defect else None,
+                "good_median_score": float(np.median(scores[inside & good])) if n_good else None}
+        scored = [g["image_auroc"] for g in per_group.values() if g["image_auroc"] is not None]
+        result["per_group"] = per_group
+        result["groups_score_apart"] = len(scored) > 1 and min(scored) > image_auroc(labels, scores)
+    return result
+
+
 def pixel_auroc(masks, maps) -> float:
     """ROC AUC over every pixel of every image (masks: N×H×W 0/1, maps: N×H×W float)."""
     return _PixelCurve.build(masks, maps).auroc()

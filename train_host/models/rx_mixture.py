@@ -168,33 +168,20 @@ def fit_mixture(model: RXMixture, context) -> dict:
 
 
 def read_groups(path: str, samples, rows: int) -> tuple[np.ndarray, list[str]]:
-    """``--groups`` CSV rows ``image,group`` (the image's file name) → each training image's group index, and
+    """``--groups`` CSV rows ``image,group`` (train_host.data.groups) → each training image's group index, and
     the group names (sorted)."""
-    import csv
-    from pathlib import Path
+    from ..data.groups import groups_of, read_table
 
-    file = Path(path)
-    if not file.is_file():
-        raise LinesideError(f"--groups {path}: no such file; give a CSV of 'image,group' rows (the training image's "
-                            "file name and its group, e.g. the product variant)")
-    with file.open(newline="") as handle:
-        table = {row[0].strip(): row[1].strip() for row in csv.reader(handle) if len(row) >= 2 and row[0].strip()}
-    names = [Path(s.path).name for s in samples]
-    if len(set(names)) != len(names):
-        raise LinesideError("--groups matches images by file name, and two training images share one: rename them")
-    missing = [n for n in names if n not in table]
-    if missing:
-        raise LinesideError(f"--groups {path}: {len(missing)} training images have no group (e.g. {missing[0]}): "
-                            "give every training image a row 'image,group'")
-    if len(names) != rows:
-        raise LinesideError(f"--groups: {len(names) - rows} training images were unreadable; remove them from the "
+    if len(samples) != rows:
+        raise LinesideError(f"--groups: {len(samples) - rows} training images were unreadable; remove them from the "
                             "training folder so that every image has its group")
-    groups = sorted({table[n] for n in names})
+    named = groups_of(samples, read_table(path), path, what="training images")
+    groups = sorted(set(named))
     if len(groups) < 2:
         raise LinesideError(f"--groups {path}: the training images are all in one group ({groups[0]}): leave --groups "
                             "out (that is plain rx)")
     index = {g: i for i, g in enumerate(groups)}
-    labels = np.array([index[table[n]] for n in names])
+    labels = np.array([index[g] for g in named])
     sizes = np.bincount(labels, minlength=len(groups))
     if sizes.min() < MIN_CLUSTER_IMAGES:
         raise LinesideError(f"--groups {path}: group {groups[int(sizes.argmin())]} has {int(sizes.min())} training "
