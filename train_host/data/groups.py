@@ -29,19 +29,18 @@ def read_table(path: str | Path) -> dict[str, str]:
 def groups_of(samples, table: dict[str, str], path: str | Path, what: str = "images") -> list[str]:
     """Each sample's group: the row naming the longest end of its path. Refused when an image has no row, or
     when one row names several of these images by a shared file name (name them by their path's end)."""
-    groups, keys = [], []
-    for sample in samples:
-        parts = Path(sample.path).parts
-        ends = ("/".join(parts[-k:]) for k in range(len(parts), 0, -1))
-        key = next((end for end in ends if end in table), None)
-        if key is None:
-            missing = sum(1 for s in samples if Path(s.path).name not in table)
-            raise LinesideError(f"--groups {path}: {max(missing, 1)} {what} have no group (e.g. "
-                                f"{Path(sample.path).name}): give every one of them a row; {FORMAT}")
-        keys.append(key)
-        groups.append(table[key])
+    keys = [_row_key(Path(sample.path).parts, table) for sample in samples]
+    missing = [Path(sample.path).name for sample, key in zip(samples, keys) if key is None]
+    if missing:
+        raise LinesideError(f"--groups {path}: {len(missing)} {what} have no group (e.g. {missing[0]}): give every "
+                            f"one of them a row; {FORMAT}")
     shared, count = Counter(keys).most_common(1)[0] if keys else ("", 0)
     if count > 1:
         raise LinesideError(f"--groups {path}: the row {shared!r} names {count} of the {what}: name "
                             "each by the end of its path (e.g. test/good/000.png) so that every row names one image")
-    return groups
+    return [table[key] for key in keys]
+
+
+def _row_key(parts: tuple[str, ...], table: dict[str, str]) -> str | None:
+    ends = ("/".join(parts[-k:]) for k in range(len(parts), 0, -1))
+    return next((end for end in ends if end in table), None)
