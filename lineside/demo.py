@@ -48,6 +48,9 @@ def main(args) -> int:
     model, record = load_run(run)
     metrics = evaluate_model(model, record, split)
     print(f"    image AUROC {metrics['image_auroc']:.4f}, AUPRC {metrics['image_auprc']:.4f}")
+    if "per_defect" in metrics:  # ELPV's classes: probability 1 and 2/3 (docs/data.md)
+        print("    per defect class: " + ", ".join(f"{kind} {row['image_auroc']:.4f} ({row['n']} cells)"
+                                                 for kind, row in metrics["per_defect"].items()))
 
     step("exporting the ONNX bundle (parity-checked against PyTorch)")
     from train_host.export import export_bundle
