@@ -94,10 +94,8 @@ def evaluate_model(model, record: dict, split, batch_size: int = 16, groups: str
     metrics = evaluate_scores(pred.labels, pred.scores, pred.masks, pred.maps)
     metrics.update(family=record["family"], data=split.name, images=len(pred.scores),
                    skipped_images=[p for p, _ in pred.skipped])
-    by_path = {str(s.path): s for s in split.test}
-    scored = [by_path[p] for p in pred.paths]
-    named = groups_of(scored, table, groups, what="test images") if table is not None else None
-    metrics.update(breakdown(pred.labels, pred.scores, [s.defect for s in scored], named))
+    named = groups_of(pred.samples, table, groups, what="test images") if table is not None else None
+    metrics.update(breakdown(pred.labels, pred.scores, [s.defect for s in pred.samples], named))
     return metrics
 
 

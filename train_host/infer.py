@@ -18,7 +18,7 @@ from .data import make_loader, read_mask
 class Predictions:
     scores: np.ndarray  # N
     labels: np.ndarray  # N
-    paths: list[str]
+    samples: list  # the Sample of each score, in order
     maps: np.ndarray | list | None = None  # N×H×W, when asked for (a list when tiled images differ in size)
     masks: np.ndarray | list | None = None  # N×H×W bool, when asked for and the samples have masks
     skipped: list[tuple[str, str]] | None = None
@@ -31,7 +31,7 @@ def predict(model, samples, spec: InputSpec, batch_size: int = 16, keep_maps: bo
 
     device = model_device(model)  # scores where the model is: the run's device during training, --device after
     loader = make_loader(samples, spec, batch_size=batch_size, pin_memory=device.type == "cuda")
-    scores, labels, paths, maps, masks = [], [], [], [], []
+    scores, labels, scored, maps, masks = [], [], [], [], []
     for batch in progress_bar(loader, progress):
         amap, score = (t.float().cpu().numpy() for t in model(batch["image"].to(device, non_blocking=True)))
         index, label = batch["index"].numpy(), batch["label"].numpy()
@@ -40,7 +40,7 @@ def predict(model, samples, spec: InputSpec, batch_size: int = 16, keep_maps: bo
         scores.append(score)
         labels.append(label)
         picked = [samples[i] for i in index.tolist()]
-        paths.extend(str(s.path) for s in picked)
+        scored.extend(picked)
         if keep_maps:
             maps.extend(m[0] for m in amap)
             masks.extend(read_mask(s.mask_path, spec) if s.mask_path else np.zeros(m.shape[-2:], bool)
@@ -49,7 +49,7 @@ def predict(model, samples, spec: InputSpec, batch_size: int = 16, keep_maps: bo
     return Predictions(
         np.concatenate(scores) if scores else np.zeros(0, np.float32),
         np.concatenate(labels) if labels else np.zeros(0, np.int64),
-        paths,
+        scored,
         (np.stack(maps) if same else maps) if keep_maps and maps else None,
         (np.stack(masks) if same else masks) if keep_maps and masks else None,
         list(loader.skipped),

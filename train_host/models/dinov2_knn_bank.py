@@ -4,9 +4,8 @@ distances to it. Shared by the family (dinov2_knn.py) and its choice of settings
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import time
+from dataclasses import asdict
 
 import torch
 
